@@ -1,0 +1,1 @@
+// temporary: removed once the folder has sources

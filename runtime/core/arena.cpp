@@ -1,0 +1,76 @@
+#include "runtime/core/arena.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <unordered_set>
+
+#include "runtime/core/error.h"
+
+namespace moempi {
+namespace {
+float* aligned_zeroed(size_t n) {
+  size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  if (bytes == 0) bytes = 64;
+  void* p = std::aligned_alloc(64, bytes);
+  MOEMPI_CHECK_ONE(p != nullptr, "out of memory allocating {} bytes", bytes);
+  std::memset(p, 0, bytes);
+  return static_cast<float*>(p);
+}
+}  // namespace
+
+void ParamArena::AlignedFree::operator()(float* p) const { std::free(p); }
+void FloatBuffer::AlignedFree::operator()(float* p) const { std::free(p); }
+
+ParamArena::Id ParamArena::add(std::string name, std::vector<int64_t> shape, ParamKind kind,
+                               bool decay) {
+  MOEMPI_CHECK_ALL(!allocated_, "ParamArena::add({}) after allocate()", name);
+  for (const auto& info : infos_)
+    MOEMPI_CHECK_ALL(info.name != name, "parameter '{}' registered twice", name);
+  ParamInfo info;
+  info.name = std::move(name);
+  info.numel = 1;
+  for (int64_t d : shape) info.numel *= static_cast<size_t>(d);
+  info.shape = std::move(shape);
+  info.kind = kind;
+  info.decay = decay;
+  infos_.push_back(std::move(info));
+  return infos_.size() - 1;
+}
+
+void ParamArena::allocate() {
+  size_t off = 0;
+  for (auto kind : {ParamKind::kDense, ParamKind::kExpert}) {
+    for (auto& info : infos_) {
+      if (info.kind != kind) continue;
+      info.offset = off;
+      off += (info.numel + 15) / 16 * 16;  // keep every view 64-byte aligned
+    }
+    if (kind == ParamKind::kDense) dense_numel_ = off;
+  }
+  total_ = off;
+  params_.ptr.reset(aligned_zeroed(total_));
+  grads_.ptr.reset(aligned_zeroed(total_));
+  allocated_ = true;
+}
+
+ParamArena::Id ParamArena::find(const std::string& name) const {
+  for (size_t i = 0; i < infos_.size(); ++i)
+    if (infos_[i].name == name) return i;
+  fail_collective(fmt::format("no parameter named '{}'", name));
+}
+
+void ParamArena::zero_grads() { std::memset(grads_.data(), 0, total_ * sizeof(float)); }
+
+void FloatBuffer::resize(size_t n) {
+  if (n > capacity_) {
+    data_.ptr.reset(aligned_zeroed(n));
+    capacity_ = n;
+  }
+  size_ = n;
+}
+
+void FloatBuffer::zero() {
+  if (size_) std::memset(data(), 0, size_ * sizeof(float));
+}
+
+}  // namespace moempi

@@ -1,0 +1,88 @@
+// Flat arenas with named views (STYLE.md habit 2, after llm.c): every parameter tensor is a view
+// into one contiguous allocation, and its gradient sits at the same offset of a second one, so
+// sharding, gradient sync, checkpoints and the optimizer work on contiguous spans.
+// Layout: all kDense tensors first, then all kExpert tensors (in registration order within each),
+// so dense_span() and expert_span() are each one contiguous range.
+// Tests: tests/core_test.cpp.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace moempi {
+
+enum class ParamKind { kDense, kExpert };
+
+struct ParamInfo {
+  std::string name;            // global name, e.g. "layers.1.moe.experts.5.w1"
+  std::vector<int64_t> shape;  // global shape of this tensor
+  ParamKind kind = ParamKind::kDense;
+  bool decay = true;           // AdamW weight decay applies (false for norms, biases)
+  size_t offset = 0;           // into the arena (valid after allocate())
+  size_t numel = 0;
+};
+
+class ParamArena {
+ public:
+  using Id = size_t;
+  // Registers a tensor; call before allocate(). Names must be unique.
+  Id add(std::string name, std::vector<int64_t> shape, ParamKind kind, bool decay);
+  // Lays out dense then expert tensors and allocates zeroed params and grads (64-byte aligned).
+  void allocate();
+  bool allocated() const { return allocated_; }
+
+  float* param(Id id) { return params_.data() + infos_[id].offset; }
+  float* grad(Id id) { return grads_.data() + infos_[id].offset; }
+  const float* param(Id id) const { return params_.data() + infos_[id].offset; }
+  const ParamInfo& info(Id id) const { return infos_[id]; }
+  const std::vector<ParamInfo>& infos() const { return infos_; }
+  Id find(const std::string& name) const;  // collective error if missing
+
+  std::span<float> params() { return {params_.data(), total_}; }
+  std::span<float> grads() { return {grads_.data(), total_}; }
+  std::span<float> dense_params() { return {params_.data(), dense_numel_}; }
+  std::span<float> dense_grads() { return {grads_.data(), dense_numel_}; }
+  std::span<float> expert_params() { return {params_.data() + dense_numel_, total_ - dense_numel_}; }
+  std::span<float> expert_grads() { return {grads_.data() + dense_numel_, total_ - dense_numel_}; }
+  size_t numel() const { return total_; }
+  size_t dense_numel() const { return dense_numel_; }
+  void zero_grads();
+
+ private:
+  struct AlignedFree { void operator()(float* p) const; };
+  struct Buffer {
+    std::unique_ptr<float, AlignedFree> ptr;
+    float* data() const { return ptr.get(); }
+  };
+  std::vector<ParamInfo> infos_;
+  Buffer params_, grads_;
+  size_t total_ = 0, dense_numel_ = 0;
+  bool allocated_ = false;
+};
+
+// A zero-initialised, 64-byte aligned float buffer (activations, scratch, optimizer moments).
+class FloatBuffer {
+ public:
+  FloatBuffer() = default;
+  explicit FloatBuffer(size_t n) { resize(n); }
+  void resize(size_t n);  // contents are zeroed when the size grows
+  void zero();
+  float* data() { return data_.data(); }
+  const float* data() const { return data_.data(); }
+  size_t size() const { return size_; }
+  float& operator[](size_t i) { return data_.data()[i]; }
+  float operator[](size_t i) const { return data_.data()[i]; }
+  std::span<float> span() { return {data(), size_}; }
+
+ private:
+  struct AlignedFree { void operator()(float* p) const; };
+  struct Holder {
+    std::unique_ptr<float, AlignedFree> ptr;
+    float* data() const { return ptr.get(); }
+  } data_;
+  size_t size_ = 0, capacity_ = 0;
+};
+
+}  // namespace moempi

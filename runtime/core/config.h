@@ -1,0 +1,126 @@
+// The resolved job spec: plain structs with defaults, one per YAML section. Parsing, validation
+// and printing live in runtime/job_spec.{h,cpp}; everything else reads these structs only.
+// Every field here is documented in README.md "Config reference" with its YAML path.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moempi {
+
+struct JobSection {
+  std::string name = "job";
+  std::string run_dir;  // default runs/<name>
+  uint64_t seed = 1234;
+};
+
+enum class NormType { kLayerNorm, kRmsNorm };
+enum class Activation { kGelu, kSwiglu };
+
+struct ModelSpec {
+  int vocab_size = 256;
+  int d_model = 64;
+  int n_layers = 2;
+  int n_heads = 4;
+  int seq_len = 64;
+  NormType norm = NormType::kLayerNorm;
+  Activation activation = Activation::kGelu;  // for experts and dense FFNs
+  int d_ff = 256;          // dense FFN hidden width (layers that are not MoE)
+  float init_std = 0.02f;
+};
+
+struct BalancingSpec {
+  std::string type;       // aux_loss | z_loss (later: seq_aux_loss, global_batch_aux_loss, loss_free_bias)
+  float coeff = 0.01f;    // loss coefficient (alpha)
+  float update_rate = 1e-3f;      // loss_free_bias: u
+  std::string update = "sign";    // loss_free_bias: sign | proportional
+};
+
+enum class ScoreFn { kSoftmax, kSigmoid };
+
+struct DispatchSpec {
+  std::string type = "local";  // local | flat
+};
+
+struct MoeSpec {
+  int num_experts = 4;
+  int top_k = 2;
+  int d_ff_expert = 128;
+  ScoreFn score = ScoreFn::kSoftmax;
+  bool normalize_topk = true;
+  int num_shared_experts = 0;  // each of width d_ff_expert
+  int every_n_layers = 1;      // layer l is MoE when (l + 1) % every_n_layers == 0
+  float capacity_factor = 0.0f;  // 0 = dropless
+  std::vector<BalancingSpec> balancing;
+  DispatchSpec dispatch;
+};
+
+struct ParallelSpec {
+  std::string strategy = "dp";  // dp | ep
+  int ep = 1;                   // ranks that split the experts; dp = world / ep
+  int ranks_per_node = 0;       // 0 = real nodes (MPI_COMM_TYPE_SHARED); >0 = virtual nodes
+};
+
+struct ScheduleSpec {
+  std::string type = "constant";  // constant | warmup_cosine | warmup_linear
+  int warmup_steps = 0;
+  float min_lr_ratio = 0.1f;      // final lr = lr * min_lr_ratio (cosine / linear)
+};
+
+struct OptimSpec {
+  std::string type = "adamw";  // adamw | sgd
+  float lr = 1e-3f;
+  float weight_decay = 0.0f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float momentum = 0.9f;       // sgd
+  float grad_clip = 1.0f;      // global-norm clip; 0 = off
+  ScheduleSpec schedule;
+};
+
+struct DataSpec {
+  std::string type = "synthetic";  // synthetic | text | tokens
+  std::string path;                // text: a file; tokens: a shard file or a directory of *.bin shards
+  float val_fraction = 0.05f;      // share of sequences held out for validation
+};
+
+struct TrainSpec {
+  int steps = 100;
+  int micro_batch = 8;   // sequences per micro-batch per rank
+  int grad_accum = 1;    // micro-batches per optimizer step
+  int log_interval = 10;
+};
+
+struct EvalSpec {
+  int interval = 0;  // 0 = no validation
+  int batches = 4;   // micro-batches per validation pass
+};
+
+struct CheckpointSpec {
+  int interval = 0;  // checkpoints are not implemented yet: must stay 0
+};
+
+struct MetricsSpec {
+  bool jsonl = true;  // write <run_dir>/metrics.jsonl
+};
+
+struct CommSpec {
+  double timeout_s = 600.0;
+};
+
+struct JobSpec {
+  JobSection job;
+  ModelSpec model;
+  MoeSpec moe;
+  ParallelSpec parallel;
+  OptimSpec optim;
+  DataSpec data;
+  TrainSpec train;
+  EvalSpec eval;
+  CheckpointSpec checkpoint;
+  MetricsSpec metrics;
+  CommSpec comm;
+};
+
+}  // namespace moempi
