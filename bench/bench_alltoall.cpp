@@ -1,0 +1,183 @@
+// `moempi bench alltoall`: the dispatcher's exchange path against a raw MPI_Alltoallv of the same
+// bytes, interleaved in one run, nccl-tests style. It is also a correctness test: every element
+// is a payload formula of (seed, source, destination, index), checked on arrival (#wrong).
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "bench/bench.h"
+#include "bench/bench_common.h"
+#include "comm/collectives.h"
+#include "comm/mpi_check.h"
+#include "comm/payload.h"
+#include "comm/process_groups.h"
+#include "parallel/dispatcher_registry.h"
+#include "runtime/core/error.h"
+
+namespace moempi::bench {
+namespace {
+
+struct AlltoallOptions {
+  std::string min_size = "1K", max_size = "16M";
+  double factor = 2.0;
+  TimingFlags timing;
+  std::string dispatcher = "flat";
+  int experts_per_rank = 2;
+  uint64_t seed = 1;
+};
+
+int run_alltoall(const AlltoallOptions& o) {
+  const Communicator world = Communicator::world();
+  const int W = world.size(), me = world.rank();
+  ParallelSpec spec;
+  spec.strategy = "ep";
+  spec.ep = W;
+  const ProcessGroups groups = ProcessGroups::build(spec);
+  MOEMPI_CHECK_ALL(o.experts_per_rank >= 1, "--experts-per-rank ({}) must be >= 1", o.experts_per_rank);
+  const int El = o.experts_per_rank;
+  const ExpertPlacement placement = make_placement(W * El, groups);
+  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(DispatchSpec{o.dispatcher}, placement, groups);
+  const std::vector<int64_t> sizes =
+      size_sweep(parse_size(o.min_size, "-b"), parse_size(o.max_size, "-e"), o.factor);
+
+  Table table({{"size", "(B/peer)", 10}, {"count", "(floats)", 10}, {"min", "(us)", 9},
+               {"avg", "(us)", 9}, {"max", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7},
+               {"raw", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7}, {"#wrong", "", 7},
+               {"ratio", "moe/raw", 7}},
+              me == 0);
+  table.print_header({
+      fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
+                  "warmup {}, iters {}, check {}",
+                  W, o.dispatcher, W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
+      "moempi path = the dispatcher's: plan (MPI_Alltoall of int64 counts) + to_experts (pack rows,",
+      "  one MPI_Alltoallv of D-float rows, regroup by local expert; own rows bypass MPI)",
+      "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
+      "size = bytes to each peer (incl. self); time = median over iterations per rank, then",
+      "  min/avg/max over ranks; algbw = size*W / max; busbw = algbw*(W-1)/W; ratio = max/raw",
+  });
+
+  nlohmann::json doc = {{"benchmark", "alltoall"},
+                        {"ranks", W},
+                        {"dispatcher", o.dispatcher},
+                        {"experts_per_rank", El},
+                        {"iters", o.timing.iters},
+                        {"warmup", o.timing.warmup},
+                        {"rows", nlohmann::json::array()}};
+  int64_t all_wrong = 0;
+  std::vector<float> x, out, raw_recv;
+  std::vector<int32_t> topk;
+  std::vector<int> raw_counts(W), raw_displs(W);
+  for (const int64_t size : sizes) {
+    // Rows of D floats (D | floats per peer, D <= 256): rp rows to each peer, token t = p*rp + q
+    // goes to peer p's local expert q*El/rp, so the send side is already in peer order.
+    const int64_t c = std::max<int64_t>(1, size / 4);
+    const int64_t bytes = c * 4;
+    MOEMPI_CHECK_ALL(c * W <= INT_MAX, "-e: {} bytes per peer x {} ranks exceeds INT_MAX floats", bytes, W);
+    const int D = static_cast<int>(std::gcd(c, int64_t{256}));
+    const int64_t rp = c / D;
+    const int T = static_cast<int>(W * rp);
+    topk.resize(T);
+    for (int p = 0; p < W; ++p)
+      for (int64_t q = 0; q < rp; ++q) topk[p * rp + q] = static_cast<int32_t>(p * El + q * El / rp);
+    x.resize(W * c);
+    out.resize(W * c);
+    raw_recv.resize(W * c);
+    for (int p = 0; p < W; ++p) {
+      payload_fill(x.data() + p * c, c, o.seed, me, p);
+      raw_counts[p] = static_cast<int>(c);
+      raw_displs[p] = static_cast<int>(p * c);
+    }
+
+    auto moempi_op = [&](int) {
+      dispatcher->plan(topk.data(), T, 1);
+      dispatcher->to_experts(out.data(), x.data(), false, D);
+    };
+    auto raw_op = [&](int) {
+      // The baseline on purpose calls MPI directly: what a hand-written exchange would cost.
+      MOEMPI_MPI_CHECK(MPI_Alltoallv(x.data(), raw_counts.data(), raw_displs.data(), MPI_FLOAT,
+                                     raw_recv.data(), raw_counts.data(), raw_displs.data(), MPI_FLOAT,
+                                     world.comm()));
+    };
+    // Expected layout at the expert side: (local expert le, source s, q), q in [q0(le), q1(le)).
+    auto verify = [&]() {
+      int64_t wrong = 0, at = 0;
+      for (int le = 0; le < El; ++le) {
+        int64_t q0 = 0;
+        while (q0 < rp && q0 * El / rp < le) ++q0;
+        int64_t q1 = q0;
+        while (q1 < rp && q1 * El / rp == le) ++q1;
+        for (int s = 0; s < W; ++s, at += (q1 - q0) * D)
+          wrong += payload_check(out.data() + at, (q1 - q0) * D, o.seed, s, me, q0 * D);
+      }
+      wrong += at == W * c ? 0 : W * c;  // every element must have been accounted for
+      for (int s = 0; s < W; ++s) wrong += payload_check(raw_recv.data() + s * c, c, o.seed, s, me);
+      return wrong;
+    };
+    auto poison = [&]() {
+      std::memset(out.data(), 0xff, out.size() * sizeof(float));  // NaN: must be overwritten
+      std::memset(raw_recv.data(), 0xff, raw_recv.size() * sizeof(float));
+    };
+
+    int64_t wrong = 0;
+    if (o.timing.check) {
+      poison();
+      moempi_op(0);
+      raw_op(0);
+      wrong += verify();
+      poison();
+    }
+    const auto seconds = time_interleaved({moempi_op, raw_op}, o.timing.warmup, o.timing.iters, world);
+    if (o.timing.check) wrong += verify();
+    allreduce_sum(&wrong, 1, world);
+    all_wrong += wrong;
+
+    const OverRanks m = over_ranks(median(seconds[0]), world);
+    const OverRanks r = over_ranks(median(seconds[1]), world);
+    const double total = static_cast<double>(bytes) * W;
+    const double busf = W > 1 ? double(W - 1) / W : 1.0;
+    const double ratio = r.max > 0 ? m.max / r.max : 0.0;
+    table.print_row({cell(bytes), cell(c), cell(m.min * 1e6, 1), cell(m.avg * 1e6, 1),
+                     cell(m.max * 1e6, 1), cell(gbps(total, m.max), 2), cell(gbps(total, m.max) * busf, 2),
+                     cell(r.max * 1e6, 1), cell(gbps(total, r.max), 2), cell(gbps(total, r.max) * busf, 2),
+                     cell(wrong), cell(ratio, 2)});
+    doc["rows"].push_back({{"bytes_per_peer", bytes},
+                           {"floats_per_peer", c},
+                           {"row_width", D},
+                           {"moempi_us", {{"min", m.min * 1e6}, {"avg", m.avg * 1e6}, {"max", m.max * 1e6}}},
+                           {"raw_us", {{"min", r.min * 1e6}, {"avg", r.avg * 1e6}, {"max", r.max * 1e6}}},
+                           {"algbw_gbps", gbps(total, m.max)},
+                           {"busbw_gbps", gbps(total, m.max) * busf},
+                           {"raw_busbw_gbps", gbps(total, r.max) * busf},
+                           {"wrong", wrong},
+                           {"ratio", ratio}});
+  }
+  table.print_comment(fmt::format("Out of bounds values : {} {}", all_wrong, all_wrong ? "FAILED" : "OK"));
+  doc["wrong"] = all_wrong;
+  write_json(o.timing.json, doc, world);
+  return all_wrong > 0 ? 1 : 0;
+}
+
+}  // namespace
+
+void add_alltoall_command(CLI::App& bench, int& exit_code) {
+  auto o = std::make_shared<AlltoallOptions>();
+  CLI::App* cmd = bench.add_subcommand(
+      "alltoall", "all-to-all exchange: the dispatcher path vs raw MPI_Alltoallv (sizes per peer)");
+  cmd->add_option("-b,--minbytes", o->min_size, "smallest size, bytes per peer (1K, 64KiB, ...)")->capture_default_str();
+  cmd->add_option("-e,--maxbytes", o->max_size, "largest size, bytes per peer")->capture_default_str();
+  cmd->add_option("-f,--stepfactor", o->factor, "size multiplier between steps")->capture_default_str();
+  add_timing_flags(*cmd, o->timing);
+  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher whose exchange is timed (moe.dispatch.type)")
+      ->capture_default_str();
+  cmd->add_option("--experts-per-rank", o->experts_per_rank, "local experts per rank (regroup fan-out)")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "payload seed")->capture_default_str();
+  cmd->callback([o, &exit_code] { exit_code = run_alltoall(*o); });
+}
+
+}  // namespace moempi::bench

@@ -1,0 +1,148 @@
+// Size parsing, sweep, timing, slowest-rank reduction, table and JSON output for moempi bench.
+#include "bench/bench_common.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+#include "comm/collectives.h"
+#include "runtime/core/error.h"
+
+namespace moempi::bench {
+
+int64_t parse_size(const std::string& text, const std::string& flag) {
+  size_t pos = 0;
+  while (pos < text.size() && std::isdigit(static_cast<unsigned char>(text[pos]))) ++pos;
+  std::string unit = text.substr(pos);
+  for (char& ch : unit) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  int64_t scale = 0;
+  if (unit.empty() || unit == "B") scale = 1;
+  else if (unit == "K" || unit == "KB" || unit == "KIB") scale = int64_t{1} << 10;
+  else if (unit == "M" || unit == "MB" || unit == "MIB") scale = int64_t{1} << 20;
+  else if (unit == "G" || unit == "GB" || unit == "GIB") scale = int64_t{1} << 30;
+  const bool ok = pos > 0 && pos <= 15 && scale > 0;
+  MOEMPI_CHECK_ALL(ok, "{} '{}' is not a size; use bytes with an optional K, M or G suffix (powers "
+                       "of 1024), e.g. 4096, 1K, 16M, 64KiB", flag, text);
+  const int64_t value = std::stoll(text.substr(0, pos)) * scale;
+  MOEMPI_CHECK_ALL(value > 0, "{} '{}' must be positive", flag, text);
+  return value;
+}
+
+std::string format_size(int64_t bytes) {
+  if (bytes >= (int64_t{1} << 30) && bytes % (int64_t{1} << 30) == 0) return fmt::format("{}G", bytes >> 30);
+  if (bytes >= (int64_t{1} << 20) && bytes % (int64_t{1} << 20) == 0) return fmt::format("{}M", bytes >> 20);
+  if (bytes >= (int64_t{1} << 10) && bytes % (int64_t{1} << 10) == 0) return fmt::format("{}K", bytes >> 10);
+  return std::to_string(bytes);
+}
+
+std::vector<int64_t> size_sweep(int64_t min_bytes, int64_t max_bytes, double factor) {
+  MOEMPI_CHECK_ALL(min_bytes > 0 && min_bytes <= max_bytes,
+                   "-b ({}) must be positive and at most -e ({})", min_bytes, max_bytes);
+  std::vector<int64_t> sizes{min_bytes};
+  if (min_bytes == max_bytes) return sizes;
+  MOEMPI_CHECK_ALL(factor > 1.0, "-f ({}) must be > 1", factor);
+  for (;;) {
+    const int64_t next = std::max(sizes.back() + 1, static_cast<int64_t>(std::llround(sizes.back() * factor)));
+    if (next > max_bytes) break;
+    sizes.push_back(next);
+  }
+  return sizes;
+}
+
+void add_timing_flags(CLI::App& app, TimingFlags& flags) {
+  app.add_option("-n,--iters", flags.iters, "timed iterations")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("-w,--warmup_iters", flags.warmup, "untimed warm-up iterations")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("-c,--check", flags.check, "verify payloads (0 = off, 1 = before and after timing)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1));
+  app.add_option("--json", flags.json, "write results as JSON to FILE (rank 0)");
+}
+
+std::vector<std::vector<double>> time_interleaved(const std::vector<std::function<void(int)>>& ops,
+                                                  int warmup, int iters, const Communicator& group) {
+  std::vector<std::vector<double>> seconds(ops.size());
+  for (auto& s : seconds) s.reserve(iters);
+  for (int round = 0; round < warmup + iters; ++round) {
+    for (size_t j = 0; j < ops.size(); ++j) {
+      barrier(group);
+      const double t0 = MPI_Wtime();
+      ops[j](round);
+      const double dt = MPI_Wtime() - t0;
+      if (round >= warmup) seconds[j].push_back(dt);
+    }
+  }
+  return seconds;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  const size_t mid = v.size() / 2;
+  std::nth_element(v.begin(), v.begin() + mid, v.end());
+  if (v.size() % 2) return v[mid];
+  const double hi = v[mid];
+  return 0.5 * (hi + *std::max_element(v.begin(), v.begin() + mid));
+}
+
+OverRanks over_ranks(double value, const Communicator& group) {
+  double mn = value, sum = value, mx = value;
+  reduce(&mn, 1, ReduceOp::kMin, 0, group);
+  reduce(&sum, 1, ReduceOp::kSum, 0, group);
+  reduce(&mx, 1, ReduceOp::kMax, 0, group);
+  return {mn, sum / group.size(), mx};
+}
+
+void Table::print_comment(const std::string& line) const {
+  if (!printing_) return;
+  std::fputs(("# " + line + "\n").c_str(), stdout);
+  std::fflush(stdout);
+}
+
+void Table::print_header(const std::vector<std::string>& comment_lines) const {
+  if (!printing_) return;
+  std::string out;
+  for (const std::string& line : comment_lines) out += "# " + line + "\n";
+  std::string names = "#", units = "#";
+  for (size_t i = 0; i < columns_.size(); ++i) {
+    // The first column gives up one character to the leading '#'.
+    const int w = columns_[i].width - (i == 0 ? 1 : 0);
+    names += fmt::format(" {:>{}}", columns_[i].name, w);
+    units += fmt::format(" {:>{}}", columns_[i].unit, w);
+  }
+  out += names + "\n" + units + "\n";
+  std::fputs(out.c_str(), stdout);
+  std::fflush(stdout);
+}
+
+void Table::print_row(const std::vector<std::string>& cells) const {
+  if (!printing_) return;
+  std::string out;
+  for (size_t i = 0; i < columns_.size(); ++i)
+    out += fmt::format(" {:>{}}", i < cells.size() ? cells[i] : "", columns_[i].width);
+  out += "\n";
+  std::fputs(out.c_str(), stdout);
+  std::fflush(stdout);
+}
+
+std::string cell(double v, int decimals) {
+  if (!std::isfinite(v)) return "N/A";
+  return fmt::format("{:.{}f}", v, decimals);
+}
+
+std::string cell(int64_t v) { return std::to_string(v); }
+
+void write_json(const std::string& path, const nlohmann::json& doc, const Communicator& group) {
+  if (path.empty() || group.rank() != 0) return;
+  std::ofstream out(path);
+  out << doc.dump(2) << "\n";
+  out.close();
+  MOEMPI_CHECK_ONE(out.good(), "cannot write --json file '{}'", path);
+}
+
+}  // namespace moempi::bench

@@ -1,0 +1,275 @@
+// `moempi bench dispatch`: a dispatcher's plan + dispatch + combine of T tokens x D per rank under
+// the traffic patterns of ALGORITHMS.md 5, next to raw MPI_Alltoallv of the same bytes both ways.
+// Before timing, every pattern is verified: experts add their global id to each row, and
+// combine(dispatch(x)) must return x + id at every slot (#wrong counts the elements that do not).
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "bench/bench.h"
+#include "bench/bench_common.h"
+#include "comm/collectives.h"
+#include "comm/mpi_check.h"
+#include "comm/payload.h"
+#include "comm/process_groups.h"
+#include "parallel/dispatcher_registry.h"
+#include "runtime/core/error.h"
+#include "runtime/core/rng.h"
+
+namespace moempi::bench {
+namespace {
+
+const std::vector<std::string> kPatterns = {"balanced", "hot_expert", "hot_rank",
+                                            "zipf",     "zero_rank",  "rotating"};
+constexpr float kHotShare = 0.75f;  // hot_expert / hot_rank / rotating: share of slots to the hotspot
+
+struct DispatchOptions {
+  int T = 4096, D = 256, E = 8, k = 2;
+  std::vector<std::string> patterns;  // empty = all
+  double zipf_s = 1.2;
+  TimingFlags timing;
+  std::string dispatcher = "flat";
+  uint64_t seed = 1;
+};
+
+// k distinct experts for one token: `draw` proposes, duplicates are redrawn.
+template <class Draw>
+void pick_distinct(int32_t* ids, int k, Draw&& draw) {
+  for (int j = 0; j < k; ++j) {
+    int32_t e;
+    do e = draw(j);
+    while (std::find(ids, ids + j, e) != ids + j);
+    ids[j] = e;
+  }
+}
+
+// The routings (topk_ids_TK) this rank uses for `pattern`; one per round, cycled (only
+// `rotating` has more than one). Every rank draws from its own stream, so ranks differ.
+std::vector<std::vector<int32_t>> make_routings(const std::string& pattern, const DispatchOptions& o,
+                                                int rank, int W, int& T) {
+  const int E = o.E, k = o.k, El = E / W;
+  T = (pattern == "zero_rank" && rank == W - 1) ? 0 : o.T;
+  Rng rng(o.seed, rank, 0, Rng::stream_of(pattern));
+  auto uniform = [&](int) { return static_cast<int32_t>(rng.below(E)); };
+  std::vector<std::vector<int32_t>> routings;
+  const int count = pattern == "rotating" ? E : 1;
+  for (int r = 0; r < count; ++r) {
+    std::vector<int32_t> ids(static_cast<size_t>(T) * k);
+    for (int t = 0; t < T; ++t) {
+      int32_t* row = &ids[static_cast<size_t>(t) * k];
+      if (pattern == "balanced" || pattern == "zero_rank") {
+        // Round robin from a per-rank offset: every expert gets T*k/E rows from every rank.
+        for (int j = 0; j < k; ++j) row[j] = static_cast<int32_t>((static_cast<int64_t>(t) * k + j + rank) % E);
+      } else if (pattern == "hot_expert" || pattern == "rotating") {
+        const int32_t hot = pattern == "rotating" ? r : 0;
+        pick_distinct(row, k, [&](int j) {
+          return j == 0 && rng.uniform() < kHotShare ? hot : uniform(j);
+        });
+      } else if (pattern == "hot_rank") {
+        // Slots prefer rank 0's experts; once those are used up by the token, uniform.
+        pick_distinct(row, k, [&](int j) {
+          return j < El && rng.uniform() < kHotShare ? static_cast<int32_t>(rng.below(El)) : uniform(j);
+        });
+      } else {  // zipf: P(e) ~ 1 / (e+1)^s
+        std::vector<double> cdf(E);
+        double sum = 0;
+        for (int e = 0; e < E; ++e) cdf[e] = (sum += 1.0 / std::pow(e + 1.0, o.zipf_s));
+        pick_distinct(row, k, [&](int) {
+          const double u = rng.uniform() * sum;
+          return static_cast<int32_t>(std::min<ptrdiff_t>(
+              E - 1, std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin()));
+        });
+      }
+    }
+    routings.push_back(std::move(ids));
+  }
+  return routings;
+}
+
+int run_dispatch(const DispatchOptions& o) {
+  const int W = Communicator::world().size();
+  ParallelSpec spec;
+  spec.strategy = "ep";
+  spec.ep = W;
+  const ProcessGroups groups = ProcessGroups::build(spec);
+  const Communicator& world = groups.world;
+  const int me = world.rank();
+  MOEMPI_CHECK_ALL(o.T >= 0 && o.D >= 1, "-T ({}) must be >= 0 and -D ({}) >= 1", o.T, o.D);
+  MOEMPI_CHECK_ALL(o.k >= 1 && o.k <= o.E, "-k ({}) must be in [1, -E ({})]", o.k, o.E);
+  MOEMPI_CHECK_ALL(o.E % W == 0, "-E ({}) is not divisible by the number of ranks ({}); try -E {}", o.E, W,
+                   (o.E / W + 1) * W);
+  const ExpertPlacement placement = make_placement(o.E, groups);
+  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(DispatchSpec{o.dispatcher}, placement, groups);
+  const int D = o.D, k = o.k, El = placement.num_local();
+  const std::vector<std::string> patterns = o.patterns.empty() ? kPatterns : o.patterns;
+
+  Table table({{"pattern", "", 11}, {"rows", "(total)", 9}, {"max_in", "(rows)", 8}, {"MB", "(/dir)", 8},
+               {"min", "(us)", 9}, {"avg", "(us)", 9}, {"time", "(us)", 9}, {"raw", "(us)", 9},
+               {"busbw", "(GB/s)", 7}, {"#wrong", "", 7}, {"ratio", "moe/raw", 7}},
+              me == 0);
+  table.print_header({
+      fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
+                  "E {} ({} per rank), k {}, warmup {}, iters {}",
+                  W, o.dispatcher, o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
+      "moempi = plan (count exchange) + to_experts (dispatch) + from_experts (combine) per round",
+      "raw = MPI_Alltoallv of the same bytes there and back, packed; the two alternate round by round",
+      "rows = routed rows summed over ranks; max_in = most rows one rank's experts receive;",
+      "MB = bytes per direction summed over ranks; time = median over iterations per rank, then",
+      fmt::format("  min/avg/max over ranks (time = slowest); busbw from raw; hot share {:.2f}, zipf s {}",
+                  kHotShare, o.zipf_s),
+  });
+  nlohmann::json doc = {{"benchmark", "dispatch"}, {"ranks", W}, {"dispatcher", o.dispatcher},
+                        {"T", o.T}, {"D", D}, {"E", o.E}, {"k", k}, {"iters", o.timing.iters},
+                        {"warmup", o.timing.warmup}, {"rows", nlohmann::json::array()}};
+
+  int64_t all_wrong = 0;
+  std::vector<float> x, y, z, raw_send, raw_recv;
+  for (const std::string& pattern : patterns) {
+    int T = 0;
+    const auto routings = make_routings(pattern, o, me, W, T);
+    const int64_t TK = static_cast<int64_t>(T) * k;
+    x.resize(static_cast<size_t>(T) * D);
+    payload_fill(x.data(), x.size(), o.seed, me, 0);
+    z.resize(TK * D);
+
+    // Per routing: rows this rank sends to / receives from each peer (the raw baseline's counts).
+    struct RawLayout {
+      std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
+      int64_t send_floats = 0, recv_floats = 0;
+    };
+    std::vector<RawLayout> raw(routings.size());
+    int64_t rows_total = 0, max_in = 0;
+    for (size_t r = 0; r < routings.size(); ++r) {
+      std::vector<int64_t> send_rows(W, 0), recv_rows(W, 0);
+      for (int32_t e : routings[r])
+        if (e >= 0) ++send_rows[e / El];
+      alltoall_i64(send_rows.data(), recv_rows.data(), 1, world);
+      RawLayout& L = raw[r];
+      for (int p = 0; p < W; ++p) {
+        MOEMPI_CHECK_ALL(L.send_floats + send_rows[p] * D <= INT_MAX && L.recv_floats + recv_rows[p] * D <= INT_MAX,
+                         "-T x -k x -D too large for int counts in the raw baseline");
+        L.send_counts.push_back(static_cast<int>(send_rows[p] * D));
+        L.send_displs.push_back(static_cast<int>(L.send_floats));
+        L.recv_counts.push_back(static_cast<int>(recv_rows[p] * D));
+        L.recv_displs.push_back(static_cast<int>(L.recv_floats));
+        L.send_floats += send_rows[p] * D;
+        L.recv_floats += recv_rows[p] * D;
+      }
+      rows_total += L.send_floats / D;
+      max_in = std::max(max_in, L.recv_floats / D);
+    }
+    int64_t sums[2] = {rows_total, max_in};
+    allreduce_sum(&sums[0], 1, world);
+    allreduce(&sums[1], 1, ReduceOp::kMax, world);
+    rows_total = sums[0] / static_cast<int64_t>(routings.size());
+    max_in = sums[1];
+    size_t raw_send_max = 0, raw_recv_max = 0;
+    for (const RawLayout& L : raw) {
+      raw_send_max = std::max<size_t>(raw_send_max, L.send_floats);
+      raw_recv_max = std::max<size_t>(raw_recv_max, L.recv_floats);
+    }
+    raw_send.assign(raw_send_max, 1.0f);
+    raw_recv.assign(raw_recv_max, 0.0f);
+
+    // Verify every routing before timing: experts add their global id, combine must return
+    // x[t] + topk[t,k] at every slot; the expert side must see exactly the global counts.
+    int64_t wrong = 0;
+    if (o.timing.check) {
+      for (const auto& ids : routings) {
+        std::vector<int64_t> global(o.E, 0);
+        for (int32_t e : ids)
+          if (e >= 0) ++global[e];
+        allreduce_sum(global.data(), o.E, world);
+        dispatcher->plan(ids.data(), T, k);
+        y.resize(dispatcher->rows() * D);
+        dispatcher->to_experts(y.data(), x.data(), false, D);
+        int64_t row = 0;
+        for (int le = 0; le < El; ++le) {
+          const int e = placement.local_begin() + le;
+          const int64_t n = dispatcher->rows_per_local_expert()[le];
+          wrong += n != global[e];
+          for (int64_t i = 0; i < n * D; ++i) y[row * D + i] += static_cast<float>(e);
+          row += n;
+        }
+        std::fill(z.begin(), z.end(), -1.0f);
+        dispatcher->from_experts(z.data(), y.data(), D);
+        for (int64_t s = 0; s < TK; ++s) {
+          const int e = ids[s];
+          const float* xt = &x[(s / k) * D];
+          for (int d = 0; d < D; ++d) wrong += z[s * D + d] != (e < 0 ? 0.0f : xt[d] + static_cast<float>(e));
+        }
+      }
+    }
+    allreduce_sum(&wrong, 1, world);
+    all_wrong += wrong;
+
+    const size_t n_routings = routings.size();
+    auto moempi_op = [&](int round) {
+      const auto& ids = routings[round % n_routings];
+      dispatcher->plan(ids.data(), T, k);
+      y.resize(std::max<size_t>(y.size(), dispatcher->rows() * D));
+      dispatcher->to_experts(y.data(), x.data(), false, D);
+      dispatcher->from_experts(z.data(), y.data(), D);
+    };
+    auto raw_op = [&](int round) {
+      const RawLayout& L = raw[round % n_routings];
+      // The baseline on purpose calls MPI directly: what a hand-written exchange would cost.
+      MOEMPI_MPI_CHECK(MPI_Alltoallv(raw_send.data(), L.send_counts.data(), L.send_displs.data(), MPI_FLOAT,
+                                     raw_recv.data(), L.recv_counts.data(), L.recv_displs.data(),
+                                     MPI_FLOAT, world.comm()));
+      MOEMPI_MPI_CHECK(MPI_Alltoallv(raw_recv.data(), L.recv_counts.data(), L.recv_displs.data(), MPI_FLOAT,
+                                     raw_send.data(), L.send_counts.data(), L.send_displs.data(),
+                                     MPI_FLOAT, world.comm()));
+    };
+    const auto seconds = time_interleaved({moempi_op, raw_op}, o.timing.warmup, o.timing.iters, world);
+    const OverRanks m = over_ranks(median(seconds[0]), world);
+    const OverRanks r = over_ranks(median(seconds[1]), world);
+    const double bytes_dir = static_cast<double>(rows_total) * D * sizeof(float);
+    // busbw of the raw exchange: 2 directions, each rank moves its share; all-to-all factor.
+    const double busf = W > 1 ? double(W - 1) / W : 1.0;
+    const double raw_busbw = gbps(2.0 * bytes_dir / W, r.max) * busf;
+    const double ratio = r.max > 0 ? m.max / r.max : 0.0;
+    table.print_row({pattern, cell(rows_total), cell(max_in), cell(bytes_dir / 1e6, 1), cell(m.min * 1e6, 1),
+                     cell(m.avg * 1e6, 1), cell(m.max * 1e6, 1), cell(r.max * 1e6, 1), cell(raw_busbw, 2),
+                     cell(wrong), cell(ratio, 2)});
+    doc["rows"].push_back({{"pattern", pattern},
+                           {"rows_total", rows_total},
+                           {"max_rows_in", max_in},
+                           {"bytes_per_direction", bytes_dir},
+                           {"moempi_us", {{"min", m.min * 1e6}, {"avg", m.avg * 1e6}, {"max", m.max * 1e6}}},
+                           {"raw_us", {{"min", r.min * 1e6}, {"avg", r.avg * 1e6}, {"max", r.max * 1e6}}},
+                           {"wrong", wrong},
+                           {"ratio", ratio}});
+  }
+  table.print_comment(fmt::format("Out of bounds values : {} {}", all_wrong, all_wrong ? "FAILED" : "OK"));
+  doc["wrong"] = all_wrong;
+  write_json(o.timing.json, doc, world);
+  return all_wrong > 0 ? 1 : 0;
+}
+
+}  // namespace
+
+void add_dispatch_command(CLI::App& bench, int& exit_code) {
+  auto o = std::make_shared<DispatchOptions>();
+  CLI::App* cmd = bench.add_subcommand(
+      "dispatch", "MoE dispatch + combine under traffic patterns vs raw MPI_Alltoallv both ways");
+  cmd->add_option("-T,--tokens", o->T, "tokens per rank")->capture_default_str();
+  cmd->add_option("-D,--dim", o->D, "row width (floats)")->capture_default_str();
+  cmd->add_option("-E,--experts", o->E, "routed experts (divisible by the number of ranks)")->capture_default_str();
+  cmd->add_option("-k,--topk", o->k, "experts per token")->capture_default_str();
+  cmd->add_option("--pattern", o->patterns, "traffic patterns, comma-separated (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(kPatterns));
+  cmd->add_option("--zipf-s", o->zipf_s, "Zipf exponent for --pattern zipf")->capture_default_str();
+  add_timing_flags(*cmd, o->timing);
+  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher to time (moe.dispatch.type)")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "routing and payload seed")->capture_default_str();
+  cmd->callback([o, &exit_code] { exit_code = run_dispatch(*o); });
+}
+
+}  // namespace moempi::bench

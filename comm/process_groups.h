@@ -1,0 +1,37 @@
+// The named process groups of DESIGN.md "Process groups and placement", built once at start-up.
+// W = dp x ep. ep groups are consecutive world ranks [g*ep, (g+1)*ep) (so they stay inside a
+// node when possible); expert_dp (= dp) joins the ranks with the same world_rank % ep, the
+// replicas of one expert shard. Test: tests/comm_mpitest.cpp (ProcessGroups.*).
+#pragma once
+#include <string>
+
+#include "comm/communicator.h"
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+struct ProcessGroups {
+  Communicator world;      // all ranks
+  Communicator dp;         // replicas of one dense/expert shard: same world_rank % ep (== expert_dp)
+  Communicator ep;         // ranks that split the experts: world ranks [g*ep, (g+1)*ep)
+  Communicator expert_dp;  // replicas of one expert shard: same world_rank % ep
+  Communicator node;       // ranks on one (real or virtual) node
+  Communicator inter;      // same node-local index across nodes
+  int world_rank = 0, world_size = 1;
+  int ep_size = 1, dp_size = 1;
+  int node_index = 0, num_nodes = 1;
+  bool virtual_nodes = false;
+
+  int ep_group() const { return world_rank / ep_size; }  // index of this rank's ep group
+
+  // Collective over MPI_COMM_WORLD. Collective error if parallel.ep does not divide the world
+  // size or parallel.ranks_per_node < 0.
+  static ProcessGroups build(const ParallelSpec& spec);
+
+  // Collective over world (gather to rank 0). A multi-line table for the start-up log, one line
+  // per world rank: host, node, local rank, ep group, ep rank, expert_dp rank. Rank 0 gets the
+  // table; other ranks get "".
+  std::string rank_map() const;
+};
+
+}  // namespace moempi

@@ -1,0 +1,83 @@
+// The GPT-style MoE transformer: token + position embeddings, pre-norm blocks of causal
+// attention and an FFN (an MoE layer, or a dense FFN where moe.every_n_layers says so), final
+// norm, LM head tied to the token embedding, cross-entropy. Forward/backward of one micro-batch
+// at a time; parameters and gradients in one ParamArena (dense first, then local experts).
+// Tests: tests/model_test.cpp (whole-model finite differences on a tiny config).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "models/moe/moe_layer.h"
+#include "parallel/dispatcher.h"
+#include "runtime/core/arena.h"
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+// Wall time of one training step split by phase (seconds, accumulated until reset).
+enum Phase { kPhaseAttention, kPhaseMoe, kPhaseDenseFfn, kPhaseOther, kPhaseCount };
+
+class GptMoe {
+ public:
+  using DispatcherFactory = std::function<std::unique_ptr<Dispatcher>()>;
+  // Registers every parameter and allocates the arena. One dispatcher per MoE layer.
+  GptMoe(const ModelSpec& model, const MoeSpec& moe, const ExpertPlacement& placement,
+         const DispatcherFactory& make_dispatcher);
+
+  // Deterministic per global tensor name: the same model on any rank layout.
+  void init_params(uint64_t seed);
+
+  // One micro-batch of B sequences of model.seq_len tokens. Returns the mean cross-entropy;
+  // saves activations for backward. Collective over the EP group (dispatch), every rank.
+  double forward(const int32_t* tokens_BT, const int32_t* targets_BT, int B, bool training);
+  // Adds this micro-batch's gradients into the arena; grad_scale weights the micro-batch's mean
+  // loss in the step's objective (1 / (micro-batches per step × data-parallel ranks)).
+  void backward(float grad_scale);
+
+  double aux_loss() const;  // balancing losses of the last forward, summed over MoE layers
+  ParamArena& arena() { return arena_; }
+  const ModelSpec& spec() const { return model_; }
+  std::vector<MoeLayer*> moe_layers();
+  void on_step_end();  // balancing passes' step-level updates
+
+  // Training FLOPs per token (6 × active matmul params incl. the tied head + 12·L·T·D attention).
+  double flops_per_token() const;
+  int64_t active_params() const;
+  std::array<double, kPhaseCount>& phase_seconds() { return phase_seconds_; }
+
+ private:
+  struct Block {
+    bool is_moe = false;
+    ParamArena::Id ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
+    ParamArena::Id ffn_w1, ffn_b1, ffn_w2, ffn_b2;  // dense FFN layers only
+    std::unique_ptr<MoeLayer> moe;
+    std::unique_ptr<Dispatcher> dispatcher;
+    // activations of the current micro-batch
+    FloatBuffer ln1_out, ln1_mean, ln1_rstd, qkv, att, attn_out, resid_mid;
+    FloatBuffer ln2_out, ln2_mean, ln2_rstd, ffn_pre, ffn_act, ffn_out;
+  };
+  void norm_forward(float* out, float* mean, float* rstd, const float* x, ParamArena::Id w,
+                    ParamArena::Id b, int N);
+  void norm_backward(float* dx, const float* dout, const float* x, ParamArena::Id w,
+                     ParamArena::Id b, const float* mean, const float* rstd, int N);
+  void dense_ffn_forward(Block& blk, float* out, const float* x, int N);
+  void dense_ffn_backward(Block& blk, float* dx, const float* dout, const float* x, int N);
+
+  ModelSpec model_;
+  MoeSpec moe_;
+  ParamArena arena_;
+  ParamArena::Id wte_, wpe_, lnf_w_, lnf_b_;
+  std::vector<Block> blocks_;
+  int B_ = 0;
+  std::vector<int32_t> tokens_, targets_;
+  FloatBuffer encoded_;                // (N, D) block 0 input
+  std::vector<FloatBuffer> resid_;     // (L+1) × (N, D): input of block l; resid_[L] final
+  FloatBuffer lnf_out_, lnf_mean_, lnf_rstd_, logits_, probs_, losses_;
+  FloatBuffer dresid_, dtmp_, dtmp2_, dqkv_, dffn_hidden_;
+  std::array<double, kPhaseCount> phase_seconds_{};
+};
+
+}  // namespace moempi

@@ -1,0 +1,65 @@
+// BalancingPass: the load-balancing terms of one MoE router (ALGORITHMS.md 2), chosen by name
+// from `moe.balancing[i].type` through one registry (balancing_pass.cpp). A new pass is a new
+// file plus one line in that registry; the router and the layer never change.
+// Contract: every pass matches its formula on hand-computed cases and its gradient matches finite
+// differences with routing held fixed (tests/moe_test.cpp).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+// What the router computed in its last forward, as read-only views (valid until its next forward).
+struct RouterState {
+  int N = 0, K = 0, E = 0;
+  int seq_len = 0;                          // tokens per sequence, N = B * seq_len (per-sequence passes)
+  ScoreFn score_fn = ScoreFn::kSoftmax;
+  const float* logits_NE = nullptr;         // (N, E) x · W_r
+  const float* scores_NE = nullptr;         // (N, E) softmax or sigmoid of the logits, unbiased
+  const int32_t* selected_NK = nullptr;     // (N, K) top-k choice, before capacity drops
+  const int64_t* selected_per_expert_E = nullptr;  // (E) c_i: top-k selections before drops
+};
+
+// Services a pass may need from outside models/ (no MPI type here: the trainer installs them).
+struct BalancingEnv {
+  // Collective over the data-parallel group (all ranks that see different data): sums n int64
+  // counts in place (MPI_SUM). Empty = one data-parallel rank, nothing to reduce.
+  std::function<void(int64_t* counts, int n)> allreduce_counts_dp;
+};
+
+class BalancingPass {
+ public:
+  virtual ~BalancingPass() = default;
+  virtual std::string name() const = 0;
+
+  // Bias-style passes (loss_free_bias) shift the selection scores in place before top-k. The
+  // shifted scores choose experts only; combine weights use the unbiased scores. Default: none.
+  virtual void adjust_scores(float* scores_NE, int N, int E) {}
+  // The loss of this micro-batch, coefficient applied (0 for passes without a loss). Step-level
+  // state (count buffers) is updated only when `training` (not in eval or recomputation).
+  virtual double forward(const RouterState& state, bool training) = 0;
+  // ADDS loss_scale · dL/dscores into dscores_NE and/or loss_scale · dL/dlogits into dlogits_NE
+  // (both (N, E), never nullptr), for the state of the last forward.
+  virtual void backward(float* dscores_NE, float* dlogits_NE, const RouterState& state,
+                        float loss_scale) {}
+  // After the last micro-batch of an optimizer step (bias update, buffer reset).
+  virtual void on_step_end() {}
+};
+
+// The registry. `path` is the YAML path of the spec, e.g. "moe.balancing[1]"; an unknown type is
+// a collective error naming `<path>.type`, the value and the allowed values.
+std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec,
+                                                   const std::string& path = "moe.balancing[0]",
+                                                   const BalancingEnv& env = {});
+// One pass per entry of moe.balancing, in order.
+std::vector<std::unique_ptr<BalancingPass>> make_balancing_passes(
+    const std::vector<BalancingSpec>& specs, const BalancingEnv& env = {});
+// The registered names, in registration order.
+std::vector<std::string> balancing_pass_types();
+
+}  // namespace moempi

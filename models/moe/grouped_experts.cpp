@@ -1,0 +1,126 @@
+// Grouped expert FFNs: per local expert one GEMM, activation, one GEMM; backward mirrors it.
+// Test: tests/moe_test.cpp (GroupedExperts.*, MoeLayerGrad.*).
+#include "models/moe/grouped_experts.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "models/layers/activation.h"
+#include "runtime/core/blas.h"
+#include "runtime/core/error.h"
+#include "runtime/core/rng.h"
+
+namespace moempi {
+
+void expert_ffn_forward(float* y_ND, float* pre_NF1, float* act_NF, const float* x_ND,
+                        const float* w1_DF1, const float* w2_FD, int N, int D, int F,
+                        Activation act, bool accumulate_y) {
+  if (N == 0) return;
+  const int F1 = act == Activation::kSwiglu ? 2 * F : F;
+  blas::matmul(pre_NF1, x_ND, w1_DF1, N, F1, D, false, false, false);
+  if (act == Activation::kSwiglu)
+    swiglu_forward(act_NF, pre_NF1, N, F);
+  else
+    gelu_forward(act_NF, pre_NF1, (size_t)N * F);
+  blas::matmul(y_ND, act_NF, w2_FD, N, D, F, false, false, accumulate_y);
+}
+
+void expert_ffn_backward(float* dx_ND, float* dw1_DF1, float* dw2_FD, float* dact_NF,
+                         float* dpre_NF1, const float* dy_ND, const float* x_ND,
+                         const float* pre_NF1, const float* act_NF, const float* w1_DF1,
+                         const float* w2_FD, int N, int D, int F, Activation act,
+                         bool accumulate_dx) {
+  if (N == 0) return;
+  const int F1 = act == Activation::kSwiglu ? 2 * F : F;
+  // y = a · w2: da = dy · w2ᵀ, dw2 += aᵀ · dy
+  blas::matmul(dact_NF, dy_ND, w2_FD, N, F, D, false, true, false);
+  blas::matmul(dw2_FD, act_NF, dy_ND, F, D, N, true, false, true);
+  // a = act(pre): the activation backward adds, so start from zero
+  std::memset(dpre_NF1, 0, sizeof(float) * (size_t)N * F1);
+  if (act == Activation::kSwiglu)
+    swiglu_backward(dpre_NF1, dact_NF, pre_NF1, N, F);
+  else
+    gelu_backward(dpre_NF1, dact_NF, pre_NF1, (size_t)N * F);
+  // pre = x · w1: dw1 += xᵀ · dpre, dx (+)= dpre · w1ᵀ
+  blas::matmul(dw1_DF1, x_ND, dpre_NF1, D, F1, N, true, false, true);
+  if (dx_ND) blas::matmul(dx_ND, dpre_NF1, w1_DF1, N, D, F1, false, true, accumulate_dx);
+}
+
+void init_param_normal(ParamArena& arena, ParamArena::Id id, uint64_t seed, float std) {
+  const ParamInfo& info = arena.info(id);
+  Rng rng(seed, 0, 0, Rng::stream_of(info.name));
+  float* p = arena.param(id);
+  for (size_t i = 0; i < info.numel; ++i) p[i] = std * rng.normal();
+}
+
+GroupedExperts::GroupedExperts(const ModelSpec& model, const MoeSpec& moe, int layer,
+                               const ExpertPlacement& placement, ParamArena& arena)
+    : D_(model.d_model),
+      F_(moe.d_ff_expert),
+      F1_(model.activation == Activation::kSwiglu ? 2 * moe.d_ff_expert : moe.d_ff_expert),
+      act_(model.activation) {
+  MOEMPI_CHECK_ALL(moe.d_ff_expert >= 1, "moe.d_ff_expert ({}) must be >= 1", moe.d_ff_expert);
+  MOEMPI_CHECK_ALL(placement.ep_size >= 1 && placement.num_experts % placement.ep_size == 0,
+                   "moe.num_experts ({}) is not divisible by parallel.ep ({})",
+                   placement.num_experts, placement.ep_size);
+  const int n_local = placement.num_local();
+  for (int j = 0; j < n_local; ++j) {
+    const int e = placement.local_begin() + j;
+    const std::string base = fmt::format("layers.{}.moe.experts.{}", layer, e);
+    w1_.push_back(arena.add(base + ".w1", {D_, F1_}, ParamKind::kExpert, true));
+    w2_.push_back(arena.add(base + ".w2", {F_, D_}, ParamKind::kExpert, true));
+  }
+  rows_.assign(n_local, 0);
+}
+
+void GroupedExperts::init_params(ParamArena& arena, uint64_t seed, float init_std,
+                                 float w2_scale) {
+  for (size_t j = 0; j < w1_.size(); ++j) {
+    init_param_normal(arena, w1_[j], seed, init_std);
+    init_param_normal(arena, w2_[j], seed, init_std * w2_scale);
+  }
+}
+
+void GroupedExperts::forward(ParamArena& arena, float* y_RD, const float* x_RD,
+                             const std::vector<int64_t>& rows_per_local_expert) {
+  MOEMPI_CHECK_ONE(rows_per_local_expert.size() == w1_.size(),
+                   "dispatcher reports {} local experts, the layer holds {}",
+                   rows_per_local_expert.size(), w1_.size());
+  rows_ = rows_per_local_expert;
+  rows_total_ = 0;
+  rows_max_ = 0;
+  for (int64_t n : rows_) {
+    rows_total_ += n;
+    rows_max_ = std::max(rows_max_, n);
+  }
+  pre_RF1_.resize((size_t)rows_total_ * F1_);
+  act_RF_.resize((size_t)rows_total_ * F_);
+  int64_t r0 = 0;
+  for (size_t j = 0; j < w1_.size(); ++j) {
+    const int n = (int)rows_[j];
+    expert_ffn_forward(y_RD + r0 * D_, pre_RF1_.data() + r0 * F1_, act_RF_.data() + r0 * F_,
+                       x_RD + r0 * D_, arena.param(w1_[j]), arena.param(w2_[j]), n, D_, F_, act_,
+                       false);
+    r0 += n;
+  }
+}
+
+void GroupedExperts::backward(ParamArena& arena, float* dx_RD, const float* dy_RD,
+                              const float* x_RD) {
+  // Scratch for one block at a time: it stays in cache between the GEMMs and the activation.
+  dact_F_.resize((size_t)rows_max_ * F_);
+  dpre_F1_.resize((size_t)rows_max_ * F1_);
+  int64_t r0 = 0;
+  for (size_t j = 0; j < w1_.size(); ++j) {
+    const int n = (int)rows_[j];
+    expert_ffn_backward(dx_RD + r0 * D_, arena.grad(w1_[j]), arena.grad(w2_[j]), dact_F_.data(),
+                        dpre_F1_.data(), dy_RD + r0 * D_, x_RD + r0 * D_,
+                        pre_RF1_.data() + r0 * F1_, act_RF_.data() + r0 * F_,
+                        arena.param(w1_[j]), arena.param(w2_[j]), n, D_, F_, act_, false);
+    r0 += n;
+  }
+}
+
+}  // namespace moempi

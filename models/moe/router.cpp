@@ -1,0 +1,193 @@
+// Router forward/backward; the backward derivation sits next to each step.
+// Test: tests/moe_test.cpp (Router.*, MoeLayerGrad.*).
+#include "models/moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "runtime/core/blas.h"
+#include "runtime/core/error.h"
+
+namespace moempi {
+
+Router::Router(const MoeSpec& moe, int D, const BalancingEnv& env)
+    : Router(moe, D, make_balancing_passes(moe.balancing, env)) {}
+
+Router::Router(const MoeSpec& moe, int D, std::vector<std::unique_ptr<BalancingPass>> passes)
+    : moe_(moe), D_(D), passes_(std::move(passes)) {
+  MOEMPI_CHECK_ALL(moe.num_experts >= 1, "moe.num_experts ({}) must be >= 1", moe.num_experts);
+  MOEMPI_CHECK_ALL(moe.top_k >= 1 && moe.top_k <= moe.num_experts,
+                   "moe.top_k ({}) must be in [1, moe.num_experts ({})]", moe.top_k,
+                   moe.num_experts);
+  MOEMPI_CHECK_ALL(moe.capacity_factor >= 0.0f,
+                   "moe.capacity_factor ({}) must be >= 0 (0 = dropless)", moe.capacity_factor);
+  losses_.assign(passes_.size(), 0.0);
+}
+
+RouterState Router::state() const {
+  RouterState s;
+  s.N = plan_.N;
+  s.K = plan_.K;
+  s.E = plan_.E;
+  s.seq_len = seq_len_;
+  s.score_fn = moe_.score;
+  s.logits_NE = logits_NE_.data();
+  s.scores_NE = scores_NE_.data();
+  s.selected_NK = plan_.selected_NK.data();
+  s.selected_per_expert_E = plan_.selected_per_expert_E.data();
+  return s;
+}
+
+double Router::balancing_loss() const {
+  double sum = 0.0;
+  for (double l : losses_) sum += l;
+  return sum;
+}
+
+void Router::on_step_end() {
+  for (auto& p : passes_) p->on_step_end();
+}
+
+void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, bool training) {
+  const int E = moe_.num_experts, K = moe_.top_k;
+  const size_t NE = (size_t)N * E;
+  seq_len_ = seq_len;
+  RoutingPlan& p = plan_;
+  p.N = N;
+  p.K = K;
+  p.E = E;
+  logits_NE_.resize(NE);
+  scores_NE_.resize(NE);
+  select_NE_.resize(NE);
+  p.selected_NK.resize((size_t)N * K);
+  p.topk_ids_NK.resize((size_t)N * K);
+  p.probs_NK.resize((size_t)N * K);
+  p.selected_per_expert_E.assign(E, 0);
+  p.tokens_per_expert_E.assign(E, 0);
+  p.dropped_slots = 0;
+
+  // logits (N, E) = x (N, D) · W_r (D, E)
+  blas::matmul(logits_NE_.data(), x_ND, w_DE, N, E, D_, false, false, false);
+  for (int t = 0; t < N; ++t) {
+    const float* z = logits_NE_.data() + (size_t)t * E;
+    float* s = scores_NE_.data() + (size_t)t * E;
+    if (moe_.score == ScoreFn::kSoftmax) {
+      float m = z[0];
+      for (int i = 1; i < E; ++i) m = std::max(m, z[i]);
+      float sum = 0.0f;
+      for (int i = 0; i < E; ++i) sum += (s[i] = std::exp(z[i] - m));
+      const float inv = 1.0f / sum;
+      for (int i = 0; i < E; ++i) s[i] *= inv;
+    } else {
+      for (int i = 0; i < E; ++i) s[i] = 1.0f / (1.0f + std::exp(-z[i]));
+    }
+  }
+
+  // Selection scores: the passes may shift them (bias); they choose, they do not weigh.
+  std::memcpy(select_NE_.data(), scores_NE_.data(), NE * sizeof(float));
+  for (auto& pass : passes_) pass->adjust_scores(select_NE_.data(), N, E);
+
+  // Top-k per token by insertion into a best-first list. A later expert displaces an earlier one
+  // only with a strictly larger score, so ties go to the lower id (NaN scores still give k
+  // distinct ids, deterministically).
+  for (int t = 0; t < N; ++t) {
+    const float* v = select_NE_.data() + (size_t)t * E;
+    int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+    int filled = 0;
+    for (int e = 0; e < E; ++e) {
+      if (filled == K && !(v[e] > v[ids[K - 1]])) continue;
+      int pos = filled < K ? filled++ : K - 1;
+      while (pos > 0 && v[e] > v[ids[pos - 1]]) {
+        ids[pos] = ids[pos - 1];
+        --pos;
+      }
+      ids[pos] = e;
+    }
+  }
+
+  // Combine weights: unbiased scores of the chosen experts, renormalised over the k if asked.
+  for (int t = 0; t < N; ++t) {
+    const float* s = scores_NE_.data() + (size_t)t * E;
+    const int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+    float* pr = p.probs_NK.data() + (size_t)t * K;
+    float sum = 0.0f;
+    for (int k = 0; k < K; ++k) sum += (pr[k] = s[ids[k]]);
+    if (moe_.normalize_topk) {
+      const float inv = 1.0f / std::max(sum, 1e-20f);
+      for (int k = 0; k < K; ++k) pr[k] *= inv;
+    }
+    for (int k = 0; k < K; ++k) ++p.selected_per_expert_E[ids[k]];
+  }
+
+  // Capacity C = ceil(N·K/E · cf) per expert; slots are admitted in token order, then slot
+  // order, so what is dropped depends only on token indices (never on timing or ranks).
+  p.capacity = -1;
+  if (moe_.capacity_factor > 0.0f)
+    p.capacity = (int64_t)std::ceil((double)N * K / E * (double)moe_.capacity_factor);
+  for (size_t s = 0; s < (size_t)N * K; ++s) {
+    const int32_t e = p.selected_NK[s];
+    if (p.capacity >= 0 && p.tokens_per_expert_E[e] >= p.capacity) {
+      p.topk_ids_NK[s] = -1;
+      ++p.dropped_slots;
+    } else {
+      p.topk_ids_NK[s] = e;
+      ++p.tokens_per_expert_E[e];
+    }
+  }
+
+  const RouterState st = state();
+  for (size_t i = 0; i < passes_.size(); ++i) losses_[i] = passes_[i]->forward(st, training);
+}
+
+void Router::backward(float* dx_ND, float* dw_DE, const float* dprobs_NK, const float* x_ND,
+                      const float* w_DE, float loss_scale) {
+  const RoutingPlan& p = plan_;
+  const int N = p.N, K = p.K, E = p.E;
+  const size_t NE = (size_t)N * E;
+  dscores_NE_.resize(NE);
+  dlogits_NE_.resize(NE);
+  dscores_NE_.zero();
+  dlogits_NE_.zero();
+  const RouterState st = state();
+  for (auto& pass : passes_) pass->backward(dscores_NE_.data(), dlogits_NE_.data(), st, loss_scale);
+
+  for (int t = 0; t < N; ++t) {
+    const int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+    const float* pr = p.probs_NK.data() + (size_t)t * K;
+    const float* dp = dprobs_NK + (size_t)t * K;
+    const float* s = scores_NE_.data() + (size_t)t * E;
+    float* ds = dscores_NE_.data() + (size_t)t * E;
+    // probs -> chosen scores g_k = s[ids[k]].
+    // Normalised: p_k = g_k / G, G = Σ_j g_j, ∂p_k/∂g_j = (δ_kj − p_k) / G, so
+    //   dg_j = (dp_j − Σ_k dp_k p_k) / G.   Otherwise p_k = g_k and dg_k = dp_k.
+    if (moe_.normalize_topk) {
+      float G = 0.0f, dot = 0.0f;
+      for (int k = 0; k < K; ++k) {
+        G += s[ids[k]];
+        dot += dp[k] * pr[k];
+      }
+      const float inv = 1.0f / std::max(G, 1e-20f);
+      for (int k = 0; k < K; ++k) ds[ids[k]] += (dp[k] - dot) * inv;
+    } else {
+      for (int k = 0; k < K; ++k) ds[ids[k]] += dp[k];
+    }
+    // scores -> logits.
+    // softmax: ∂s_i/∂z_j = s_i (δ_ij − s_j), so dz_j = s_j (ds_j − Σ_i ds_i s_i).
+    // sigmoid: ∂s_i/∂z_i = s_i (1 − s_i), elementwise.
+    float* dz = dlogits_NE_.data() + (size_t)t * E;
+    if (moe_.score == ScoreFn::kSoftmax) {
+      float dot = 0.0f;
+      for (int i = 0; i < E; ++i) dot += ds[i] * s[i];
+      for (int i = 0; i < E; ++i) dz[i] += s[i] * (ds[i] - dot);
+    } else {
+      for (int i = 0; i < E; ++i) dz[i] += ds[i] * s[i] * (1.0f - s[i]);
+    }
+  }
+  // logits -> W_r and x: dW_r (D, E) += xᵀ · dz, dx (N, D) += dz · W_rᵀ.
+  blas::matmul(dw_DE, x_ND, dlogits_NE_.data(), D_, E, N, true, false, true);
+  if (dx_ND) blas::matmul(dx_ND, dlogits_NE_.data(), w_DE, N, D_, E, false, true, true);
+}
+
+}  // namespace moempi

@@ -1,0 +1,66 @@
+// The MoE router (ALGORITHMS.md 1): logits_NE = x_ND · W_r, scores by softmax or sigmoid, top-k
+// on the scores as shifted by the balancing passes, combine weights from the unbiased scores,
+// optional capacity drops; it owns the balancing passes of its layer.
+// Guarantees: deterministic (ties -> lower expert id; drops by token index, then slot); the
+// backward is the exact gradient with routing held fixed. Test: tests/moe_test.cpp (Router.*,
+// MoeLayerGrad.*).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "models/moe/balancing_pass.h"
+#include "runtime/core/arena.h"
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+// The routing of one micro-batch: what the dispatcher and the combine need.
+struct RoutingPlan {
+  int N = 0, K = 0, E = 0;
+  int64_t capacity = -1;                        // per expert per micro-batch; -1 = dropless
+  std::vector<int32_t> selected_NK;             // (N, K) top-k choice, best first, before drops
+  std::vector<int32_t> topk_ids_NK;             // (N, K) after capacity drops; -1 = dropped slot
+  FloatBuffer probs_NK;                         // (N, K) combine weights (kept for dropped slots,
+                                                //        which meet a zero row)
+  std::vector<int64_t> selected_per_expert_E;   // (E) selections before drops (c_i of the passes)
+  std::vector<int64_t> tokens_per_expert_E;     // (E) rows actually routed, after drops
+  int64_t dropped_slots = 0;
+};
+
+class Router {
+ public:
+  // Builds the passes of moe.balancing (collective error naming the path on a bad spec).
+  Router(const MoeSpec& moe, int D, const BalancingEnv& env = {});
+  // With explicit passes (moe.balancing ignored): tests, or passes built elsewhere.
+  Router(const MoeSpec& moe, int D, std::vector<std::unique_ptr<BalancingPass>> passes);
+
+  // w_DE: (D, E) router weight. seq_len: tokens per sequence (for per-sequence passes).
+  // Runs adjust_scores and forward of every pass; passes update step state only if training.
+  void forward(const float* x_ND, const float* w_DE, int N, int seq_len, bool training);
+  // dprobs_NK: dL/dprobs_NK of the combine. ADDS dL/dx into dx_ND (nullptr = not wanted) and
+  // dL/dW_r into dw_DE, including loss_scale times the balancing losses' gradients.
+  void backward(float* dx_ND, float* dw_DE, const float* dprobs_NK, const float* x_ND,
+                const float* w_DE, float loss_scale);
+  void on_step_end();
+
+  const RoutingPlan& plan() const { return plan_; }
+  RouterState state() const;
+  double balancing_loss() const;                  // Σ over passes, last forward
+  const std::vector<double>& balancing_losses() const { return losses_; }  // per pass
+  const std::vector<std::unique_ptr<BalancingPass>>& passes() const { return passes_; }
+  const float* logits_NE() const { return logits_NE_.data(); }
+  const float* scores_NE() const { return scores_NE_.data(); }
+
+ private:
+  MoeSpec moe_;
+  int D_;
+  int seq_len_ = 0;
+  std::vector<std::unique_ptr<BalancingPass>> passes_;
+  std::vector<double> losses_;
+  RoutingPlan plan_;
+  FloatBuffer logits_NE_, scores_NE_, select_NE_;  // (N, E); select = scores + pass shifts
+  FloatBuffer dscores_NE_, dlogits_NE_;            // (N, E) backward scratch
+};
+
+}  // namespace moempi

@@ -1,0 +1,35 @@
+// Optimizers over the flat parameter arena: AdamW (decoupled decay, none on norms and biases)
+// and SGD with momentum. They step whatever the arena holds on this rank (with expert
+// parallelism: only the local experts, so expert optimizer state lives with its shard).
+// Gradient sync and clipping happen before step(); see parallel/sharding_strategy.h.
+// Tests: tests/optim_test.cpp (against hand-computed updates).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "runtime/core/arena.h"
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  virtual std::string name() const = 0;
+  // One update of every parameter in the arena from its gradient, at learning rate lr.
+  virtual void step(ParamArena& arena, float lr) = 0;
+  int64_t steps_taken() const { return t_; }
+
+ protected:
+  int64_t t_ = 0;
+};
+
+// Chooses by optim.type (adamw | sgd); collective error naming the path otherwise.
+std::unique_ptr<Optimizer> make_optimizer(const OptimSpec& spec, const ParamArena& arena);
+
+// Multiplies every gradient in the arena by `factor` (global-norm clipping applies
+// factor = min(1, clip / norm), with the norm computed over all ranks by the strategy).
+void scale_grads(ParamArena& arena, float factor);
+float clip_factor(double grad_norm, float clip);
+
+}  // namespace moempi

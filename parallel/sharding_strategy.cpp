@@ -1,0 +1,66 @@
+#include "parallel/sharding_strategy.h"
+
+#include <mpi.h>
+
+#include <cmath>
+
+#include "comm/mpi_check.h"
+#include "runtime/core/error.h"
+
+namespace moempi {
+namespace {
+
+double sum_squares(std::span<const float> xs) {
+  double s = 0;
+  for (float x : xs) s += static_cast<double>(x) * x;
+  return s;
+}
+
+// Collective over `comm`: in-place sum of a float span (skipped when the group is one rank).
+void allreduce_span(std::span<float> xs, const Communicator& comm) {
+  if (comm.size() == 1 || xs.empty()) return;
+  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, xs.data(), static_cast<int>(xs.size()), MPI_FLOAT,
+                                 MPI_SUM, comm.comm()));
+}
+
+class DataParallel final : public ShardingStrategy {
+ public:
+  explicit DataParallel(const ProcessGroups& g) : g_(g) {}
+  std::string name() const override { return "dp"; }
+  void sync_grads(ParamArena& arena) override { allreduce_span(arena.grads(), g_.world); }
+  double grad_norm(ParamArena& arena) override { return std::sqrt(sum_squares(arena.grads())); }
+
+ private:
+  const ProcessGroups& g_;
+};
+
+class ExpertParallel final : public ShardingStrategy {
+ public:
+  explicit ExpertParallel(const ProcessGroups& g) : g_(g) {}
+  std::string name() const override { return "ep"; }
+  void sync_grads(ParamArena& arena) override {
+    allreduce_span(arena.dense_grads(), g_.world);
+    allreduce_span(arena.expert_grads(), g_.expert_dp);
+  }
+  double grad_norm(ParamArena& arena) override {
+    // Dense grads are identical everywhere; each expert shard lives once per ep group.
+    double expert_sq = sum_squares(arena.expert_grads());
+    if (g_.ep.size() > 1)
+      MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &expert_sq, 1, MPI_DOUBLE, MPI_SUM, g_.ep.comm()));
+    return std::sqrt(sum_squares(arena.dense_grads()) + expert_sq);
+  }
+
+ private:
+  const ProcessGroups& g_;
+};
+
+}  // namespace
+
+std::unique_ptr<ShardingStrategy> make_sharding_strategy(const ParallelSpec& spec,
+                                                         const ProcessGroups& groups) {
+  if (spec.strategy == "dp") return std::make_unique<DataParallel>(groups);
+  if (spec.strategy == "ep") return std::make_unique<ExpertParallel>(groups);
+  fail_collective(fmt::format("parallel.strategy: '{}' is not one of dp, ep", spec.strategy));
+}
+
+}  // namespace moempi

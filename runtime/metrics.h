@@ -1,0 +1,50 @@
+// What a logged step reports: the fixed-format progress line (rank 0) and one JSON object per
+// logged step in <run_dir>/metrics.jsonl. The JSONL keys step, loss, val_loss, lr, grad_norm,
+// step_ms, tokens_per_s, mfu, maxvio, aux_loss are an interface scripts rely on: do not rename.
+#pragma once
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moempi {
+
+struct StepMetrics {
+  int step = 0;          // 1-based: optimizer steps done
+  int total_steps = 0;
+  double loss = 0;       // global mean LM loss of the step
+  double aux_loss = 0;   // global mean of the balancing losses (summed over layers)
+  std::optional<double> val_loss;
+  double lr = 0;
+  double grad_norm = 0;
+  double step_ms = 0;
+  double tokens_per_s = 0;
+  double mfu = 0;        // fraction
+  double maxvio = 0;     // mean over MoE layers of (max_i c_i - mean c) / mean c, global counts
+  double eta_s = 0;
+  int64_t tokens = 0;    // tokens seen so far (global)
+  std::vector<double> maxvio_layers;
+  std::vector<std::vector<int64_t>> expert_load;  // [moe layer][expert] global counts
+};
+
+// "step 120/2000 | loss 2.4312 | aux 0.0121 | lr 3.0e-04 | gnorm 0.84 | 212 ms | 19.3k tok/s | mfu 41% | maxvio 0.12 | eta 1m23s"
+std::string format_step_line(const StepMetrics& m);
+std::string format_duration(double seconds);
+
+// MaxVio of one layer's counts: (max - mean) / mean, 0 when there are no tokens.
+double max_violation(const std::vector<int64_t>& counts);
+
+class MetricsWriter {
+ public:
+  MetricsWriter() = default;
+  explicit MetricsWriter(const std::string& path);  // truncates; local error if it cannot open
+  void write(const StepMetrics& m);
+  bool open() const { return out_.is_open(); }
+
+ private:
+  std::ofstream out_;
+  std::string path_;
+};
+
+}  // namespace moempi

@@ -1,0 +1,230 @@
+#include "runtime/trainer.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "comm/mpi_check.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
+#include "parallel/dispatcher_registry.h"
+#include "parallel/sharding_strategy.h"
+#include "runtime/core/blas.h"
+#include "runtime/core/blas_env.h"
+#include "runtime/core/error.h"
+#include "runtime/core/log.h"
+#include "runtime/core/timer.h"
+#include "runtime/data/data_source.h"
+#include "runtime/job_spec.h"
+#include "runtime/metrics.h"
+
+namespace moempi {
+namespace {
+
+double allreduce_sum(double x, const Communicator& comm) {
+  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_DOUBLE, MPI_SUM, comm.comm()));
+  return x;
+}
+
+// Global expert loads of the step: [moe layer][expert], summed over micro-batches and ranks.
+std::vector<std::vector<int64_t>> allreduce_loads(std::vector<std::vector<int64_t>> loads,
+                                                  const Communicator& world) {
+  std::vector<int64_t> flat;
+  for (auto& l : loads) flat.insert(flat.end(), l.begin(), l.end());
+  if (!flat.empty())
+    MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flat.data(), static_cast<int>(flat.size()),
+                                   MPI_INT64_T, MPI_SUM, world.comm()));
+  size_t off = 0;
+  for (auto& l : loads) {
+    std::copy(flat.begin() + off, flat.begin() + off + l.size(), l.begin());
+    off += l.size();
+  }
+  return loads;
+}
+
+class TrainLoop {
+ public:
+  TrainLoop(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options)
+      : spec_(spec), g_(groups), opt_(options) {
+    placement_ = {spec.moe.num_experts, groups.ep.size(), groups.ep.rank()};
+    model_ = std::make_unique<GptMoe>(spec.model, spec.moe, placement_, [&] {
+      return make_dispatcher(spec_.moe.dispatch, placement_, g_);
+    });
+    model_->init_params(spec.job.seed);
+    data_ = make_data_source(spec.data, spec.model, spec.job.seed);
+    optimizer_ = make_optimizer(spec.optim, model_->arena());
+    schedule_ = std::make_unique<LrSchedule>(spec.optim, spec.train.steps);
+    strategy_ = make_sharding_strategy(spec.parallel, groups);
+    data_ranks_ = groups.world.size();
+    B_ = spec.train.micro_batch;
+    T_ = spec.model.seq_len;
+  }
+
+  TrainSummary run() {
+    TrainSummary summary;
+    summary.sgemm_gflops = allreduce_sum(measure_sgemm_gflops(), g_.world) / g_.world.size();
+    summary.flops_per_token = model_->flops_per_token();
+    summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
+    announce(summary);
+    if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
+
+    const int steps = spec_.train.steps;
+    const float grad_scale = 1.0f / (spec_.train.grad_accum * data_ranks_);
+    const auto moe_layers = model_->moe_layers();
+    double elapsed = 0;
+    for (int step = 0; step < steps; ++step) {
+      const double t0 = now_seconds();
+      model_->arena().zero_grads();
+      double loss_sum = 0, aux_sum = 0;
+      std::vector<std::vector<int64_t>> loads(moe_layers.size(),
+                                              std::vector<int64_t>(spec_.moe.num_experts, 0));
+      for (int a = 0; a < spec_.train.grad_accum; ++a) {
+        const int64_t first = ((static_cast<int64_t>(step) * spec_.train.grad_accum + a) * data_ranks_ +
+                               g_.world.rank()) * B_;
+        data_->get(batch_, Split::kTrain, first, B_);
+        loss_sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, true);
+        aux_sum += model_->aux_loss();
+        model_->backward(grad_scale);
+        for (size_t l = 0; l < moe_layers.size(); ++l) {
+          const auto& c = moe_layers[l]->tokens_per_expert();
+          for (size_t e = 0; e < c.size(); ++e) loads[l][e] += c[e];
+        }
+      }
+      double grad_norm;
+      {
+        ScopedTimer t(summary.phase_seconds[kPhaseGradSync]);
+        strategy_->sync_grads(model_->arena());
+        grad_norm = strategy_->grad_norm(model_->arena());
+      }
+      const float lr = schedule_->lr_at(step);
+      {
+        ScopedTimer t(summary.phase_seconds[kPhaseOptimizer]);
+        model_->on_step_end();
+        scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
+        optimizer_->step(model_->arena(), lr);
+      }
+      // Step metrics (collective): global mean losses and expert loads.
+      const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
+      const double loss = allreduce_sum(loss_sum, g_.world) / denom;
+      const double aux = allreduce_sum(aux_sum, g_.world) / denom;
+      MOEMPI_CHECK_ALL(std::isfinite(loss), "loss is {} at step {}; lower optim.lr or set optim.grad_clip",
+                       loss, step + 1);
+      loads = allreduce_loads(std::move(loads), g_.world);
+      const double dt = now_seconds() - t0;
+      elapsed += dt;
+      summary.losses.push_back(loss);
+      summary.step_seconds.push_back(dt);
+
+      const bool last = step + 1 == steps;
+      const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
+      std::optional<double> val;
+      if (eval_now) val = evaluate();
+      if (last && val) summary.final_val_loss = val;
+      const bool log_now = (step + 1) % spec_.train.log_interval == 0 || step == 0 || last || eval_now;
+      if (!log_now) continue;
+      StepMetrics m;
+      m.step = step + 1;
+      m.total_steps = steps;
+      m.loss = loss;
+      m.aux_loss = aux;
+      m.val_loss = val;
+      m.lr = lr;
+      m.grad_norm = grad_norm;
+      m.step_ms = 1e3 * dt;
+      m.tokens_per_s = summary.tokens_per_step / dt;
+      m.mfu = summary.flops_per_token * m.tokens_per_s /
+              (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
+      m.eta_s = elapsed / (step + 1) * (steps - step - 1);
+      m.tokens = summary.tokens_per_step * (step + 1);
+      for (const auto& l : loads) m.maxvio_layers.push_back(max_violation(l));
+      for (double v : m.maxvio_layers) m.maxvio += v / m.maxvio_layers.size();
+      m.expert_load = loads;
+      if (g_.world.rank() == 0) {
+        if (opt_.log_steps) spdlog::info("{}", format_step_line(m));
+        metrics_.write(m);
+      }
+    }
+    for (int p = 0; p < kPhaseCount; ++p) summary.phase_seconds[p] = model_->phase_seconds()[p];
+    return summary;
+  }
+
+ private:
+  // Collective: global mean validation loss over eval.batches micro-batches per rank.
+  double evaluate() {
+    double sum = 0;
+    for (int i = 0; i < spec_.eval.batches; ++i) {
+      const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
+      data_->get(batch_, Split::kVal, first, B_);
+      sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
+    }
+    return allreduce_sum(sum, g_.world) / (static_cast<double>(spec_.eval.batches) * data_ranks_);
+  }
+
+  void announce(const TrainSummary& s) {
+    const std::string rank_map = g_.rank_map();  // collective
+    if (g_.world.rank() != 0 || !opt_.log_steps) return;
+    spdlog::info("moempi: job '{}' | world {} = dp {} × ep {} | strategy {} | dispatch {}",
+                 spec_.job.name, g_.world.size(), g_.dp_size, g_.ep_size, spec_.parallel.strategy,
+                 spec_.moe.dispatch.type);
+    spdlog::info("{} | sgemm {:.0f} GFLOP/s per rank", blas::kernel_note(), s.sgemm_gflops);
+    spdlog::info("model: {} params on rank 0 ({} dense), {:.1f}M active per token, {:.1f} MFLOP per "
+                 "training token | {} tokens per step | data: {}",
+                 model_->arena().numel(), model_->arena().dense_numel(),
+                 model_->active_params() / 1e6, s.flops_per_token / 1e6, s.tokens_per_step,
+                 data_->describe());
+    spdlog::info("rank map:\n{}", rank_map);
+    spdlog::info("resolved job spec:\n{}", job_spec_to_yaml(spec_));
+  }
+
+  void prepare_run_dir() {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::create_directories(spec_.job.run_dir, ec);
+    MOEMPI_CHECK_ONE(!ec, "cannot create job.run_dir '{}': {}", spec_.job.run_dir, ec.message());
+    const std::string spec_path = spec_.job.run_dir + "/job.yaml";
+    std::ofstream out(spec_path, std::ios::trunc);
+    out << job_spec_to_yaml(spec_);
+    MOEMPI_CHECK_ONE(out.good(), "cannot write '{}'", spec_path);
+    if (spec_.metrics.jsonl) metrics_ = MetricsWriter(spec_.job.run_dir + "/metrics.jsonl");
+  }
+
+  const JobSpec& spec_;
+  const ProcessGroups& g_;
+  TrainOptions opt_;
+  ExpertPlacement placement_;
+  std::unique_ptr<GptMoe> model_;
+  std::unique_ptr<DataSource> data_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::unique_ptr<ShardingStrategy> strategy_;
+  MetricsWriter metrics_;
+  Batch batch_;
+  int data_ranks_ = 1, B_ = 1, T_ = 1;
+};
+
+}  // namespace
+
+TrainSummary train(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options) {
+  TrainLoop loop(spec, groups, options);
+  return loop.run();
+}
+
+double measure_sgemm_gflops() {
+  const int M = 512, N = 512, K = 512;
+  FloatBuffer a(static_cast<size_t>(M) * K), b(static_cast<size_t>(K) * N), c(static_cast<size_t>(M) * N);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = 1e-3f * static_cast<float>(i % 17);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = 1e-3f * static_cast<float>(i % 13);
+  blas::matmul(c.data(), a.data(), b.data(), M, N, K, false, false, false);  // warm up
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) {
+    const double t0 = now_seconds();
+    for (int i = 0; i < 4; ++i) blas::matmul(c.data(), a.data(), b.data(), M, N, K, false, false, false);
+    best = std::min(best, now_seconds() - t0);
+  }
+  return 4 * 2.0 * M * N * K / best / 1e9;
+}
+
+}  // namespace moempi

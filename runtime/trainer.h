@@ -1,0 +1,41 @@
+// The training loop (DESIGN.md "The data flow of one training step"): per step, grad_accum
+// micro-batches of forward+backward, gradient sync by the sharding strategy, balancing passes'
+// step end, global-norm clip, optimizer step, metrics; validation every eval.interval steps.
+// Each rank reads a disjoint slice of every global batch; sequence indices are assigned so that
+// any world size and strategy sees the same global batch as one rank with the same micro-batch.
+// Tests: tests/train_mpitest.cpp (invariance), tests/e2e/*.sh (the binary).
+#pragma once
+#include <array>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "comm/process_groups.h"
+#include "models/gpt_moe.h"
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+struct TrainOptions {
+  bool log_steps = true;    // progress lines on rank 0
+  bool write_files = true;  // job.yaml and metrics.jsonl in the run directory
+};
+
+struct TrainSummary {
+  std::vector<double> losses;   // global mean loss of every step
+  std::vector<double> step_seconds;
+  std::optional<double> final_val_loss;
+  double sgemm_gflops = 0;      // measured single-thread sgemm rate (mean over ranks)
+  double flops_per_token = 0;
+  int64_t tokens_per_step = 0;  // global
+  std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
+};
+enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
+
+// Runs the job described by `spec` on the process groups (collective over the world).
+TrainSummary train(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options);
+
+// Single-thread sgemm GFLOP/s at a mid-size shape, measured now (MFU's denominator).
+double measure_sgemm_gflops();
+
+}  // namespace moempi

@@ -1,0 +1,373 @@
+// MPI tests of comm/: process groups at every world size (ep in the divisors of W, real and
+// virtual nodes), checked collectives with verifiable payloads (including zero counts to some
+// peers), the MPI_Comm RAII wrapper and the payload formula. Run at 1-4 ranks by ctest.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "comm/collectives.h"
+#include "comm/communicator.h"
+#include "comm/payload.h"
+#include "comm/process_groups.h"
+#include "comm/topology.h"
+#include "runtime/core/error.h"
+
+namespace moempi {
+namespace {
+
+int world_size() {
+  int w = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  return w;
+}
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+// World ranks of the members of `c`, in c's rank order (gathered over c).
+std::vector<int> members(const Communicator& c) {
+  std::vector<int> out(c.size());
+  int me = world_rank();
+  MPI_Allgather(&me, 1, MPI_INT, out.data(), 1, MPI_INT, c.comm());
+  return out;
+}
+
+std::vector<int> world_ranks_where(auto pred) {
+  std::vector<int> out;
+  for (int r = 0; r < world_size(); ++r)
+    if (pred(r)) out.push_back(r);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process groups: parameters (ep, ranks_per_node); ep that does not divide W is skipped.
+
+struct GroupCase {
+  int ep;
+  int ranks_per_node;  // 0 = real nodes
+};
+
+class ProcessGroupsTest : public ::testing::TestWithParam<GroupCase> {};
+
+TEST_P(ProcessGroupsTest, GroupsHaveTheSpecifiedMembers) {
+  const auto [ep, rpn] = GetParam();
+  const int W = world_size(), wr = world_rank();
+  if (W % ep != 0) GTEST_SKIP() << "ep " << ep << " does not divide W " << W;
+  ParallelSpec spec;
+  spec.ep = ep;
+  spec.ranks_per_node = rpn;
+  ProcessGroups g = ProcessGroups::build(spec);
+
+  EXPECT_EQ(g.world_rank, wr);
+  EXPECT_EQ(g.world_size, W);
+  EXPECT_EQ(g.ep_size, ep);
+  EXPECT_EQ(g.dp_size, W / ep);
+  EXPECT_EQ(g.world.size(), W);
+
+  // ep: consecutive world ranks [g*ep, (g+1)*ep), ranked by world rank.
+  const int grp = wr / ep;
+  EXPECT_EQ(g.ep_group(), grp);
+  EXPECT_EQ(g.ep.rank(), wr % ep);
+  EXPECT_EQ(members(g.ep), world_ranks_where([&](int r) { return r / ep == grp; }));
+  // expert_dp and dp: same world_rank % ep.
+  const auto same_shard = world_ranks_where([&](int r) { return r % ep == wr % ep; });
+  EXPECT_EQ(members(g.expert_dp), same_shard);
+  EXPECT_EQ(members(g.dp), same_shard);
+  EXPECT_EQ(g.expert_dp.rank(), wr / ep);
+  EXPECT_NE(g.dp.comm(), g.expert_dp.comm());  // separate contexts, same members
+
+  if (rpn > 0) {
+    EXPECT_TRUE(g.virtual_nodes);
+    EXPECT_EQ(g.node_index, wr / rpn);
+    EXPECT_EQ(g.num_nodes, (W + rpn - 1) / rpn);
+    EXPECT_EQ(members(g.node), world_ranks_where([&](int r) { return r / rpn == wr / rpn; }));
+    EXPECT_EQ(members(g.inter), world_ranks_where([&](int r) { return r % rpn == wr % rpn; }));
+    EXPECT_EQ(g.inter.rank(), g.node_index);
+  } else {
+    // Real nodes: every member of my node has my host name; nodes are numbered 0..num_nodes-1.
+    EXPECT_FALSE(g.virtual_nodes);
+    const std::string host = host_name();
+    std::vector<char> mine(256, 0), all(256 * g.node.size());
+    std::copy(host.begin(), host.begin() + std::min<size_t>(host.size(), 255), mine.begin());
+    MPI_Allgather(mine.data(), 256, MPI_CHAR, all.data(), 256, MPI_CHAR, g.node.comm());
+    for (int i = 0; i < g.node.size(); ++i) EXPECT_EQ(std::string(&all[256 * i]), host);
+    EXPECT_GE(g.node_index, 0);
+    EXPECT_LT(g.node_index, g.num_nodes);
+    EXPECT_EQ(g.inter.size(), g.num_nodes);  // one node here, so every local index appears once
+  }
+
+  // The rank map: on rank 0 one line per rank (plus a summary and a header), elsewhere empty.
+  const std::string map = g.rank_map();
+  if (wr == 0) {
+    EXPECT_EQ(std::count(map.begin(), map.end(), '\n'), W + 2) << map;
+    EXPECT_NE(map.find(host_name()), std::string::npos);
+    EXPECT_NE(map.find(fmt::format("dp {} x ep {}", W / ep, ep)), std::string::npos) << map;
+  } else {
+    EXPECT_TRUE(map.empty());
+  }
+}
+
+std::string group_case_name(const ::testing::TestParamInfo<GroupCase>& info) {
+  return fmt::format("ep{}_rpn{}", info.param.ep, info.param.ranks_per_node);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllLayouts, ProcessGroupsTest,
+                         ::testing::Values(GroupCase{1, 0}, GroupCase{2, 0}, GroupCase{3, 0},
+                                           GroupCase{4, 0}, GroupCase{1, 1}, GroupCase{2, 1},
+                                           GroupCase{4, 1}, GroupCase{1, 2}, GroupCase{2, 2},
+                                           GroupCase{3, 2}, GroupCase{4, 2}),
+                         group_case_name);
+
+TEST(ProcessGroups, EpThatDoesNotDivideTheWorldIsACollectiveError) {
+  ParallelSpec spec;
+  spec.ep = world_size() + 1;  // never a divisor of W
+  try {
+    ProcessGroups::build(spec);
+    FAIL() << "expected CollectiveError";
+  } catch (const CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.ep"), std::string::npos) << e.what();
+  }
+  spec.ep = 1;
+  spec.ranks_per_node = -1;
+  EXPECT_THROW(ProcessGroups::build(spec), CollectiveError);
+}
+
+TEST(ProcessGroups, MovedGroupsStillWork) {
+  ParallelSpec spec;
+  ProcessGroups a = ProcessGroups::build(spec);
+  const MPI_Comm ep = a.ep.comm();
+  ProcessGroups b = std::move(a);
+  EXPECT_EQ(b.ep.comm(), ep);
+  EXPECT_TRUE(a.ep.is_null());
+  int64_t one = 1;
+  allreduce_sum(&one, 1, b.world);
+  EXPECT_EQ(one, world_size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Communicator RAII.
+
+TEST(Communicator, WorldIsNotOwnedSplitIsAndMovesTransferOwnership) {
+  Communicator world = Communicator::world();
+  EXPECT_EQ(world.comm(), MPI_COMM_WORLD);
+  EXPECT_EQ(world.size(), world_size());
+  EXPECT_EQ(world.name(), "world");
+  {
+    Communicator copy_of_world = Communicator::world();
+  }  // destroying a world wrapper must not free MPI_COMM_WORLD
+  barrier(world);
+
+  Communicator half = Communicator::split(world, world.rank() % 2, world.rank(), "half");
+  EXPECT_EQ(half.name(), "half");
+  EXPECT_EQ(half.size(), (world_size() + 1 - world.rank() % 2) / 2);
+  const MPI_Comm handle = half.comm();
+  Communicator moved = std::move(half);
+  EXPECT_TRUE(half.is_null());
+  EXPECT_EQ(half.rank(), -1);
+  EXPECT_EQ(moved.comm(), handle);
+  Communicator view = moved.view();
+  EXPECT_EQ(view.comm(), handle);
+  Communicator other = Communicator::split(world, 0, world.rank(), "other");
+  other = std::move(moved);  // frees `other`'s old communicator, takes `moved`'s
+  EXPECT_EQ(other.comm(), handle);
+  int64_t x = 1;
+  allreduce_sum(&x, 1, view);  // the view still works: the owner is alive
+  EXPECT_EQ(x, other.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload formula.
+
+TEST(Payload, ExactInFloatAndDependsOnEveryArgument) {
+  for (int64_t i = 0; i < 1000; ++i) {
+    const float v = payload_value(7, 1, 2, i);
+    const float scaled = v * 1024.0f;
+    EXPECT_EQ(scaled, static_cast<float>(static_cast<int32_t>(scaled)));
+    EXPECT_GE(scaled, -524288.0f);
+    EXPECT_LT(scaled, 524288.0f);
+  }
+  int same_seed = 0, same_src = 0, same_dst = 0, same_index = 0;
+  for (int64_t i = 0; i < 1000; ++i) {
+    const float v = payload_value(7, 1, 2, i);
+    same_seed += v == payload_value(8, 1, 2, i);
+    same_src += v == payload_value(7, 2, 2, i);
+    same_dst += v == payload_value(7, 1, 3, i);
+    same_index += v == payload_value(7, 1, 2, i + 1);
+  }
+  EXPECT_LT(same_seed, 5);
+  EXPECT_LT(same_src, 5);
+  EXPECT_LT(same_dst, 5);
+  EXPECT_LT(same_index, 5);
+}
+
+TEST(Payload, CheckCountsWrongElements) {
+  std::vector<float> buf(100);
+  payload_fill(buf.data(), 100, 3, 0, 1, 50);
+  EXPECT_EQ(payload_check(buf.data(), 100, 3, 0, 1, 50), 0);
+  EXPECT_EQ(buf[7], payload_value(3, 0, 1, 57));
+  buf[0] += 1.0f;
+  buf[42] = -buf[42] + 0.5f;
+  buf[99] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(payload_check(buf.data(), 100, 3, 0, 1, 50), 3);
+  EXPECT_EQ(payload_check(buf.data() + 1, 99, 3, 0, 1, 51), 2);
+  EXPECT_GT(payload_check(buf.data(), 100, 3, 1, 0, 50), 90);  // wrong (src, dst) is caught
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collectives, over world and over the ep groups of every valid ep.
+
+class CollectivesTest : public ::testing::TestWithParam<int> {  // param: ep
+ protected:
+  void SetUp() override {
+    if (world_size() % GetParam() != 0) GTEST_SKIP() << "ep does not divide W";
+    ParallelSpec spec;
+    spec.ep = GetParam();
+    groups_ = ProcessGroups::build(spec);
+  }
+  ProcessGroups groups_;
+};
+
+TEST_P(CollectivesTest, AllreduceSumFloatDoubleInt64) {
+  for (const Communicator* c : {&groups_.world, &groups_.ep, &groups_.expert_dp}) {
+    const int n = c->size(), me = c->rank();
+    const int64_t count = 1000;
+    std::vector<float> f(count);
+    payload_fill(f.data(), count, 11, me, 0);
+    std::vector<double> d(f.begin(), f.end());
+    std::vector<int64_t> i64(count);
+    for (int64_t i = 0; i < count; ++i) i64[i] = (int64_t{1} << 40) * (me + 1) + i;
+    allreduce_sum(f.data(), count, *c);
+    allreduce_sum(d.data(), count, *c);
+    allreduce_sum(i64.data(), count, *c);
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      double expect = 0;  // payload values are k/1024 with |k| < 2^19: sums of 4 are exact
+      for (int r = 0; r < n; ++r) expect += payload_value(11, r, 0, i);
+      wrong += f[i] != static_cast<float>(expect);
+      wrong += d[i] != expect;
+      wrong += i64[i] != (int64_t{1} << 40) * (n * (n + 1) / 2) + n * i;
+    }
+    EXPECT_EQ(wrong, 0) << "group " << c->name();
+  }
+}
+
+TEST_P(CollectivesTest, AlltoallI64CarriesSourceAndDestination) {
+  const Communicator& c = groups_.ep;
+  const int n = c.size(), me = c.rank(), per = 3;
+  std::vector<int64_t> send(n * per), recv(n * per, -1);
+  for (int p = 0; p < n; ++p)
+    for (int j = 0; j < per; ++j) send[p * per + j] = (int64_t{me} << 40) + (int64_t{p} << 20) + j;
+  alltoall_i64(send.data(), recv.data(), per, c);
+  for (int p = 0; p < n; ++p)
+    for (int j = 0; j < per; ++j)
+      EXPECT_EQ(recv[p * per + j], (int64_t{p} << 40) + (int64_t{me} << 20) + j);
+}
+
+// Floats from src to dst: zero for some pairs (including possibly self), otherwise a few dozen.
+int64_t pair_count(int src, int dst) { return ((src + 2 * dst) % 3) * 17; }
+
+TEST_P(CollectivesTest, AlltoallvFloatWithZeroCountsAndGaps) {
+  for (const Communicator* c : {&groups_.world, &groups_.ep}) {
+    const int n = c->size(), me = c->rank();
+    std::vector<int64_t> sc(n), sd(n), rc(n), rd(n);
+    int64_t s_at = 0, r_at = 0;
+    for (int p = 0; p < n; ++p) {
+      sc[p] = pair_count(me, p);
+      sd[p] = s_at;
+      s_at += sc[p] + 2;  // gaps between blocks must be left alone
+      rc[p] = pair_count(p, me);
+      rd[p] = r_at;
+      r_at += rc[p] + 3;
+    }
+    std::vector<float> send(s_at, -7.0f), recv(r_at, -9.0f);
+    for (int p = 0; p < n; ++p) payload_fill(send.data() + sd[p], sc[p], 5, me, p);
+    alltoallv_float(send.data(), sc, sd, recv.data(), rc, rd, *c);
+    int64_t wrong = 0, gap_wrong = 0;
+    for (int p = 0; p < n; ++p) {
+      wrong += payload_check(recv.data() + rd[p], rc[p], 5, p, me);
+      for (int g = 0; g < 3; ++g) gap_wrong += recv[rd[p] + rc[p] + g] != -9.0f;
+    }
+    EXPECT_EQ(wrong, 0) << "group " << c->name();
+    EXPECT_EQ(gap_wrong, 0) << "group " << c->name();
+  }
+}
+
+TEST_P(CollectivesTest, AlltoallvRowsWithRowType) {
+  const Communicator& c = groups_.ep;
+  const int n = c.size(), me = c.rank(), width = 3;
+  RowType row(width);
+  EXPECT_EQ(row.width(), width);
+  row.reset(width);  // same width: kept
+  std::vector<int> sc(n), sd(n), rc(n), rd(n);
+  int s_at = 0, r_at = 0;
+  for (int p = 0; p < n; ++p) {
+    sc[p] = static_cast<int>(pair_count(me, p)), sd[p] = s_at, s_at += sc[p];
+    rc[p] = static_cast<int>(pair_count(p, me)), rd[p] = r_at, r_at += rc[p];
+  }
+  std::vector<float> send(s_at * width), recv(r_at * width, -1.0f);
+  for (int p = 0; p < n; ++p)
+    payload_fill(send.data() + sd[p] * width, int64_t{sc[p]} * width, 6, me, p);
+  alltoallv_rows(send.data(), sc.data(), sd.data(), recv.data(), rc.data(), rd.data(), row, c);
+  int64_t wrong = 0;
+  for (int p = 0; p < n; ++p)
+    wrong += payload_check(recv.data() + rd[p] * width, int64_t{rc[p]} * width, 6, p, me);
+  EXPECT_EQ(wrong, 0);
+}
+
+TEST_P(CollectivesTest, AlltoallvCountBeyondIntMaxOnOneRankIsCollectiveError) {
+  const Communicator& c = groups_.world;
+  const int n = c.size();
+  std::vector<int64_t> zeros(n, 0), big(n, 0);
+  big[0] = int64_t{INT_MAX} + 1;  // only rank 0 asks; nothing is read before the check
+  const bool asker = c.rank() == 0;
+  float dummy = 0;
+  try {
+    alltoallv_float(&dummy, asker ? big : zeros, zeros, &dummy, zeros, zeros, c);
+    FAIL() << "expected CollectiveError on every rank";
+  } catch (const CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("INT_MAX"), std::string::npos) << e.what();
+  }
+  // The group is still usable: nobody is stuck in the exchange.
+  barrier(c);
+}
+
+TEST_P(CollectivesTest, BcastFromLastRank) {
+  for (const Communicator* c : {&groups_.world, &groups_.ep}) {
+    const int root = c->size() - 1;
+    std::vector<float> f(257);
+    std::vector<double> d(33);
+    std::vector<int64_t> i(5);
+    if (c->rank() == root) {
+      payload_fill(f.data(), f.size(), 9, root, 0);
+      for (size_t j = 0; j < d.size(); ++j) d[j] = 0.1 * j;
+      for (size_t j = 0; j < i.size(); ++j) i[j] = (int64_t{1} << 50) + j;
+    }
+    char text[6] = "xxxxx";
+    if (c->rank() == root) std::copy_n("hello", 6, text);
+    bcast(f.data(), f.size(), root, *c);
+    bcast(d.data(), d.size(), root, *c);
+    bcast(i.data(), i.size(), root, *c);
+    bcast_bytes(text, 6, root, *c);
+    EXPECT_EQ(payload_check(f.data(), f.size(), 9, root, 0), 0);
+    for (size_t j = 0; j < d.size(); ++j) EXPECT_EQ(d[j], 0.1 * j);
+    for (size_t j = 0; j < i.size(); ++j) EXPECT_EQ(i[j], (int64_t{1} << 50) + static_cast<int64_t>(j));
+    EXPECT_STREQ(text, "hello");
+    barrier(*c);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EpSizes, CollectivesTest, ::testing::Values(1, 2, 3, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return fmt::format("ep{}", info.param);
+                         });
+
+}  // namespace
+}  // namespace moempi

@@ -1,0 +1,453 @@
+// Tests of runtime/job_spec: every class of config error is one CollectiveError naming the YAML
+// path, the value, what is allowed and where it came from (file:line:column or the --set);
+// overrides; the YAML round trip; configs/tiny.yaml and configs/small.yaml load and validate.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "runtime/core/error.h"
+#include "runtime/job_spec.h"
+
+namespace moempi {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The message of the CollectiveError `f` throws ("" and a failure when it throws none).
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const CollectiveError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a CollectiveError";
+  return "";
+}
+
+void expect_contains(const std::string& msg, const std::vector<std::string>& parts) {
+  for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
+}
+
+std::string load_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  return error_of([&] { load_job_spec_from_string(yaml, overrides, "x.yaml"); });
+}
+
+// The repo root: $MOEMPI_SOURCE_DIR, else the nearest ancestor of the cwd holding configs/tiny.yaml.
+fs::path source_dir() {
+  if (const char* env = std::getenv("MOEMPI_SOURCE_DIR")) return env;
+  for (fs::path p = fs::current_path(); !p.empty(); p = p.parent_path()) {
+    if (fs::exists(p / "configs" / "tiny.yaml")) return p;
+    if (p == p.parent_path()) break;
+  }
+  return {};
+}
+
+class TempDir {
+ public:
+  TempDir() : path_(fs::temp_directory_path() / ("moempi_job_spec_test_" + std::to_string(::getpid()))) {
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(path_ / name) << text;
+    return (path_ / name).string();
+  }
+
+ private:
+  fs::path path_;
+};
+
+TEST(JobSpec, EmptyDocumentGivesDefaultsAndRunDir) {
+  const JobSpec s = load_job_spec_from_string("");
+  const JobSpec d;
+  EXPECT_EQ(s.model.d_model, d.model.d_model);
+  EXPECT_EQ(s.moe.num_experts, d.moe.num_experts);
+  EXPECT_EQ(s.optim.lr, d.optim.lr);
+  EXPECT_EQ(s.job.run_dir, "runs/job");
+  const JobSpec named = load_job_spec_from_string("job: {name: abc}\n");
+  EXPECT_EQ(named.job.run_dir, "runs/abc");
+  const JobSpec explicit_dir = load_job_spec_from_string("job: {name: abc, run_dir: /tmp/r}\n");
+  EXPECT_EQ(explicit_dir.job.run_dir, "/tmp/r");
+}
+
+TEST(JobSpec, ParsesEverySectionAndTheBalancingList) {
+  const JobSpec s = load_job_spec_from_string(R"(
+model: {d_model: 96, n_heads: 3, norm: rmsnorm, activation: swiglu}
+moe:
+  num_experts: 6
+  score: sigmoid
+  normalize_topk: false
+  balancing:
+    - {type: aux_loss, coeff: 0.02}
+    - {type: z_loss, coeff: 0.001}
+  dispatch: {type: flat}
+parallel: {strategy: ep, ep: 2}
+optim: {type: sgd, lr: 0.5, schedule: {type: warmup_linear, warmup_steps: 7}}
+)");
+  EXPECT_EQ(s.model.d_model, 96);
+  EXPECT_EQ(s.model.norm, NormType::kRmsNorm);
+  EXPECT_EQ(s.model.activation, Activation::kSwiglu);
+  EXPECT_EQ(s.moe.score, ScoreFn::kSigmoid);
+  EXPECT_FALSE(s.moe.normalize_topk);
+  ASSERT_EQ(s.moe.balancing.size(), 2u);
+  EXPECT_EQ(s.moe.balancing[1].type, "z_loss");
+  EXPECT_EQ(s.moe.balancing[1].coeff, 0.001f);
+  EXPECT_EQ(s.moe.dispatch.type, "flat");
+  EXPECT_EQ(s.parallel.ep, 2);
+  EXPECT_EQ(s.optim.schedule.type, "warmup_linear");
+  EXPECT_EQ(s.optim.schedule.warmup_steps, 7);
+  EXPECT_EQ(s.optim.lr, 0.5f);
+}
+
+// --- unknown keys, with file:line:column ---------------------------------------------------------
+
+TEST(JobSpecErrors, UnknownKeyNamesFileLinePathAndAllowedKeys) {
+  TempDir dir;
+  const std::string path = dir.write("x.yaml", "model:\n  d_model: 64\nmoe:\n  topk: 2\n");
+  const std::string msg = error_of([&] { load_job_spec(path, {}); });
+  expect_contains(msg, {path + ":4:3: moe.topk: unknown key 'topk' in section moe",
+                        "(allowed: num_experts, top_k, d_ff_expert", "did you mean 'top_k'?"});
+}
+
+TEST(JobSpecErrors, UnknownSectionAndNestedKeys) {
+  expect_contains(load_error("modle:\n  d_model: 3\n"),
+                  {"x.yaml:1:1: modle: unknown key 'modle' at the top level", "allowed: job, model, moe",
+                   "did you mean 'model'?"});
+  expect_contains(load_error("optim:\n  schedule:\n    warmup: 3\n"),
+                  {"x.yaml:3:5: optim.schedule.warmup: unknown key 'warmup' in section optim.schedule",
+                   "allowed: type, warmup_steps, min_lr_ratio"});
+  expect_contains(load_error("moe:\n  balancing:\n    - type: aux_loss\n      alpha: 0.1\n"),
+                  {"x.yaml:4:7: moe.balancing.0.alpha: unknown key 'alpha' in section moe.balancing.0",
+                   "allowed: type, coeff, update_rate, update"});
+}
+
+TEST(JobSpecErrors, DuplicateKeyAndSyntaxError) {
+  expect_contains(load_error("model:\n  d_model: 64\n  d_model: 32\n"),
+                  {"x.yaml:3:3: model.d_model: duplicate key 'd_model'"});
+  expect_contains(load_error("model:\n  d_model: [64\n"), {"x.yaml:", "YAML syntax error"});
+}
+
+TEST(JobSpecErrors, MissingFileNamesIt) {
+  const std::string msg = error_of([] { load_job_spec("no/such/dir/spec.yaml", {}); });
+  expect_contains(msg, {"no/such/dir/spec.yaml", "not found"});
+}
+
+// --- wrong types and ranges ------------------------------------------------------------------------
+
+struct BadValueCase {
+  std::string yaml;                   // the document
+  std::vector<std::string> expected;  // substrings of the message
+};
+
+class JobSpecBadValue : public testing::TestWithParam<BadValueCase> {};
+
+TEST_P(JobSpecBadValue, OneMessageWithPathValueAndAllowed) {
+  expect_contains(load_error(GetParam().yaml), GetParam().expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Types, JobSpecBadValue,
+    testing::Values(
+        BadValueCase{"model:\n  d_model: abc\n", {"x.yaml:2:12: model.d_model: expected an integer, got 'abc'"}},
+        BadValueCase{"model:\n  d_model: 64.5\n", {"model.d_model: expected an integer, got '64.5'"}},
+        BadValueCase{"model:\n  d_model: -64\n", {"x.yaml:2:12: model.d_model: expected an integer >= 1, got -64"}},
+        BadValueCase{"model:\n  vocab_size: 70000\n",
+                     {"model.vocab_size: expected an integer in [1, 65536], got 70000"}},
+        BadValueCase{"model:\n  n_layers: 99999999999\n", {"model.n_layers: expected an integer >= 1, got '99999999999'"}},
+        BadValueCase{"model:\n  d_model:\n", {"model.d_model: expected an integer, got nothing"}},
+        BadValueCase{"model:\n  d_model: [1, 2]\n", {"model.d_model: expected an integer, got a list"}},
+        BadValueCase{"job:\n  seed: -1\n", {"job.seed: expected an integer >= 0, got '-1'"}},
+        BadValueCase{"job:\n  name: a/b\n", {"job.name: 'a/b' has '/'"}},
+        BadValueCase{"optim:\n  lr: fast\n", {"x.yaml:2:7: optim.lr: expected a number, got 'fast'"}},
+        BadValueCase{"optim:\n  lr: -0.1\n", {"optim.lr: expected a number > 0, got -0.1"}},
+        BadValueCase{"optim:\n  lr: .nan\n", {"optim.lr: expected a number, got '.nan'"}},
+        BadValueCase{"optim:\n  beta2: 1.0\n", {"optim.beta2: expected a number in [0, 1), got 1"}},
+        BadValueCase{"moe:\n  normalize_topk: maybe\n", {"moe.normalize_topk: expected true or false, got 'maybe'"}},
+        BadValueCase{"moe:\n  top_k: 0\n", {"moe.top_k: expected an integer >= 1, got 0"}},
+        BadValueCase{"moe:\n  every_n_layers: 0\n", {"moe.every_n_layers: expected an integer >= 1, got 0"}},
+        BadValueCase{"moe:\n  capacity_factor: -1\n", {"moe.capacity_factor: expected a number >= 0, got -1"}},
+        BadValueCase{"moe:\n  balancing: {type: aux_loss}\n",
+                     {"moe.balancing: expected a list of maps with keys type, coeff, update_rate, update, got a map"}},
+        BadValueCase{"moe:\n  balancing:\n    - coeff: 0.1\n",
+                     {"x.yaml:3:7: moe.balancing.0.type: missing; expected one of aux_loss, z_loss"}},
+        BadValueCase{"model: 5\n", {"x.yaml:1:8: model: expected a map with keys vocab_size, d_model", "got '5'"}},
+        BadValueCase{"- 1\n- 2\n", {"job spec: expected a map with keys job, model, moe", "got a list"}},
+        BadValueCase{"data:\n  val_fraction: 1.0\n", {"data.val_fraction: expected a number in [0, 1), got 1"}},
+        BadValueCase{"data:\n  val_fraction: -0.1\n", {"data.val_fraction: expected a number in [0, 1), got -0.1"}},
+        BadValueCase{"train:\n  grad_accum: 0\n", {"train.grad_accum: expected an integer >= 1, got 0"}},
+        BadValueCase{"train:\n  micro_batch: 2.5\n", {"train.micro_batch: expected an integer, got '2.5'"}},
+        BadValueCase{"comm:\n  timeout_s: 0\n", {"comm.timeout_s: expected a number > 0, got 0"}}));
+
+INSTANTIATE_TEST_SUITE_P(
+    Enums, JobSpecBadValue,
+    testing::Values(
+        BadValueCase{"model:\n  norm: batchnorm\n",
+                     {"x.yaml:2:9: model.norm: 'batchnorm' is not one of layernorm, rmsnorm"}},
+        BadValueCase{"model:\n  activation: relu\n", {"model.activation: 'relu' is not one of gelu, swiglu"}},
+        BadValueCase{"moe:\n  score: tanh\n", {"moe.score: 'tanh' is not one of softmax, sigmoid"}},
+        BadValueCase{"moe:\n  dispatch:\n    type: nccl\n",
+                     {"x.yaml:3:11: moe.dispatch.type: 'nccl' is not one of local, flat"}},
+        BadValueCase{"parallel:\n  strategy: fsdp\n", {"parallel.strategy: 'fsdp' is not one of dp, ep"}},
+        BadValueCase{"optim:\n  type: adam\n",
+                     {"optim.type: 'adam' is not one of adamw, sgd; did you mean 'adamw'?"}},
+        BadValueCase{"optim:\n  schedule:\n    type: cosine\n",
+                     {"optim.schedule.type: 'cosine' is not one of constant, warmup_cosine, warmup_linear"}},
+        BadValueCase{"data:\n  type: csv\n", {"data.type: 'csv' is not one of synthetic, text, tokens"}},
+        BadValueCase{"moe:\n  balancing:\n    - type: bias\n",
+                     {"x.yaml:3:13: moe.balancing.0.type: 'bias' is not one of aux_loss, z_loss"}},
+        BadValueCase{"moe:\n  balancing:\n    - {type: aux_loss, update: linear}\n",
+                     {"moe.balancing.0.update: 'linear' is not one of sign, proportional"}}));
+
+// --- impossible combinations -------------------------------------------------------------------------
+
+INSTANTIATE_TEST_SUITE_P(
+    Combinations, JobSpecBadValue,
+    testing::Values(
+        BadValueCase{"model:\n  d_model: 100\n  n_heads: 3\n",
+                     {"x.yaml:2:12: model.d_model (100) is not divisible by model.n_heads (3)"}},
+        BadValueCase{"moe:\n  num_experts: 4\n  top_k: 5\n",
+                     {"moe.top_k (5) is larger than moe.num_experts (4); use 1..4"}},
+        BadValueCase{"data:\n  type: text\n", {"data.path: missing; data.type text reads a file"}},
+        BadValueCase{"data:\n  type: tokens\n", {"data.path: missing; data.type tokens reads"}},
+        BadValueCase{"model:\n  vocab_size: 100\n",
+                     {"model.vocab_size (100) is smaller than 256, but data.type synthetic"}},
+        BadValueCase{"checkpoint:\n  interval: 100\n",
+                     {"x.yaml:2:13: checkpoint.interval: 100 is not allowed",
+                      "set checkpoint.interval: 0"}},
+        BadValueCase{"eval: {interval: 10}\ndata: {val_fraction: 0}\n",
+                     {"eval.interval (10) needs validation data, but data.val_fraction is 0"}},
+        BadValueCase{"moe:\n  balancing: [{type: aux_loss}, {type: aux_loss}]\n",
+                     {"moe.balancing.1.type: 'aux_loss' is already moe.balancing.0"}},
+        BadValueCase{"parallel: {strategy: dp, ep: 2}\n",
+                     {"parallel.ep (2) must be 1 with parallel.strategy dp"}},
+        BadValueCase{"moe: {num_experts: 63, top_k: 2, dispatch: {type: flat}}\nparallel: {strategy: ep, ep: 8}\n",
+                     {"moe.num_experts (63) is not divisible by parallel.ep (8)"}},
+        BadValueCase{"parallel: {strategy: ep, ep: 2}\n",
+                     {"moe.dispatch.type local cannot reach experts on other ranks", "set moe.dispatch.type: flat"}}));
+
+TEST(JobSpecErrors, ValidateCatchesProgrammaticSpecs) {
+  JobSpec s;
+  validate_job_spec(s);  // the defaults are valid
+  s.model.d_model = -1;
+  expect_contains(error_of([&] { validate_job_spec(s); }), {"model.d_model: expected an integer >= 1, got -1"});
+  s = JobSpec();
+  s.data.val_fraction = 1.0f;
+  expect_contains(error_of([&] { validate_job_spec(s); }),
+                  {"data.val_fraction: expected a number in [0, 1), got 1"});
+  s = JobSpec();
+  s.moe.balancing.push_back({});
+  expect_contains(error_of([&] { validate_job_spec(s); }),
+                  {"moe.balancing.0.type: missing; expected one of aux_loss, z_loss"});
+  s = JobSpec();
+  s.checkpoint.interval = 5;
+  expect_contains(error_of([&] { validate_job_spec(s); }), {"checkpoints are not implemented yet"});
+}
+
+TEST(JobSpecErrors, ValidateForWorld) {
+  JobSpec s;
+  validate_for_world(s, 3);  // dp at an odd size is fine
+  s.parallel.strategy = "ep";
+  s.parallel.ep = 2;
+  s.moe.dispatch.type = "flat";
+  validate_for_world(s, 4);
+  expect_contains(error_of([&] { validate_for_world(s, 3); }),
+                  {"parallel.ep (2) does not divide the world size (3); use one of 1, 3"});
+  s.parallel.ranks_per_node = 3;
+  expect_contains(error_of([&] { validate_for_world(s, 4); }),
+                  {"parallel.ranks_per_node (3) does not divide the world size (4)"});
+  s.parallel.ranks_per_node = 2;
+  validate_for_world(s, 4);
+
+  JobSpec e;
+  e.moe.num_experts = 63;
+  e.parallel.strategy = "ep";
+  e.parallel.ep = 8;
+  e.moe.dispatch.type = "flat";
+  expect_contains(error_of([&] { validate_for_world(e, 8); }),
+                  {"moe.num_experts (63) is not divisible by parallel.ep (8)"});
+  e.moe.num_experts = 64;
+  validate_for_world(e, 8);
+  e.moe.dispatch.type = "local";
+  expect_contains(error_of([&] { validate_for_world(e, 8); }), {"set moe.dispatch.type: flat"});
+  JobSpec d;
+  d.parallel.ep = 2;
+  expect_contains(error_of([&] { validate_for_world(d, 2); }), {"parallel.ep (2) must be 1 with parallel.strategy dp"});
+}
+
+// --- overrides -------------------------------------------------------------------------------------------
+
+const char* kBase = R"(job: {name: base}
+model: {d_model: 64, n_heads: 4}
+moe:
+  balancing:
+    - {type: aux_loss, coeff: 0.01}
+)";
+
+TEST(JobSpecOverrides, SetLeavesListEntriesSectionsAndLists) {
+  const JobSpec s = load_job_spec_from_string(
+      kBase, {"optim.lr=3e-4", "moe.balancing.0.coeff=0.02", "moe.balancing.1.type=z_loss", "model.norm=rmsnorm",
+              "moe.dispatch={type: flat}", "job.name=other", "data.path=", "moe.normalize_topk=false"});
+  EXPECT_EQ(s.optim.lr, 3e-4f);
+  ASSERT_EQ(s.moe.balancing.size(), 2u);
+  EXPECT_EQ(s.moe.balancing[0].coeff, 0.02f);
+  EXPECT_EQ(s.moe.balancing[1].type, "z_loss");
+  EXPECT_EQ(s.moe.balancing[1].coeff, BalancingSpec().coeff);
+  EXPECT_EQ(s.model.norm, NormType::kRmsNorm);
+  EXPECT_EQ(s.moe.dispatch.type, "flat");
+  EXPECT_EQ(s.job.run_dir, "runs/other");  // the default follows the overridden name
+  EXPECT_FALSE(s.moe.normalize_topk);
+  EXPECT_EQ(load_job_spec_from_string(kBase, {"moe.balancing=[]"}).moe.balancing.size(), 0u);
+  // Later overrides win.
+  EXPECT_EQ(load_job_spec_from_string(kBase, {"train.steps=5", "train.steps=7"}).train.steps, 7);
+}
+
+TEST(JobSpecOverrides, ErrorsNameTheSet) {
+  expect_contains(load_error(kBase, {"model.dmodel=3"}),
+                  {"--set model.dmodel=3: model.dmodel: unknown key 'dmodel' in section model",
+                   "allowed: vocab_size, d_model", "did you mean 'd_model'?"});
+  expect_contains(load_error(kBase, {"modle.d_model=3"}), {"--set modle.d_model=3: modle: unknown key 'modle' at the top level"});
+  expect_contains(load_error(kBase, {"model.d_model=abc"}),
+                  {"--set model.d_model=abc: model.d_model: expected an integer, got 'abc'"});
+  expect_contains(load_error(kBase, {"optim.schedule.type=cosine"}),
+                  {"--set optim.schedule.type=cosine: optim.schedule.type: 'cosine' is not one of constant, "
+                   "warmup_cosine, warmup_linear"});
+  expect_contains(load_error(kBase, {"moe.balancing.3.coeff=0.1"}),
+                  {"--set moe.balancing.3.coeff=0.1: moe.balancing.3: index out of range; moe.balancing has 1 entries"});
+  expect_contains(load_error(kBase, {"moe.balancing.x.coeff=0.1"}), {"expected a list index"});
+  expect_contains(load_error(kBase, {"moe.balancing.0.alpha=0.1"}),
+                  {"moe.balancing.0.alpha: unknown key 'alpha' in section moe.balancing.0"});
+  expect_contains(load_error(kBase, {"model.d_model.x=1"}), {"model.d_model: is a value, not a section"});
+  expect_contains(load_error(kBase, {"optim.lr"}), {"--set optim.lr: expected path=value"});
+  expect_contains(load_error(kBase, {"moe.balancing.1.coeff=0.1"}),
+                  {"--set moe.balancing.1.coeff=0.1: moe.balancing.1.type: missing"});
+  // A combination error points at the --set that made it, not at the file.
+  expect_contains(load_error(kBase, {"model.n_heads=3"}),
+                  {"--set model.n_heads=3: model.d_model (64) is not divisible by model.n_heads (3)"});
+}
+
+// --- round trip ------------------------------------------------------------------------------------------
+
+// Every field away from its default.
+JobSpec everything_changed() {
+  JobSpec s;
+  s.job = {"rt-job.1", "out/rt", 987654321987654321ULL};
+  s.model = {512, 96, 3, 6, 100, NormType::kRmsNorm, Activation::kSwiglu, 384, 0.015f};
+  s.moe.num_experts = 6;
+  s.moe.top_k = 3;
+  s.moe.d_ff_expert = 200;
+  s.moe.score = ScoreFn::kSigmoid;
+  s.moe.normalize_topk = false;
+  s.moe.num_shared_experts = 1;
+  s.moe.every_n_layers = 2;
+  s.moe.capacity_factor = 1.25f;
+  s.moe.balancing = {{"aux_loss", 0.0123f, 3e-4f, "proportional"}, {"z_loss", 1e-3f, 1e-3f, "sign"}};
+  s.moe.dispatch.type = "flat";
+  s.parallel = {"ep", 3, 6};
+  s.optim = {"sgd", 3e-4f, 0.1f, 0.8f, 0.999f, 1e-6f, 0.85f, 0.7f, {"warmup_linear", 17, 0.05f}};
+  s.data = {"tokens", "data/my shards: v2", 0.1f};
+  s.train = {321, 5, 3, 7};
+  s.eval = {25, 2};
+  s.checkpoint = {0};
+  s.metrics = {false};
+  s.comm = {12.5};
+  return s;
+}
+
+TEST(JobSpecRoundTrip, EveryFieldSurvivesPrintAndLoad) {
+  const JobSpec s = everything_changed();
+  validate_job_spec(s);
+  const std::string yaml = job_spec_to_yaml(s);
+  const JobSpec r = load_job_spec_from_string(yaml, {}, "roundtrip");
+  EXPECT_EQ(job_spec_to_yaml(r), yaml);
+  // Field by field where the printed form could hide a difference.
+  EXPECT_EQ(r.job.seed, s.job.seed);
+  EXPECT_EQ(r.job.name, s.job.name);
+  EXPECT_EQ(r.job.run_dir, s.job.run_dir);
+  EXPECT_EQ(r.model.init_std, s.model.init_std);
+  EXPECT_EQ(r.model.norm, s.model.norm);
+  EXPECT_EQ(r.moe.capacity_factor, s.moe.capacity_factor);
+  ASSERT_EQ(r.moe.balancing.size(), 2u);
+  EXPECT_EQ(r.moe.balancing[0].coeff, s.moe.balancing[0].coeff);
+  EXPECT_EQ(r.moe.balancing[0].update_rate, s.moe.balancing[0].update_rate);
+  EXPECT_EQ(r.moe.balancing[0].update, "proportional");
+  EXPECT_EQ(r.parallel.ranks_per_node, 6);
+  EXPECT_EQ(r.optim.lr, s.optim.lr);
+  EXPECT_EQ(r.optim.eps, s.optim.eps);
+  EXPECT_EQ(r.optim.beta2, s.optim.beta2);
+  EXPECT_EQ(r.optim.schedule.min_lr_ratio, s.optim.schedule.min_lr_ratio);
+  EXPECT_EQ(r.data.path, s.data.path);
+  EXPECT_EQ(r.data.val_fraction, s.data.val_fraction);
+  EXPECT_FALSE(r.metrics.jsonl);
+  EXPECT_EQ(r.comm.timeout_s, 12.5);
+  // Printed with every field, defaults included.
+  expect_contains(job_spec_to_yaml(JobSpec()),
+                  {"balancing:", "ranks_per_node: 0", "timeout_s: 600", "min_lr_ratio: 0.1", "interval: 0"});
+  expect_contains(yaml, {"update_rate: 0.0003", "update: sign", "path: \"data/my shards: v2\""});
+}
+
+TEST(JobSpecRoundTrip, AwkwardFloatsAndStrings) {
+  JobSpec s;
+  s.optim.lr = 0.1f + 0.2f;
+  s.optim.eps = 1.17549435e-38f;  // smallest normal float
+  s.model.init_std = 1e-7f;
+  s.job.run_dir = "null";         // strings that YAML would otherwise read as other things
+  s.data.path = "true";
+  s.comm.timeout_s = 0.1 + 0.2;
+  const JobSpec r = load_job_spec_from_string(job_spec_to_yaml(s));
+  EXPECT_EQ(r.optim.lr, s.optim.lr);
+  EXPECT_EQ(r.optim.eps, s.optim.eps);
+  EXPECT_EQ(r.model.init_std, s.model.init_std);
+  EXPECT_EQ(r.job.run_dir, "null");
+  EXPECT_EQ(r.data.path, "true");
+  EXPECT_EQ(r.comm.timeout_s, s.comm.timeout_s);
+}
+
+// --- the shipped configs ---------------------------------------------------------------------------------
+
+TEST(JobSpecConfigs, TinyAndSmallLoadValidateAndRoundTrip) {
+  const fs::path root = source_dir();
+  ASSERT_FALSE(root.empty()) << "configs/ not found above " << fs::current_path() << "; set MOEMPI_SOURCE_DIR";
+  const JobSpec tiny = load_job_spec((root / "configs/tiny.yaml").string(), {});
+  validate_for_world(tiny, 1);
+  validate_for_world(tiny, 4);
+  EXPECT_EQ(tiny.job.run_dir, "runs/tiny");
+  EXPECT_EQ(tiny.model.d_model, 64);
+  EXPECT_EQ(tiny.moe.num_experts, 4);
+  ASSERT_EQ(tiny.moe.balancing.size(), 1u);
+  EXPECT_EQ(tiny.optim.lr, 3e-3f);
+  EXPECT_EQ(tiny.optim.schedule.type, "warmup_cosine");
+
+  const JobSpec small = load_job_spec((root / "configs/small.yaml").string(), {});
+  validate_for_world(small, 1);
+  EXPECT_EQ(small.model.d_model, 256);
+  EXPECT_EQ(small.model.n_layers, 4);
+  EXPECT_EQ(small.model.seq_len, 128);
+  EXPECT_EQ(small.moe.num_experts, 8);
+  EXPECT_EQ(small.moe.d_ff_expert, 512);
+  EXPECT_EQ(small.moe.top_k, 2);
+  EXPECT_EQ(small.moe.capacity_factor, 0.0f);
+  EXPECT_EQ(small.train.micro_batch * small.train.grad_accum, 16);
+  EXPECT_EQ(small.optim.lr, 3e-4f);
+  // The expert-parallel variant of small is one override set away.
+  validate_for_world(load_job_spec((root / "configs/small.yaml").string(),
+                                   {"parallel.strategy=ep", "parallel.ep=4", "moe.dispatch.type=flat"}),
+                     4);
+
+  for (const JobSpec* s : {&tiny, &small})
+    EXPECT_EQ(job_spec_to_yaml(load_job_spec_from_string(job_spec_to_yaml(*s))), job_spec_to_yaml(*s));
+}
+
+TEST(JobSpec, EnumNames) {
+  EXPECT_STREQ(name_of(NormType::kRmsNorm), "rmsnorm");
+  EXPECT_STREQ(name_of(Activation::kSwiglu), "swiglu");
+  EXPECT_STREQ(name_of(ScoreFn::kSigmoid), "sigmoid");
+}
+
+}  // namespace
+}  // namespace moempi

@@ -1,0 +1,652 @@
+// Tests of models/moe: router (ties, capacity drops, bias hook), balancing passes (formulas and
+// finite differences), grouped experts (naive reference, rank-independent init), the local
+// dispatcher round trip, and finite-difference gradients of the whole MoE layer with routing
+// held fixed, over score fn × normalize × activation × k × capacity × shared experts.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "models/moe/balancing_pass.h"
+#include "models/moe/grouped_experts.h"
+#include "models/moe/moe_layer.h"
+#include "models/moe/router.h"
+#include "parallel/local_dispatcher.h"
+#include "runtime/core/error.h"
+#include "runtime/core/rng.h"
+
+namespace moempi {
+namespace {
+
+std::vector<float> randn(size_t n, uint64_t stream, float std = 1.0f) {
+  Rng r(99, 0, 0, stream);
+  std::vector<float> v(n);
+  for (auto& x : v) x = std * r.normal();
+  return v;
+}
+
+double gelu_ref(double x) {
+  return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+
+// Naive FFN of one row, in double: act(x · w1) · w2.
+std::vector<double> ffn_ref(const float* x, const float* w1, const float* w2, int D, int F,
+                            Activation act) {
+  const int F1 = act == Activation::kSwiglu ? 2 * F : F;
+  std::vector<double> pre(F1, 0.0), a(F), y(D, 0.0);
+  for (int f = 0; f < F1; ++f)
+    for (int d = 0; d < D; ++d) pre[f] += (double)x[d] * w1[(size_t)d * F1 + f];
+  for (int f = 0; f < F; ++f) {
+    if (act == Activation::kSwiglu) {
+      const double g = pre[f];
+      a[f] = g / (1.0 + std::exp(-g)) * pre[F + f];
+    } else {
+      a[f] = gelu_ref(pre[f]);
+    }
+  }
+  for (int d = 0; d < D; ++d)
+    for (int f = 0; f < F; ++f) y[d] += a[f] * w2[(size_t)f * D + d];
+  return y;
+}
+
+MoeSpec small_moe(ScoreFn score, bool normalize, int k, float cf, int shared) {
+  MoeSpec moe;
+  moe.num_experts = 4;
+  moe.top_k = k;
+  moe.d_ff_expert = 5;
+  moe.score = score;
+  moe.normalize_topk = normalize;
+  moe.num_shared_experts = shared;
+  moe.capacity_factor = cf;
+  return moe;
+}
+
+ModelSpec small_model(Activation act) {
+  ModelSpec model;
+  model.d_model = 6;
+  model.n_layers = 2;
+  model.seq_len = 4;
+  model.activation = act;
+  return model;
+}
+
+// A router whose logits are x itself: D = E, W_r = identity.
+struct IdentityRouter {
+  MoeSpec moe;
+  std::vector<float> w;
+  Router router;
+  IdentityRouter(const MoeSpec& m, std::vector<std::unique_ptr<BalancingPass>> passes = {})
+      : moe(m), w((size_t)m.num_experts * m.num_experts, 0.0f),
+        router(m, m.num_experts, std::move(passes)) {
+    for (int i = 0; i < m.num_experts; ++i) w[(size_t)i * m.num_experts + i] = 1.0f;
+  }
+  const RoutingPlan& route(const std::vector<float>& logits_NE) {
+    const int N = (int)(logits_NE.size() / moe.num_experts);
+    router.forward(logits_NE.data(), w.data(), N, N, true);
+    return router.plan();
+  }
+};
+
+// ---------------------------------------------------------------- router
+
+TEST(Router, TopkTiesGoToLowerExpertId) {
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
+  IdentityRouter r(moe);
+  const auto& p = r.route({1, 3, 3, 0,   // tie between 1 and 2
+                           2, 2, 2, 2,   // all tied
+                           0, 0, 5, 5,   // tie at the top, later pair
+                           -1, 4, 0, 4});
+  const std::vector<int32_t> want = {1, 2, 0, 1, 2, 3, 1, 3};
+  EXPECT_EQ(p.selected_NK, want);
+  EXPECT_EQ(p.topk_ids_NK, want);
+  EXPECT_EQ(p.selected_per_expert_E, (std::vector<int64_t>{1, 3, 2, 2}));
+  for (int t = 0; t < 4; ++t) EXPECT_NEAR(p.probs_NK[t * 2] + p.probs_NK[t * 2 + 1], 1.0f, 1e-6f);
+}
+
+TEST(Router, ProbsAreUnbiasedScoresOfChosenExperts_sigmoid_nonorm) {
+  MoeSpec moe = small_moe(ScoreFn::kSigmoid, false, 2, 0.0f, 0);
+  IdentityRouter r(moe);
+  const auto& p = r.route({0.5f, -1.0f, 2.0f, 0.0f});
+  EXPECT_EQ(p.selected_NK, (std::vector<int32_t>{2, 0}));
+  EXPECT_NEAR(p.probs_NK[0], 1.0 / (1.0 + std::exp(-2.0)), 1e-6);
+  EXPECT_NEAR(p.probs_NK[1], 1.0 / (1.0 + std::exp(-0.5)), 1e-6);
+}
+
+// A bias-style pass as loss_free_bias will be: +10 on expert 3 for selection only.
+class FavourLastExpert final : public BalancingPass {
+ public:
+  std::string name() const override { return "favour_last"; }
+  void adjust_scores(float* scores_NE, int N, int E) override {
+    for (int t = 0; t < N; ++t) scores_NE[(size_t)t * E + E - 1] += 10.0f;
+  }
+  double forward(const RouterState&, bool) override { return 0.0; }
+};
+
+TEST(Router, AdjustScoresChoosesButDoesNotWeigh) {
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, false, 2, 0.0f, 0);
+  std::vector<std::unique_ptr<BalancingPass>> passes;
+  passes.push_back(std::make_unique<FavourLastExpert>());
+  IdentityRouter r(moe, std::move(passes));
+  const std::vector<float> z = {3.0f, 1.0f, 0.0f, -2.0f};
+  const auto& p = r.route(z);
+  EXPECT_EQ(p.selected_NK, (std::vector<int32_t>{3, 0}));
+  double sum = 0;
+  for (float v : z) sum += std::exp(v);
+  EXPECT_NEAR(p.probs_NK[0], std::exp(-2.0) / sum, 1e-6);  // unbiased score of expert 3
+  EXPECT_NEAR(p.probs_NK[1], std::exp(3.0) / sum, 1e-6);
+  EXPECT_NEAR(r.router.scores_NE()[3], std::exp(-2.0) / sum, 1e-6);  // scores stay unbiased
+}
+
+TEST(Router, CapacityDropsByTokenIndex_k1) {
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 1, 1.0f, 0);
+  moe.num_experts = 2;
+  IdentityRouter r(moe);
+  // Six tokens, all prefer expert 0; C = ceil(6·1/2 · 1.0) = 3.
+  const auto& p = r.route({1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0});
+  EXPECT_EQ(p.capacity, 3);
+  EXPECT_EQ(p.topk_ids_NK, (std::vector<int32_t>{0, 0, 0, -1, -1, -1}));
+  EXPECT_EQ(p.tokens_per_expert_E, (std::vector<int64_t>{3, 0}));
+  EXPECT_EQ(p.selected_per_expert_E, (std::vector<int64_t>{6, 0}));
+  EXPECT_EQ(p.dropped_slots, 3);
+}
+
+TEST(Router, CapacityDropsTokenOrderThenSlotOrder_k2) {
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.5f, 0);
+  moe.num_experts = 3;
+  IdentityRouter r(moe);
+  // C = ceil(3·2/3 · 0.5) = 1. Token 0 takes experts 0 and 1 (both its slots) before token 1's
+  // first slot is looked at; slot-major order would have given token 1 expert 1 instead.
+  const auto& p = r.route({2, 1, 0,  1, 2, 0,  0, 1, 2});
+  EXPECT_EQ(p.capacity, 1);
+  EXPECT_EQ(p.topk_ids_NK, (std::vector<int32_t>{0, 1, -1, -1, 2, -1}));
+  EXPECT_EQ(p.dropped_slots, 3);
+  // Deterministic: the same input routes the same way again.
+  const std::vector<int32_t> first = p.topk_ids_NK;
+  EXPECT_EQ(r.route({2, 1, 0, 1, 2, 0, 0, 1, 2}).topk_ids_NK, first);
+}
+
+TEST(Router, CapacityDeterministicOnRandomBatch_cf1p0) {
+  MoeSpec moe = small_moe(ScoreFn::kSigmoid, true, 2, 1.0f, 0);
+  moe.num_experts = 8;
+  IdentityRouter r(moe);
+  const int N = 64;
+  auto z = randn((size_t)N * 8, 5);
+  const auto plan = r.route(z).topk_ids_NK;
+  // Check the rule directly: a slot is kept iff its expert had < C kept slots before it.
+  std::vector<int64_t> seen(8, 0);
+  const auto& p = r.router.plan();
+  for (int s = 0; s < N * 2; ++s) {
+    const int e = p.selected_NK[s];
+    const int want = seen[e] < p.capacity ? e : -1;
+    if (want >= 0) ++seen[e];
+    ASSERT_EQ(plan[s], want) << "slot " << s;
+  }
+  EXPECT_GT(p.dropped_slots, 0);
+  EXPECT_EQ(r.route(z).topk_ids_NK, plan);
+}
+
+// ---------------------------------------------------------------- balancing passes
+
+struct StateBuf {
+  int N, K, E;
+  std::vector<float> logits, scores;
+  std::vector<int32_t> selected;
+  std::vector<int64_t> counts;
+  RouterState view(ScoreFn fn) const {
+    RouterState s;
+    s.N = N;
+    s.K = K;
+    s.E = E;
+    s.seq_len = N;
+    s.score_fn = fn;
+    s.logits_NE = logits.data();
+    s.scores_NE = scores.data();
+    s.selected_NK = selected.data();
+    s.selected_per_expert_E = counts.data();
+    return s;
+  }
+};
+
+std::unique_ptr<BalancingPass> pass_of(const std::string& type, float coeff) {
+  BalancingSpec spec;
+  spec.type = type;
+  spec.coeff = coeff;
+  return make_balancing_pass(spec);
+}
+
+TEST(AuxLoss, EqualsAlphaAtPerfectBalance_softmax_and_sigmoid_k2) {
+  // N=4, K=2, E=4: every expert selected twice; scores arbitrary.
+  StateBuf b{4, 2, 4, {}, randn(16, 1), {0, 1, 2, 3, 1, 0, 3, 2}, {2, 2, 2, 2}};
+  for (auto fn : {ScoreFn::kSoftmax, ScoreFn::kSigmoid}) {
+    b.scores = b.logits;
+    for (int t = 0; t < 4; ++t) {
+      float* s = b.scores.data() + t * 4;
+      if (fn == ScoreFn::kSigmoid) {
+        for (int i = 0; i < 4; ++i) s[i] = 1.0f / (1.0f + std::exp(-s[i]));
+      } else {
+        float sum = 0;
+        for (int i = 0; i < 4; ++i) sum += (s[i] = std::exp(s[i]));
+        for (int i = 0; i < 4; ++i) s[i] /= sum;
+      }
+    }
+    auto pass = pass_of("aux_loss", 0.03f);
+    EXPECT_NEAR(pass->forward(b.view(fn), true), 0.03, 1e-7);
+  }
+}
+
+TEST(AuxLoss, HandComputed_softmax_and_sigmoid) {
+  // Both tokens choose expert 0 (K=1): f = [1, 0].
+  StateBuf b{2, 1, 2, {0, 0, 0, 0}, {0.7f, 0.3f, 0.6f, 0.4f}, {0, 0}, {2, 0}};
+  // softmax: P = [0.65, 0.35], L = α·2·(1·0.65) = 1.3α
+  EXPECT_NEAR(pass_of("aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.013, 1e-8);
+  // sigmoid: normalised rows [0.75, 0.25], [0.2, 0.8]: P0 = 0.475, L = α·2·0.475 = 0.95α
+  b.scores = {0.9f, 0.3f, 0.2f, 0.8f};
+  EXPECT_NEAR(pass_of("aux_loss", 0.01f)->forward(b.view(ScoreFn::kSigmoid), true), 0.0095, 1e-8);
+}
+
+TEST(ZLoss, MatchesFormula) {
+  // lse = ln 2 and ln 4: L = α·((ln2)² + (2 ln2)²)/2 = 2.5·α·(ln2)²
+  StateBuf b{2, 1, 2, {0.0f, 0.0f, std::log(3.0f), 0.0f}, {0.5f, 0.5f, 0.75f, 0.25f}, {0, 0},
+             {2, 0}};
+  const double ln2 = std::log(2.0);
+  EXPECT_NEAR(pass_of("z_loss", 0.001f)->forward(b.view(ScoreFn::kSoftmax), true),
+              0.001 * 2.5 * ln2 * ln2, 1e-9);
+}
+
+// d(loss_scale · L)/d(scores or logits) of one pass against central differences in double.
+void check_pass_gradient(const std::string& type, ScoreFn fn) {
+  const int N = 5, K = 2, E = 4;
+  StateBuf b{N, K, E, randn(N * E, 11), {}, {}, {}};
+  b.scores = b.logits;
+  for (auto& s : b.scores) s = 1.0f / (1.0f + std::exp(-s));  // positive; any scores do
+  b.selected = {0, 1, 1, 2, 0, 3, 0, 1, 2, 0};
+  b.counts = {4, 3, 2, 1};
+  auto pass = pass_of(type, 0.2f);
+  const float scale = 0.7f;
+  pass->forward(b.view(fn), true);
+  std::vector<float> ds(N * E, 0.0f), dz(N * E, 0.0f);
+  pass->backward(ds.data(), dz.data(), b.view(fn), scale);
+  const bool wrt_logits = type == "z_loss";
+  std::vector<float>& v = wrt_logits ? b.logits : b.scores;
+  const std::vector<float>& g = wrt_logits ? dz : ds;
+  double max_g = 0;
+  for (int i = 0; i < N * E; ++i) {
+    const float save = v[i], h = 1e-2f;
+    v[i] = save + h;
+    const double lp = pass->forward(b.view(fn), true);
+    v[i] = save - h;
+    const double lm = pass->forward(b.view(fn), true);
+    v[i] = save;
+    const double num = scale * (lp - lm) / (2.0 * h);
+    EXPECT_NEAR(g[i], num, 1e-4 + 1e-3 * std::fabs(num)) << type << " element " << i;
+    max_g = std::max(max_g, std::fabs(num));
+  }
+  EXPECT_GT(max_g, 1e-3);  // the check compared something
+  // The other buffer is left alone.
+  for (float x : wrt_logits ? ds : dz) EXPECT_EQ(x, 0.0f);
+}
+
+TEST(AuxLoss, GradientMatchesFiniteDifferences_softmax) { check_pass_gradient("aux_loss", ScoreFn::kSoftmax); }
+TEST(AuxLoss, GradientMatchesFiniteDifferences_sigmoid) { check_pass_gradient("aux_loss", ScoreFn::kSigmoid); }
+TEST(ZLoss, GradientMatchesFiniteDifferences) { check_pass_gradient("z_loss", ScoreFn::kSoftmax); }
+
+TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
+  std::vector<BalancingSpec> specs(2);
+  specs[0].type = "aux_loss";
+  specs[1].type = "aux_los";
+  try {
+    make_balancing_passes(specs);
+    FAIL() << "no throw";
+  } catch (const CollectiveError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("moe.balancing[1].type"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("aux_los'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("aux_loss, z_loss"), std::string::npos) << msg;
+  }
+  // Through the layer too.
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
+  moe.balancing = specs;
+  ParamArena arena;
+  const ExpertPlacement placement{4, 1, 0};
+  EXPECT_THROW(MoeLayer(small_model(Activation::kGelu), moe, 0, placement, arena),
+               CollectiveError);
+  specs[1].type = "z_loss";
+  auto passes = make_balancing_passes(specs);
+  ASSERT_EQ(passes.size(), 2u);
+  EXPECT_EQ(passes[0]->name(), "aux_loss");
+  EXPECT_EQ(passes[1]->name(), "z_loss");
+}
+
+// ---------------------------------------------------------------- dispatcher, experts
+
+TEST(LocalDispatcher, RoundTripWithProbsOneOverKReturnsX_k1_k2_k3) {
+  for (int K : {1, 2, 3}) {
+    const int N = 9, D = 5, E = 4;
+    LocalDispatcher disp(ExpertPlacement{E, 1, 0});
+    std::vector<int32_t> ids(N * K);
+    for (int t = 0; t < N; ++t)  // K distinct experts per token (offsets 0, 3, 6 mod 4)
+      for (int k = 0; k < K; ++k) ids[t * K + k] = (int32_t)((t * 7 + k * 3) % E);
+    auto x = randn(N * D, 21);
+    disp.plan(ids.data(), N, K);
+    ASSERT_EQ(disp.rows(), N * K);
+    std::vector<float> x_RD(disp.rows() * D), y(N * K * D);
+    disp.to_experts(x_RD.data(), x.data(), false, D);
+    // rows grouped by expert: every row in block e belongs to a slot routed to e
+    int64_t r0 = 0;
+    for (int e = 0; e < E; ++e) r0 += disp.rows_per_local_expert()[e];
+    EXPECT_EQ(r0, N * K);
+    disp.from_experts(y.data(), x_RD.data(), D);
+    for (int t = 0; t < N; ++t)
+      for (int d = 0; d < D; ++d) {
+        float c = 0;
+        for (int k = 0; k < K; ++k) c += (1.0f / K) * y[(t * K + k) * D + d];
+        EXPECT_NEAR(c, x[t * D + d], 1e-6f) << "K=" << K << " t=" << t;
+      }
+  }
+}
+
+TEST(GroupedExperts, MatchesNaivePerTokenReference_gelu_swiglu_with_empty_expert) {
+  for (auto act : {Activation::kGelu, Activation::kSwiglu}) {
+    ModelSpec model = small_model(act);
+    MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
+    ParamArena arena;
+    GroupedExperts ex(model, moe, 1, ExpertPlacement{4, 1, 0}, arena);
+    arena.allocate();
+    ex.init_params(arena, 5, 0.5f, 0.5f);
+    const std::vector<int64_t> rows = {3, 0, 5, 2};
+    const int R = 10, D = model.d_model, F = moe.d_ff_expert;
+    auto x = randn(R * D, 8);
+    std::vector<float> y(R * D);
+    ex.forward(arena, y.data(), x.data(), rows);
+    int r = 0;
+    for (int e = 0; e < 4; ++e)
+      for (int i = 0; i < rows[e]; ++i, ++r) {
+        auto want = ffn_ref(x.data() + r * D, arena.param(ex.w1_id(e)), arena.param(ex.w2_id(e)),
+                            D, F, act);
+        for (int d = 0; d < D; ++d) EXPECT_NEAR(y[r * D + d], want[d], 1e-5) << "row " << r;
+      }
+  }
+}
+
+TEST(GroupedExperts, GlobalNamesAndRankIndependentInit_ep2) {
+  ModelSpec model = small_model(Activation::kSwiglu);
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
+  ParamArena a1, a2;
+  GroupedExperts all(model, moe, 3, ExpertPlacement{4, 1, 0}, a1);
+  GroupedExperts half(model, moe, 3, ExpertPlacement{4, 2, 1}, a2);
+  a1.allocate();
+  a2.allocate();
+  all.init_params(a1, 17, 0.1f, 0.5f);
+  half.init_params(a2, 17, 0.1f, 0.5f);
+  ASSERT_EQ(half.num_local(), 2);
+  EXPECT_EQ(a2.info(half.w1_id(0)).name, "layers.3.moe.experts.2.w1");
+  EXPECT_EQ(a2.info(half.w2_id(1)).name, "layers.3.moe.experts.3.w2");
+  EXPECT_EQ(a2.info(half.w1_id(0)).kind, ParamKind::kExpert);
+  EXPECT_EQ(a2.info(half.w1_id(0)).shape, (std::vector<int64_t>{6, 10}));
+  for (int j = 0; j < 2; ++j)
+    for (auto id : {std::pair{all.w1_id(2 + j), half.w1_id(j)}, std::pair{all.w2_id(2 + j), half.w2_id(j)}}) {
+      const size_t n = a1.info(id.first).numel;
+      EXPECT_EQ(std::memcmp(a1.param(id.first), a2.param(id.second), n * sizeof(float)), 0);
+    }
+  EXPECT_NE(a1.param(all.w1_id(0))[0], a1.param(all.w1_id(1))[0]);
+}
+
+// ---------------------------------------------------------------- the layer
+
+struct LayerCase {
+  ScoreFn score;
+  bool normalize;
+  Activation act;
+  int k;
+  float cf;
+  int shared;
+};
+
+std::string case_name(const LayerCase& c) {
+  std::string cf = c.cf == 0.0f ? "dropless" : "cap" + std::to_string((int)std::lround(c.cf * 100));
+  return std::string(c.score == ScoreFn::kSoftmax ? "softmax" : "sigmoid") +
+         (c.normalize ? "_norm" : "_nonorm") + (c.act == Activation::kGelu ? "_gelu" : "_swiglu") +
+         "_k" + std::to_string(c.k) + "_" + cf + "_shared" + std::to_string(c.shared);
+}
+
+struct LayerFixture {
+  static constexpr int N = 12;
+  ModelSpec model;
+  MoeSpec moe;
+  ParamArena arena;
+  std::unique_ptr<MoeLayer> layer;
+  std::unique_ptr<LocalDispatcher> disp;
+  std::vector<float> x, dout, out;
+
+  explicit LayerFixture(const LayerCase& c) {
+    model = small_model(c.act);
+    moe = small_moe(c.score, c.normalize, c.k, c.cf, c.shared);
+    BalancingSpec aux, z;
+    aux.type = "aux_loss";
+    aux.coeff = 0.1f;
+    z.type = "z_loss";
+    z.coeff = 0.05f;
+    moe.balancing = {aux, z};
+    const ExpertPlacement placement{moe.num_experts, 1, 0};
+    layer = std::make_unique<MoeLayer>(model, moe, 1, placement, arena);
+    arena.allocate();
+    layer->init_params(arena, 7, 0.5f);
+    disp = std::make_unique<LocalDispatcher>(placement);
+    // Draw inputs until no token is near a top-k tie (margin between its k-th and (k+1)-th
+    // score >= 0.02), so that finite differences leave the routing alone, and every expert
+    // gets a row, so that every expert's gradient is exercised.
+    for (uint64_t stream = 31;; stream += 100) {
+      x = randn((size_t)N * model.d_model, stream);
+      out.resize(x.size());
+      layer->forward(arena, out.data(), x.data(), N, *disp, true);
+      const auto& counts = layer->tokens_per_expert();
+      const bool all_used = std::find(counts.begin(), counts.end(), 0) == counts.end();
+      if (all_used && min_topk_margin() >= 0.02f) break;
+    }
+    dout = randn((size_t)N * model.d_model, 32);
+    out.resize(x.size());
+  }
+  float min_topk_margin() const {
+    const int E = moe.num_experts, K = moe.top_k;
+    if (K == E) return 1.0f;
+    float margin = 1.0f;
+    const float* s = layer->router().scores_NE();
+    for (int t = 0; t < N; ++t) {
+      std::vector<float> row(s + t * E, s + (t + 1) * E);
+      std::sort(row.begin(), row.end(), std::greater<float>());
+      margin = std::min(margin, row[K - 1] - row[K]);
+    }
+    return margin;
+  }
+  // J = <out, dout> + loss_scale · aux_loss: backward(dout, loss_scale) is its gradient.
+  double objective(float loss_scale) {
+    layer->forward(arena, out.data(), x.data(), N, *disp, true);
+    double j = 0;
+    for (size_t i = 0; i < out.size(); ++i) j += (double)out[i] * dout[i];
+    return j + loss_scale * layer->aux_loss();
+  }
+};
+
+class MoeLayerGrad : public ::testing::TestWithParam<LayerCase> {};
+
+TEST_P(MoeLayerGrad, MatchesFiniteDifferencesWithRoutingFixed) {
+  const LayerCase c = GetParam();
+  LayerFixture f(c);
+  const float loss_scale = 0.7f;
+  f.objective(loss_scale);
+  const std::vector<int32_t> selected = f.layer->routing().selected_NK;
+  const std::vector<int32_t> kept = f.layer->routing().topk_ids_NK;
+  if (c.cf > 0.0f) {
+    ASSERT_GT(f.layer->dropped_slots(), 0) << "the case should exercise drops";
+  } else {
+    ASSERT_EQ(f.layer->dropped_slots(), 0);
+  }
+  f.arena.zero_grads();
+  std::vector<float> dx(f.x.size(), 0.0f);
+  f.layer->backward(f.arena, dx.data(), f.dout.data(), loss_scale, *f.disp);
+  const std::vector<float> grads(f.arena.grads().begin(), f.arena.grads().end());
+
+  // Every coordinate of x and of every parameter tensor, central differences.
+  struct Target {
+    std::string name;
+    float* v;
+    const float* g;
+    size_t n;
+  };
+  std::vector<Target> targets = {{"x", f.x.data(), dx.data(), f.x.size()}};
+  for (size_t id = 0; id < f.arena.infos().size(); ++id) {
+    const ParamInfo& info = f.arena.info(id);
+    targets.push_back({info.name, f.arena.param(id), grads.data() + info.offset, info.numel});
+  }
+  const float h = 1e-2f;
+  int checked = 0, skipped = 0;
+  for (const auto& tg : targets) {
+    double max_num = 0;
+    for (size_t i = 0; i < tg.n; ++i) {
+      const float save = tg.v[i];
+      tg.v[i] = save + h;
+      const double jp = f.objective(loss_scale);
+      const bool same_p = f.layer->routing().selected_NK == selected && f.layer->routing().topk_ids_NK == kept;
+      tg.v[i] = save - h;
+      const double jm = f.objective(loss_scale);
+      const bool same_m = f.layer->routing().selected_NK == selected && f.layer->routing().topk_ids_NK == kept;
+      tg.v[i] = save;
+      if (!same_p || !same_m) {  // top-k is piecewise constant: only compare where it held
+        ++skipped;
+        continue;
+      }
+      ++checked;
+      const double num = (jp - jm) / (2.0 * h);
+      max_num = std::max(max_num, std::fabs(num));
+      EXPECT_NEAR(tg.g[i], num, 3e-3 + 1e-2 * std::fabs(num)) << tg.name << "[" << i << "]";
+    }
+    EXPECT_GT(max_num, 1e-3) << tg.name << ": the objective must depend on it";
+  }
+  EXPECT_LE(skipped, checked / 50) << "too many coordinates changed the routing";
+  RecordProperty("checked", checked);
+  RecordProperty("skipped", skipped);
+}
+
+const LayerCase kLayerCases[] = {
+    {ScoreFn::kSoftmax, true, Activation::kGelu, 2, 0.0f, 0},
+    {ScoreFn::kSoftmax, true, Activation::kGelu, 1, 0.0f, 1},
+    {ScoreFn::kSoftmax, false, Activation::kGelu, 1, 0.0f, 0},
+    {ScoreFn::kSoftmax, false, Activation::kSwiglu, 2, 0.0f, 1},
+    {ScoreFn::kSoftmax, true, Activation::kSwiglu, 2, 0.75f, 0},
+    {ScoreFn::kSoftmax, false, Activation::kGelu, 2, 0.75f, 1},
+    {ScoreFn::kSoftmax, true, Activation::kSwiglu, 1, 0.75f, 1},
+    {ScoreFn::kSigmoid, true, Activation::kGelu, 2, 0.0f, 0},
+    {ScoreFn::kSigmoid, true, Activation::kSwiglu, 1, 0.0f, 1},
+    {ScoreFn::kSigmoid, false, Activation::kGelu, 2, 0.0f, 1},
+    {ScoreFn::kSigmoid, false, Activation::kSwiglu, 1, 0.0f, 0},
+    {ScoreFn::kSigmoid, true, Activation::kGelu, 2, 0.75f, 1},
+    {ScoreFn::kSigmoid, false, Activation::kSwiglu, 2, 0.75f, 0},
+    {ScoreFn::kSigmoid, false, Activation::kGelu, 1, 0.75f, 1},
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerGrad, ::testing::ValuesIn(kLayerCases),
+                         [](const auto& info) { return case_name(info.param); });
+
+class MoeLayerForward : public ::testing::TestWithParam<LayerCase> {};
+
+// out_t = Σ_shared FFN_j(x_t) + Σ_k p_tk FFN_{e_tk}(x_t), by hand from the layer's own routing.
+TEST_P(MoeLayerForward, MatchesNaiveReference) {
+  const LayerCase c = GetParam();
+  LayerFixture f(c);
+  f.layer->forward(f.arena, f.out.data(), f.x.data(), f.N, *f.disp, true);
+  const RoutingPlan& p = f.layer->routing();
+  const int D = f.model.d_model, F = f.moe.d_ff_expert, K = c.k;
+  for (int t = 0; t < f.N; ++t) {
+    std::vector<double> want(D, 0.0);
+    for (int k = 0; k < K; ++k) {
+      const int e = p.topk_ids_NK[t * K + k];
+      if (e < 0) continue;
+      auto y = ffn_ref(f.x.data() + t * D, f.arena.param(f.layer->experts().w1_id(e)),
+                       f.arena.param(f.layer->experts().w2_id(e)), D, F, c.act);
+      for (int d = 0; d < D; ++d) want[d] += p.probs_NK[t * K + k] * y[d];
+    }
+    for (int j = 0; j < f.layer->num_shared(); ++j) {
+      auto y = ffn_ref(f.x.data() + t * D, f.arena.param(f.layer->shared_w1_id(j)),
+                       f.arena.param(f.layer->shared_w2_id(j)), D, F, c.act);
+      for (int d = 0; d < D; ++d) want[d] += y[d];
+    }
+    for (int d = 0; d < D; ++d) EXPECT_NEAR(f.out[t * D + d], want[d], 2e-5) << "t=" << t;
+  }
+  // Bookkeeping: counts after drops, per-pass losses summed.
+  int64_t routed = 0;
+  for (auto n : f.layer->tokens_per_expert()) routed += n;
+  EXPECT_EQ(routed + f.layer->dropped_slots(), (int64_t)f.N * K);
+  const auto& losses = f.layer->router().balancing_losses();
+  ASSERT_EQ(losses.size(), 2u);
+  EXPECT_GT(losses[0], 0.0);
+  EXPECT_GT(losses[1], 0.0);
+  EXPECT_DOUBLE_EQ(f.layer->aux_loss(), losses[0] + losses[1]);
+  // An eval forward computes the same output.
+  std::vector<float> out2(f.out.size());
+  f.layer->forward(f.arena, out2.data(), f.x.data(), f.N, *f.disp, false);
+  EXPECT_EQ(out2, f.out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerForward, ::testing::ValuesIn(kLayerCases),
+                         [](const auto& info) { return case_name(info.param); });
+
+TEST(MoeLayer, RegistersNamedParamsOfEachKind_shared2_ep2) {
+  ModelSpec model = small_model(Activation::kGelu);
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 2);
+  ParamArena arena;
+  MoeLayer layer(model, moe, 4, ExpertPlacement{4, 2, 0}, arena);
+  arena.allocate();
+  layer.init_params(arena, 1, 0.02f);
+  EXPECT_EQ(arena.info(arena.find("layers.4.moe.router.w")).kind, ParamKind::kDense);
+  EXPECT_EQ(arena.info(arena.find("layers.4.moe.router.w")).shape, (std::vector<int64_t>{6, 4}));
+  EXPECT_EQ(arena.info(arena.find("layers.4.moe.shared.1.w2")).kind, ParamKind::kDense);
+  EXPECT_EQ(arena.info(arena.find("layers.4.moe.experts.1.w1")).kind, ParamKind::kExpert);
+  EXPECT_THROW(arena.find("layers.4.moe.experts.2.w1"), CollectiveError);  // on ep rank 1
+  EXPECT_EQ(arena.infos().size(), 1u + 2 * 2 + 2 * 2);
+  // w2 std is init_std / sqrt(2 · n_layers) = 0.01: check the sample std is near it.
+  const auto id = arena.find("layers.4.moe.shared.0.w2");
+  double s2 = 0;
+  for (size_t i = 0; i < arena.info(id).numel; ++i) s2 += arena.param(id)[i] * arena.param(id)[i];
+  EXPECT_NEAR(std::sqrt(s2 / arena.info(id).numel), 0.01, 0.004);
+}
+
+TEST(MoeLayer, ZeroTokensStillCallsEveryCollective) {
+  // A dispatcher that counts calls: a rank with no tokens must make the same calls.
+  struct Counting final : Dispatcher {
+    LocalDispatcher inner{ExpertPlacement{4, 1, 0}};
+    std::vector<std::string> calls;
+    Counting() : Dispatcher(ExpertPlacement{4, 1, 0}) {}
+    std::string name() const override { return "counting"; }
+    void plan(const int32_t* ids, int T, int K) override { calls.push_back("plan"); inner.plan(ids, T, K); }
+    int64_t rows() const override { return inner.rows(); }
+    const std::vector<int64_t>& rows_per_local_expert() const override { return inner.rows_per_local_expert(); }
+    void to_experts(float* dst, const float* src, bool per_slot, int D) override {
+      calls.push_back(per_slot ? "to_experts(slot)" : "to_experts(token)");
+      inner.to_experts(dst, src, per_slot, D);
+    }
+    void from_experts(float* dst, const float* src, int D) override {
+      calls.push_back("from_experts");
+      inner.from_experts(dst, src, D);
+    }
+  };
+  std::vector<std::string> seen[2];
+  for (int N : {0, 5}) {
+    LayerFixture f({ScoreFn::kSoftmax, true, Activation::kGelu, 2, 0.0f, 1});
+    Counting disp;
+    f.layer->forward(f.arena, f.out.data(), f.x.data(), N, disp, true);
+    std::vector<float> dx(f.x.size(), 0.0f);
+    f.layer->backward(f.arena, dx.data(), f.dout.data(), 1.0f, disp);
+    EXPECT_TRUE(std::isfinite(f.layer->aux_loss()));
+    seen[N ? 1 : 0] = disp.calls;
+  }
+  EXPECT_EQ(seen[0], seen[1]);
+  EXPECT_EQ(seen[1], (std::vector<std::string>{"plan", "to_experts(token)", "from_experts",
+                                               "to_experts(slot)", "from_experts"}));
+}
+
+}  // namespace
+}  // namespace moempi
