@@ -1,7 +1,8 @@
 // Job spec parsing, validation and printing, driven by one schema table (root_schema) that names
-// every field of config.h with its YAML key, type, range and allowed values: the parser, the
-// override walker, the validator and the printer all read the same table, and static_asserts below
-// fail the build when config.h gains a field the table lacks. Tests: tests/job_spec_test.cpp.
+// every field of config.h with its YAML key, type, range and allowed values (dispatcher and
+// balancing-pass names come from their registries): the parser, the override walker, the validator
+// and the printer all read the same table, and static_asserts below fail the build when config.h
+// gains a field the table lacks. Tests: tests/job_spec_test.cpp.
 #include "runtime/job_spec.h"
 
 #include <yaml-cpp/yaml.h>

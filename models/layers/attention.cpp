@@ -5,6 +5,8 @@
 // Test: tests/layers_test.cpp (Attention.*: reference, finite differences, causality).
 #include "models/layers/attention.h"
 
+#include "models/layers/fast_math.h"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -23,25 +25,6 @@ constexpr int kLanes = 16;
 // computed. Smaller blocks skip more but make smaller GEMM calls.
 constexpr int kBlock = 64;
 
-// exp(x) to ~2 ulp, 0 below -87.3, +inf above 88.7; branch-free (Cephes polynomial, 2^n through the
-// exponent bits) so the loops around it vectorise. Same routine as activation/cross_entropy.cpp.
-inline float exp_approx(float x) {
-  const float xc = x < -87.33f ? -87.33f : (x > 88.0f ? 88.0f : x);
-  const float t = xc * 1.44269504f + 12582912.0f;  // 1.5·2^23: round(x/ln2) lands in low bits
-  const float k = t - 12582912.0f;
-  float r = xc - k * 0.693145751953125f;  // ln2 split hi + lo: r exact to ~1 ulp
-  r = r - k * 1.428606765330187e-6f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t pow2 = (std::bit_cast<int32_t>(t) - 0x4B400000) << 23;
-  const float e = std::bit_cast<float>(std::bit_cast<int32_t>(p) + pow2);
-  return x < -87.33f ? 0.0f : (x > 88.72f ? HUGE_VALF : e);
-}
 
 // In place: s[0..n) <- softmax(s[0..n)), and s[n..end) <- 0 (the masked future).
 inline void causal_softmax_row(float* __restrict s, int n, int end) {
