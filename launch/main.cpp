@@ -5,6 +5,8 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,7 @@
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/data/token_shard.h"
 #include "runtime/job_spec.h"
 #include "runtime/trainer.h"
 
@@ -48,6 +51,20 @@ int run_validate(const std::string& path, const std::vector<std::string>& overri
   moempi::validate_job_spec(spec);
   if (np > 0) moempi::validate_for_world(spec, np);
   if (world_rank() == 0) std::printf("%s: ok\n", path.c_str());
+  return 0;
+}
+
+// `moempi data encode IN OUT`: a byte-level token shard (data.type tokens) of any file.
+int run_encode(const std::string& in_path, const std::string& out_path) {
+  std::ifstream in(in_path, std::ios::binary);
+  MOEMPI_CHECK_ALL(in.good(), "cannot read '{}'", in_path);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint16_t> tokens(bytes.begin(), bytes.end());
+  for (size_t i = 0; i < bytes.size(); ++i) tokens[i] = static_cast<unsigned char>(bytes[i]);
+  if (world_rank() == 0) {
+    moempi::write_token_shard(out_path, tokens);
+    std::printf("%s: %zu tokens (bytes of %s)\n", out_path.c_str(), tokens.size(), in_path.c_str());
+  }
   return 0;
 }
 
@@ -88,6 +105,13 @@ int main(int argc, char** argv) {
   moempi::bench::add_experts_command(*bench, exit_code);
   moempi::bench::add_train_command(*bench, exit_code);
 
+  std::string encode_in, encode_out;
+  auto* data = app.add_subcommand("data", "Data tools");
+  data->require_subcommand(1);
+  auto* encode = data->add_subcommand("encode", "Write a file's bytes as a uint16 token shard (data.type: tokens)");
+  encode->add_option("input", encode_in, "Any file")->required()->check(CLI::ExistingFile);
+  encode->add_option("output", encode_out, "Shard to write (.bin)")->required();
+
   try {
     try {
       app.parse(argc, argv);
@@ -99,6 +123,7 @@ int main(int argc, char** argv) {
       return code == 0 ? 0 : 2;
     }
     if (*train) exit_code = run_train(job_path, overrides);
+    if (*encode) exit_code = run_encode(encode_in, encode_out);
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
     if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", e.what());

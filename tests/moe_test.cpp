@@ -406,6 +406,9 @@ struct LayerCase {
   int shared;
 };
 
+std::string case_name(const LayerCase& c);
+void PrintTo(const LayerCase& c, std::ostream* os) { *os << case_name(c); }
+
 std::string case_name(const LayerCase& c) {
   std::string cf = c.cf == 0.0f ? "dropless" : "cap" + std::to_string((int)std::lround(c.cf * 100));
   return std::string(c.score == ScoreFn::kSoftmax ? "softmax" : "sigmoid") +
@@ -439,14 +442,16 @@ struct LayerFixture {
     // Draw inputs until no token is near a top-k tie (margin between its k-th and (k+1)-th
     // score >= 0.02), so that finite differences leave the routing alone, and every expert
     // gets a row, so that every expert's gradient is exercised.
-    for (uint64_t stream = 31;; stream += 100) {
+    bool found = false;
+    for (uint64_t stream = 31; !found && stream < 31 + 100 * 200; stream += 100) {
       x = randn((size_t)N * model.d_model, stream);
       out.resize(x.size());
       layer->forward(arena, out.data(), x.data(), N, *disp, true);
       const auto& counts = layer->tokens_per_expert();
       const bool all_used = std::find(counts.begin(), counts.end(), 0) == counts.end();
-      if (all_used && min_topk_margin() >= 0.02f) break;
+      found = all_used && min_topk_margin() >= 0.02f;
     }
+    if (!found) ADD_FAILURE() << "no input without near-ties in 200 draws";
     dout = randn((size_t)N * model.d_model, 32);
     out.resize(x.size());
   }

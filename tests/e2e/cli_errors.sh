@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Bad input through the binary: one clear message, exit code 2, naming the path, value and fix.
+source "$(dirname "$0")/lib.bash"
+cd "$SRC"
+
+cp configs/tiny.yaml "$TMP/unknown.yaml"
+sed -i 's/^  top_k: 2 /  topk: 2 /' "$TMP/unknown.yaml"
+expect_error "unknown key" "topk" "top_k" "unknown.yaml" -- "$MOEMPI" validate "$TMP/unknown.yaml"
+
+cp configs/tiny.yaml "$TMP/type.yaml"
+sed -i 's/^  d_model: 64/  d_model: sixty-four/' "$TMP/type.yaml"
+expect_error "wrong type" "model.d_model" "sixty-four" -- "$MOEMPI" validate "$TMP/type.yaml"
+
+expect_error "impossible combination" "model.d_model" "model.n_heads" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set model.n_heads=5
+expect_error "bad enum" "moe.score" "softmax" "sigmoid" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.score=relu
+expect_error "experts not divisible by ep" "moe.num_experts (4)" "parallel.ep (3)" -- \
+  "$MOEMPI" validate configs/tiny_ep.yaml --set parallel.ep=3 --np 3
+expect_error "world not divisible by ep (under mpirun)" "parallel.ep" -- \
+  "${MPIRUN[@]}" -np 3 "$MOEMPI" train configs/tiny_ep.yaml --set job.run_dir="$TMP/x"
+expect_error "unknown override path" "optim.learning_rate" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set optim.learning_rate=1
+
+out=$("$MOEMPI" validate configs/tiny.yaml 2>&1) && pass "tiny.yaml validates: $out" || fail "tiny.yaml: $out"
+out=$("$MOEMPI" validate configs/small.yaml 2>&1) && pass "small.yaml validates" || fail "small.yaml: $out"
+
+# Token shards: a good one trains; corrupt ones are refused with the file and the offset.
+"$MOEMPI" data encode configs/tiny.yaml "$TMP/good.bin" > /dev/null
+"$MOEMPI" train configs/tiny.yaml --set data.type=tokens --set data.path="$TMP/good.bin" \
+  --set train.steps=3 --set eval.interval=0 --set job.run_dir="$TMP/tok" > "$TMP/tok.log" 2>&1 \
+  && pass "trains on a token shard" || fail "token shard run: $(tail -3 "$TMP/tok.log")"
+head -c 1000 "$TMP/good.bin" > "$TMP/truncated.bin"
+expect_error "truncated shard" "truncated.bin" -- \
+  "$MOEMPI" train configs/tiny.yaml --set data.type=tokens --set data.path="$TMP/truncated.bin" --set job.run_dir="$TMP/t"
+cp "$TMP/good.bin" "$TMP/badtoken.bin"
+printf '\x2c\x01' | dd of="$TMP/badtoken.bin" bs=1 seek=224 conv=notrunc 2>/dev/null  # token 300 at offset 224
+expect_error "out-of-vocab token" "badtoken.bin" "offset 224" "300" -- \
+  "$MOEMPI" train configs/tiny.yaml --set data.type=tokens --set data.path="$TMP/badtoken.bin" --set job.run_dir="$TMP/t"
+finish
