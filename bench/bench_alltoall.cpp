@@ -139,7 +139,7 @@ int run_alltoall(const AlltoallOptions& o) {
     const OverRanks m = over_ranks(median(seconds[0]), world);
     const OverRanks r = over_ranks(median(seconds[1]), world);
     const double total = static_cast<double>(bytes) * W;
-    const double busf = W > 1 ? double(W - 1) / W : 1.0;
+    const double busf = double(W - 1) / W;
     const double ratio = r.max > 0 ? m.max / r.max : 0.0;
     table.print_row({cell(bytes), cell(c), cell(m.min * 1e6, 1), cell(m.avg * 1e6, 1),
                      cell(m.max * 1e6, 1), cell(gbps(total, m.max), 2), cell(gbps(total, m.max) * busf, 2),

@@ -59,7 +59,7 @@ void add_timing_flags(CLI::App& app, TimingFlags& flags) {
   app.add_option("-w,--warmup_iters", flags.warmup, "untimed warm-up iterations")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("-c,--check", flags.check, "verify payloads (0 = off, 1 = before and after timing)")
+  app.add_option("-c,--check", flags.check, "verify payloads before and after timing (0 = off)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1));
   app.add_option("--json", flags.json, "write results as JSON to FILE (rank 0)");

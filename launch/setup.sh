@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(build-essential cmake openmpi-bin libopenmpi-dev libopenblas-dev libprotobuf-dev
-          protobuf-compiler libspdlog-dev libyaml-cpp-dev libgtest-dev libcli11-dev
+PACKAGES=(build-essential cmake openmpi-bin libopenmpi-dev libopenblas-dev
+          libspdlog-dev libyaml-cpp-dev libgtest-dev libcli11-dev
           nlohmann-json3-dev)
 BUILD_DIR=${MOEMPI_BUILD_DIR:-build}
 JOBS=$(nproc 2>/dev/null || echo 2)

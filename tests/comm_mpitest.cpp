@@ -259,6 +259,29 @@ TEST_P(CollectivesTest, AllreduceSumFloatDoubleInt64) {
   }
 }
 
+TEST_P(CollectivesTest, AllreduceMinMaxAndReduceToRoot) {
+  for (const Communicator* c : {&groups_.world, &groups_.ep}) {
+    const int n = c->size(), me = c->rank();
+    int64_t v[2] = {(int64_t{1} << 40) + me, -me};
+    allreduce(&v[0], 1, ReduceOp::kMax, *c);
+    allreduce(&v[1], 1, ReduceOp::kMin, *c);
+    EXPECT_EQ(v[0], (int64_t{1} << 40) + n - 1);
+    EXPECT_EQ(v[1], -(n - 1));
+    double d[3] = {0.5 * me, 0.5 * me, 0.5 * me};
+    allreduce(&d[0], 1, ReduceOp::kSum, *c);
+    EXPECT_EQ(d[0], 0.25 * n * (n - 1));
+    const int root = n - 1;
+    reduce(&d[1], 1, ReduceOp::kMax, root, *c);
+    reduce(&d[2], 1, ReduceOp::kMin, root, *c);
+    if (me == root) {
+      EXPECT_EQ(d[1], 0.5 * (n - 1));
+      EXPECT_EQ(d[2], 0.0);
+    } else {
+      EXPECT_EQ(d[1], 0.5 * me);  // non-root input is left alone
+    }
+  }
+}
+
 TEST_P(CollectivesTest, AlltoallI64CarriesSourceAndDestination) {
   const Communicator& c = groups_.ep;
   const int n = c.size(), me = c.rank(), per = 3;

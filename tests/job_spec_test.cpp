@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -441,6 +443,22 @@ TEST(JobSpecConfigs, TinyAndSmallLoadValidateAndRoundTrip) {
 
   for (const JobSpec* s : {&tiny, &small})
     EXPECT_EQ(job_spec_to_yaml(load_job_spec_from_string(job_spec_to_yaml(*s))), job_spec_to_yaml(*s));
+}
+
+TEST(JobSpecConfigs, EveryShippedConfigLoadsAndValidatesAtItsSmallestWorld) {
+  const fs::path root = source_dir();
+  ASSERT_FALSE(root.empty()) << "configs/ not found above " << fs::current_path() << "; set MOEMPI_SOURCE_DIR";
+  int seen = 0;
+  for (const auto& entry : fs::directory_iterator(root / "configs")) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    const JobSpec s = load_job_spec(entry.path().string(), {});
+    const int world = std::lcm(s.parallel.ep, std::max(1, s.parallel.ranks_per_node));  // both must divide it
+    EXPECT_NO_THROW(validate_for_world(s, world));
+    EXPECT_EQ(s.job.name, entry.path().stem().string()) << "job.name should match the file name";
+    ++seen;
+  }
+  EXPECT_GE(seen, 2);
 }
 
 TEST(JobSpec, EnumNames) {
