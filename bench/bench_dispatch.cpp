@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -176,8 +177,11 @@ int run_dispatch(const DispatchOptions& o) {
     raw_send.assign(raw_send_max, 1.0f);
     raw_recv.assign(raw_recv_max, 0.0f);
 
-    // Verify every routing before timing: experts add their global id, combine must return
-    // x[t] + topk[t,k] at every slot; the expert side must see exactly the global counts.
+    // Verify every routing before timing, nccl-tests style. Expert side: every rank regenerates
+    // every source's routing (a pure function of its rank) and checks that local expert le holds,
+    // source by source, the rows of the tokens routed to it in slot order, with the source's
+    // payload. Round trip: experts add their global id, so combine must return x[t] + e at slot
+    // (t, k) and zero at dropped slots.
     int64_t wrong = 0;
     size_t y_rows = 0;
     for (const auto& ids : routings) {
@@ -186,21 +190,35 @@ int run_dispatch(const DispatchOptions& o) {
     }
     y.resize(y_rows * D);
     if (o.timing.check) {
-      for (const auto& ids : routings) {
-        std::vector<int64_t> global(o.E, 0);
-        for (int32_t e : ids)
-          if (e >= 0) ++global[e];
-        allreduce_sum(global.data(), o.E, world);
+      std::vector<std::vector<std::vector<int32_t>>> all_routings(W);  // [src][routing]
+      for (int src = 0; src < W; ++src) {
+        int T_src = 0;
+        all_routings[src] = make_routings(pattern, o, src, W, T_src);
+      }
+      for (size_t r = 0; r < routings.size(); ++r) {
+        const auto& ids = routings[r];
         dispatcher->plan(ids.data(), T, k);
+        std::fill(y.begin(), y.end(), -1.0f);
         dispatcher->to_experts(y.data(), x.data(), false, D);
         int64_t row = 0;
         for (int le = 0; le < El; ++le) {
           const int e = placement.local_begin() + le;
-          const int64_t n = dispatcher->rows_per_local_expert()[le];
-          wrong += n != global[e];
-          for (int64_t i = 0; i < n * D; ++i) y[row * D + i] += static_cast<float>(e);
-          row += n;
+          const int64_t first = row;
+          for (int src = 0; src < W; ++src) {
+            const auto& src_ids = all_routings[src][r];
+            for (size_t slot = 0; slot < src_ids.size(); ++slot) {
+              if (src_ids[slot] != e) continue;
+              if (row < static_cast<int64_t>(dispatcher->rows()))
+                wrong += payload_check(&y[row * D], D, o.seed, src, 0, static_cast<int64_t>(slot / k) * D);
+              else
+                wrong += D;  // a row the dispatcher did not deliver
+              ++row;
+            }
+          }
+          wrong += std::abs(dispatcher->rows_per_local_expert()[le] - (row - first));
+          for (int64_t i = first * D; i < std::min(row, dispatcher->rows()) * D; ++i) y[i] += static_cast<float>(e);
         }
+        wrong += std::abs(dispatcher->rows() - row);
         std::fill(z.begin(), z.end(), -1.0f);
         dispatcher->from_experts(z.data(), y.data(), D);
         for (int64_t s = 0; s < TK; ++s) {

@@ -110,7 +110,7 @@ void FlatDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
   int64_t out = 0;
   for (int le = 0; le < El_; ++le) {
     int64_t expert_rows = 0;
-    for (int p = P_ - 1; p >= 0; --p) {
+    for (int p = 0; p < P_; ++p) {
       out_row_[le * P_ + p] = out;
       out += recv_rows_[p * El_ + le];
       expert_rows += recv_rows_[p * El_ + le];

@@ -18,9 +18,13 @@ void LocalDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
   const int E = placement_.num_experts;
   rows_per_expert_.assign(E, 0);
   const int64_t slots = static_cast<int64_t>(T) * K;
+  dropped_slots_.clear();
   for (int64_t s = 0; s < slots; ++s) {
     const int e = topk_ids_TK[s];
-    if (e < 0) continue;
+    if (e < 0) {
+      dropped_slots_.push_back(s);
+      continue;
+    }
     MOEMPI_CHECK_ONE(e < E, "expert id {} out of range [0, {})", e, E);
     ++rows_per_expert_[e];
   }
@@ -45,7 +49,7 @@ void LocalDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot,
 }
 
 void LocalDispatcher::from_experts(float* dst_TKD, const float* src_RD, int D) {
-  std::memset(dst_TKD, 0, sizeof(float) * static_cast<size_t>(T_) * K_ * D);
+  for (int64_t s : dropped_slots_) std::memset(dst_TKD + s * D, 0, sizeof(float) * D);
   const int64_t R = rows();
   for (int64_t r = 0; r < R; ++r)
     std::memcpy(dst_TKD + slot_of_row_[r] * D, src_RD + r * D, sizeof(float) * D);

@@ -19,6 +19,7 @@ class LocalDispatcher final : public Dispatcher {
   int T_ = 0, K_ = 0;
   std::vector<int64_t> rows_per_expert_;  // (E_local)
   std::vector<int64_t> slot_of_row_;      // (R) slot index t*K+k of each expert row
+  std::vector<int64_t> dropped_slots_;    // slots with expert id -1 (zeroed by from_experts)
 };
 
 }  // namespace moempi

@@ -303,7 +303,7 @@ TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
     FAIL() << "no throw";
   } catch (const CollectiveError& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("moe.balancing[1].type"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("moe.balancing.1.type"), std::string::npos) << msg;
     EXPECT_NE(msg.find("aux_los'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("aux_loss, z_loss"), std::string::npos) << msg;
   }

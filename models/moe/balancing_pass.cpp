@@ -1,4 +1,4 @@
-// The BalancingPass registry: `moe.balancing[i].type` -> a pass. Adding a pass = its own file
+// The BalancingPass registry: `moe.balancing.<i>.type` -> a pass. Adding a pass = its own file
 // defining make_<type>(spec, path, env) + one X(<type>) line below.
 // Test: tests/moe_test.cpp (BalancingRegistry.*).
 #include "models/moe/balancing_pass.h"
@@ -52,7 +52,7 @@ std::vector<std::unique_ptr<BalancingPass>> make_balancing_passes(
     const std::vector<BalancingSpec>& specs, const BalancingEnv& env) {
   std::vector<std::unique_ptr<BalancingPass>> passes;
   for (size_t i = 0; i < specs.size(); ++i)
-    passes.push_back(make_balancing_pass(specs[i], fmt::format("moe.balancing[{}]", i), env));
+    passes.push_back(make_balancing_pass(specs[i], fmt::format("moe.balancing.{}", i), env));
   return passes;
 }
 

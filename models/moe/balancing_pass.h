@@ -1,5 +1,5 @@
 // BalancingPass: the load-balancing terms of one MoE router (ALGORITHMS.md 2), chosen by name
-// from `moe.balancing[i].type` through one registry (balancing_pass.cpp). A new pass is a new
+// from `moe.balancing.<i>.type` through one registry (balancing_pass.cpp). A new pass is a new
 // file plus one line in that registry; the router and the layer never change.
 // Contract: every pass matches its formula on hand-computed cases and its gradient matches finite
 // differences with routing held fixed (tests/moe_test.cpp).
@@ -51,10 +51,10 @@ class BalancingPass {
   virtual void on_step_end() {}
 };
 
-// The registry. `path` is the YAML path of the spec, e.g. "moe.balancing[1]"; an unknown type is
+// The registry. `path` is the YAML path of the spec, e.g. "moe.balancing.1"; an unknown type is
 // a collective error naming `<path>.type`, the value and the allowed values.
 std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec,
-                                                   const std::string& path = "moe.balancing[0]",
+                                                   const std::string& path = "moe.balancing.0",
                                                    const BalancingEnv& env = {});
 // One pass per entry of moe.balancing, in order.
 std::vector<std::unique_ptr<BalancingPass>> make_balancing_passes(
