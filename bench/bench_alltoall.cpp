@@ -22,6 +22,16 @@
 namespace moempi::bench {
 namespace {
 
+// What the timed to_experts does, for the table header.
+std::string exchange_description(const std::string& dispatcher) {
+  if (dispatcher == "flat")
+    return "flat = one MPI_Alltoallw whose row datatypes gather and place rows (own rows: memcpy)";
+  if (dispatcher == "flat_packed")
+    return "flat_packed = memcpy pack, one MPI_Alltoallv of rows, memcpy regroup (own rows: memcpy)";
+  if (dispatcher == "local") return "local = memcpy permutation, no communication (1 rank only)";
+  return dispatcher + " = see parallel/" + dispatcher + "_dispatcher.h";
+}
+
 struct AlltoallOptions {
   std::string min_size = "1K", max_size = "16M";
   double factor = 2.0;
@@ -54,8 +64,8 @@ int run_alltoall(const AlltoallOptions& o) {
       fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
                   "warmup {}, iters {}, check {}",
                   W, o.dispatcher, W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
-      "moempi path = the dispatcher's: plan (MPI_Alltoall of int64 counts) + to_experts (pack rows,",
-      "  one MPI_Alltoallv of D-float rows, regroup by local expert; own rows bypass MPI)",
+      "moempi path = the dispatcher's plan (MPI_Alltoall of int64 counts) + to_experts, where",
+      "  " + exchange_description(o.dispatcher),
       "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
       "size = bytes to each peer (incl. self); time = median over iterations per rank, then",
       "  min/avg/max over ranks; algbw = size*W / max; busbw = algbw*(W-1)/W; ratio = max/raw",

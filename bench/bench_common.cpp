@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 
@@ -28,9 +29,10 @@ int64_t parse_size(const std::string& text, const std::string& flag) {
   const bool ok = pos > 0 && pos <= 15 && scale > 0;
   MOEMPI_CHECK_ALL(ok, "{} '{}' is not a size; use bytes with an optional K, M or G suffix (powers "
                        "of 1024), e.g. 4096, 1K, 16M, 64KiB", flag, text);
-  const int64_t value = std::stoll(text.substr(0, pos)) * scale;
-  MOEMPI_CHECK_ALL(value > 0, "{} '{}' must be positive", flag, text);
-  return value;
+  const int64_t number = std::stoll(text.substr(0, pos));
+  MOEMPI_CHECK_ALL(number > 0 && number <= INT64_MAX / scale, "{} '{}' must be positive and below 8 EiB",
+                   flag, text);
+  return number * scale;
 }
 
 std::string format_size(int64_t bytes) {

@@ -1,7 +1,7 @@
 // Shared pieces of the `moempi bench` collective benchmarks, after nccl-tests (STYLE.md habit 8):
 // size parsing and the -b/-e/-f sweep, -n/-w/-c, interleaved timing of moempi and raw-MPI ops
 // behind a barrier, slowest-rank reduction, the fixed-width `#` table and --json on rank 0.
-// Tests: run by tests/e2e (bench smoke) and by hand; parse_size is exercised by every bench run.
+// Test: tests/bench_common_test.cpp; every benchmark also verifies its own payload (#wrong).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>

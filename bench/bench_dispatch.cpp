@@ -117,7 +117,10 @@ int run_dispatch(const DispatchOptions& o) {
       fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
                   "E {} ({} per rank), k {}, warmup {}, iters {}",
                   W, o.dispatcher, o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
-      "moempi = plan (count exchange) + to_experts (dispatch) + from_experts (combine) per round",
+      fmt::format("moempi = plan (count exchange) + to_experts (dispatch) + from_experts (combine) per "
+                  "round, dispatcher '{}'{}", o.dispatcher,
+                  o.dispatcher == "flat" ? " (MPI_Alltoallw over row datatypes, built per plan)"
+                  : o.dispatcher == "flat_packed" ? " (memcpy pack + MPI_Alltoallv + memcpy regroup)" : ""),
       "raw = MPI_Alltoallv of the same bytes there and back, packed; the two alternate round by round",
       "rows = routed rows summed over ranks; max_in = most rows one rank's experts receive;",
       "MB = bytes per direction summed over ranks; time = median over iterations per rank, then",

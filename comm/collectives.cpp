@@ -149,6 +149,90 @@ void alltoallv_rows(const float* send, const int* send_counts, const int* send_d
                                  recv_displs, row.type(), group.comm()));
 }
 
+PeerLayouts::~PeerLayouts() { reset(0); }
+
+PeerLayouts::PeerLayouts(PeerLayouts&& other) noexcept
+    : types_(std::move(other.types_)),
+      owned_(std::move(other.owned_)),
+      counts_(std::move(other.counts_)),
+      zeros_(std::move(other.zeros_)) {
+  other.types_.clear(), other.owned_.clear(), other.counts_.clear(), other.zeros_.clear();
+}
+
+PeerLayouts& PeerLayouts::operator=(PeerLayouts&& other) noexcept {
+  if (this != &other) {
+    reset(0);
+    types_ = std::move(other.types_);
+    owned_ = std::move(other.owned_);
+    counts_ = std::move(other.counts_);
+    zeros_ = std::move(other.zeros_);
+    other.types_.clear(), other.owned_.clear(), other.counts_.clear(), other.zeros_.clear();
+  }
+  return *this;
+}
+
+void PeerLayouts::free_type(int peer) {
+  if (owned_[peer]) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MOEMPI_MPI_CHECK(MPI_Type_free(&types_[peer]));
+  }
+  types_[peer] = MPI_BYTE;
+  owned_[peer] = false;
+  counts_[peer] = 0;
+}
+
+void PeerLayouts::reset(int peers) {
+  for (int p = 0; p < static_cast<int>(types_.size()); ++p) free_type(p);
+  types_.assign(peers, MPI_BYTE);
+  owned_.assign(peers, false);
+  counts_.assign(peers, 0);
+  zeros_.assign(peers, 0);
+}
+
+void PeerLayouts::set_empty(int peer) { free_type(peer); }
+
+void PeerLayouts::set_rows(int peer, const int64_t* row_index, int64_t n, const RowType& row) {
+  free_type(peer);
+  if (n == 0) return;
+  MOEMPI_CHECK_ONE(n <= INT_MAX, "PeerLayouts: {} rows for one peer exceed INT_MAX", n);
+  const MPI_Aint row_bytes = static_cast<MPI_Aint>(row.width()) * sizeof(float);
+  byte_offsets_.resize(n);
+  for (int64_t i = 0; i < n; ++i) byte_offsets_[i] = row_index[i] * row_bytes;
+  MOEMPI_MPI_CHECK(MPI_Type_create_hindexed_block(static_cast<int>(n), 1, byte_offsets_.data(),
+                                                  row.type(), &types_[peer]));
+  MOEMPI_MPI_CHECK(MPI_Type_commit(&types_[peer]));
+  owned_[peer] = true;
+  counts_[peer] = 1;
+}
+
+void PeerLayouts::set_runs(int peer, const int64_t* first_row, const int64_t* n_rows, int blocks,
+                           const RowType& row) {
+  free_type(peer);
+  const MPI_Aint row_bytes = static_cast<MPI_Aint>(row.width()) * sizeof(float);
+  byte_offsets_.clear();
+  run_lengths_.clear();
+  for (int b = 0; b < blocks; ++b) {
+    if (n_rows[b] == 0) continue;
+    MOEMPI_CHECK_ONE(n_rows[b] <= INT_MAX, "PeerLayouts: a run of {} rows exceeds INT_MAX", n_rows[b]);
+    byte_offsets_.push_back(first_row[b] * row_bytes);
+    run_lengths_.push_back(static_cast<int>(n_rows[b]));
+  }
+  if (run_lengths_.empty()) return;
+  MOEMPI_MPI_CHECK(MPI_Type_create_hindexed(static_cast<int>(run_lengths_.size()), run_lengths_.data(),
+                                            byte_offsets_.data(), row.type(), &types_[peer]));
+  MOEMPI_MPI_CHECK(MPI_Type_commit(&types_[peer]));
+  owned_[peer] = true;
+  counts_[peer] = 1;
+}
+
+void alltoallw_rows(const float* send, const PeerLayouts& send_layout, float* recv,
+                    const PeerLayouts& recv_layout, const Communicator& group) {
+  MOEMPI_MPI_CHECK(MPI_Alltoallw(send, send_layout.counts(), send_layout.displs(), send_layout.types(),
+                                 recv, recv_layout.counts(), recv_layout.displs(), recv_layout.types(),
+                                 group.comm()));
+}
+
 void barrier(const Communicator& group) { MOEMPI_MPI_CHECK(MPI_Barrier(group.comm())); }
 
 void bcast(float* data, int64_t count, int root, const Communicator& group) {

@@ -50,7 +50,11 @@ void Communicator::release() {
   owned_ = false;
 }
 
-Communicator Communicator::world() { return Communicator(MPI_COMM_WORLD, "world", false); }
+Communicator Communicator::world() { return borrow(MPI_COMM_WORLD, "world"); }
+
+Communicator Communicator::borrow(MPI_Comm comm, std::string name) {
+  return Communicator(comm, std::move(name), false);
+}
 
 Communicator Communicator::split(const Communicator& parent, int color, int key, std::string name) {
   MPI_Comm comm = MPI_COMM_NULL;

@@ -20,6 +20,10 @@ class Communicator {
   // Wraps MPI_COMM_WORLD (not owned) and switches it to MPI_ERRORS_RETURN so failures reach
   // MOEMPI_MPI_CHECK with file:line. Not collective.
   static Communicator world();
+  // Wraps an existing communicator without owning it (never freed here), e.g. MPI_COMM_SELF for
+  // a single-rank reference run inside an MPI test. Switches it to MPI_ERRORS_RETURN. Not
+  // collective.
+  static Communicator borrow(MPI_Comm comm, std::string name);
   // Collective over `parent`: MPI_Comm_split(color, key). The result is owned.
   static Communicator split(const Communicator& parent, int color, int key, std::string name);
   // Collective over `parent`: MPI_Comm_split_type(MPI_COMM_TYPE_SHARED): ranks on one host.

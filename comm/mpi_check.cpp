@@ -5,11 +5,15 @@
 
 namespace moempi::detail {
 
-void fail_mpi(const char* file, int line, const char* call, int rc) {
+std::string describe_mpi_error(const char* call, int rc) {
   char text[MPI_MAX_ERROR_STRING] = {0};
   int len = 0;
-  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) fmt::format_to_n(text, sizeof text - 1, "code {}", rc);
-  fail_local(file, line, fmt::format("{} failed: {}", call, text));
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) return fmt::format("{} failed: code {}", call, rc);
+  return fmt::format("{} failed: {}", call, std::string(text, len));
+}
+
+void fail_mpi(const char* file, int line, const char* call, int rc) {
+  fail_local(file, line, describe_mpi_error(call, rc));
 }
 
 }  // namespace moempi::detail

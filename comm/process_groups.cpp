@@ -28,9 +28,9 @@ struct RankRecord {
 
 }  // namespace
 
-ProcessGroups ProcessGroups::build(const ParallelSpec& spec) {
+ProcessGroups ProcessGroups::build(const ParallelSpec& spec, MPI_Comm base) {
   ProcessGroups g;
-  g.world = Communicator::world();
+  g.world = base == MPI_COMM_WORLD ? Communicator::world() : Communicator::borrow(base, "world");
   g.world_rank = g.world.rank();
   g.world_size = g.world.size();
   const int W = g.world_size;

@@ -24,9 +24,10 @@ struct ProcessGroups {
 
   int ep_group() const { return world_rank / ep_size; }  // index of this rank's ep group
 
-  // Collective over MPI_COMM_WORLD. Collective error if parallel.ep does not divide the world
-  // size or parallel.ranks_per_node < 0.
-  static ProcessGroups build(const ParallelSpec& spec);
+  // Collective over `base` (default MPI_COMM_WORLD), which becomes `world` (borrowed, not freed;
+  // MPI_COMM_SELF gives a one-rank job, e.g. a single-rank reference inside an MPI test).
+  // Collective error if parallel.ep does not divide the world size or parallel.ranks_per_node < 0.
+  static ProcessGroups build(const ParallelSpec& spec, MPI_Comm base = MPI_COMM_WORLD);
 
   // Collective over world (gather to rank 0). A multi-line table for the start-up log, one line
   // per world rank: host, node, local rank, ep group, ep rank, expert_dp rank. Rank 0 gets the

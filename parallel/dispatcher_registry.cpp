@@ -22,7 +22,10 @@ const Entry kDispatchers[] = {
        return std::make_unique<LocalDispatcher>(p);
      }},
     {"flat", [](const ExpertPlacement& p, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-       return std::make_unique<FlatDispatcher>(p, g.ep);
+       return std::make_unique<FlatDispatcher>(p, g.ep, FlatExchange::kTyped);
+     }},
+    {"flat_packed", [](const ExpertPlacement& p, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+       return std::make_unique<FlatDispatcher>(p, g.ep, FlatExchange::kPacked);
      }},
 };
 

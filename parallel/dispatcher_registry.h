@@ -1,5 +1,5 @@
-// Dispatchers by name (moe.dispatch.type): "local" | "flat". A new dispatcher is a new file plus
-// one line in the table in dispatcher_registry.cpp (STYLE.md habit 3).
+// Dispatchers by name (moe.dispatch.type): "local" | "flat" | "flat_packed". A new dispatcher is
+// a new file plus one line in the table in dispatcher_registry.cpp (STYLE.md habit 3).
 // Test: tests/dispatcher_mpitest.cpp (Registry.*).
 #pragma once
 #include <memory>

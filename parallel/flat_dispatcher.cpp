@@ -1,5 +1,6 @@
-// FlatDispatcher: counting sort by global expert (same as `local`), count exchange, pack with
-// whole-row memcpy, one Alltoallv of row-typed data, regroup by (local expert, source, slot).
+// FlatDispatcher: counting sort by global expert (same as `local`), count exchange, then per
+// direction either one Alltoallw over per-peer row datatypes (typed) or pack with whole-row memcpy,
+// one Alltoallv of row-typed data and a regroup by (local expert, source, slot) (packed).
 #include "parallel/flat_dispatcher.h"
 
 #include <algorithm>
@@ -18,8 +19,8 @@ void grow(std::vector<T>& v, size_t n) {
 
 }  // namespace
 
-FlatDispatcher::FlatDispatcher(ExpertPlacement placement, const Communicator& ep)
-    : Dispatcher(placement), ep_(ep.view()) {
+FlatDispatcher::FlatDispatcher(ExpertPlacement placement, const Communicator& ep, FlatExchange exchange)
+    : Dispatcher(placement), ep_(ep.view()), exchange_(exchange) {
   P_ = ep_.size();
   me_ = ep_.rank();
   E_ = placement_.num_experts;
@@ -42,6 +43,9 @@ FlatDispatcher::FlatDispatcher(ExpertPlacement placement, const Communicator& ep
   recv_counts_.assign(P_, 0), recv_displs_.assign(P_, 0);
   exchange_send_.assign(static_cast<size_t>(P_) * (El_ + 1), 0);
   exchange_recv_.assign(static_cast<size_t>(P_) * (El_ + 1), 0);
+  token_layout_.reset(P_);
+  slot_layout_.reset(P_);
+  expert_layout_.reset(P_);
 }
 
 void FlatDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
@@ -130,39 +134,106 @@ void FlatDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
     if (p != me_) at += n;
   }
   recv_remote_rows_ = at;
+  token_layout_ok_ = slot_layout_ok_ = expert_layout_ok_ = false;
+}
+
+void FlatDispatcher::copy_own_rows_to_experts(float* dst_RD, const float* src, bool per_slot,
+                                              int D) const {
+  const size_t row_bytes = sizeof(float) * D;
+  const int64_t K = K_;
+  for (int le = 0; le < El_; ++le) {
+    const int e = me_ * El_ + le;
+    float* out = dst_RD + out_row_[le * P_ + me_] * D;
+    for (int64_t i = expert_begin_[e]; i < expert_begin_[e + 1]; ++i, out += D) {
+      const int64_t s = slot_of_send_row_[i];
+      std::memcpy(out, src + (per_slot ? s : s / K) * D, row_bytes);
+    }
+  }
+}
+
+void FlatDispatcher::copy_own_rows_from_experts(float* dst_TKD, const float* src_RD, int D) const {
+  const size_t row_bytes = sizeof(float) * D;
+  for (int le = 0; le < El_; ++le) {
+    const int e = me_ * El_ + le;
+    const float* in = src_RD + out_row_[le * P_ + me_] * D;
+    for (int64_t i = expert_begin_[e]; i < expert_begin_[e + 1]; ++i, in += D)
+      std::memcpy(dst_TKD + slot_of_send_row_[i] * D, in, row_bytes);
+  }
+}
+
+void FlatDispatcher::zero_dropped(float* dst_TKD, int D) const {
+  for (const int64_t s : dropped_slots_) std::memset(dst_TKD + s * D, 0, sizeof(float) * D);
+}
+
+// Typed exchange: builds the datatypes a direction needs, at most once per plan and row width.
+// per_token: the token-row layout (dispatch); otherwise the slot-row layout (per-slot dispatch,
+// combine). The expert-side layout serves both directions.
+void FlatDispatcher::prepare_layouts(int D, bool per_token) {
+  if (layout_width_ != D) {
+    token_layout_ok_ = slot_layout_ok_ = expert_layout_ok_ = false;
+    layout_width_ = D;
+  }
+  row_.reset(D);
+  PeerLayouts& send = per_token ? token_layout_ : slot_layout_;
+  bool& send_ok = per_token ? token_layout_ok_ : slot_layout_ok_;
+  if (!send_ok) {
+    for (int p = 0; p < P_; ++p) {
+      const int64_t b = expert_begin_[p * El_], n = expert_begin_[(p + 1) * El_] - b;
+      if (p == me_ || n == 0) {
+        send.set_empty(p);  // own rows bypass MPI
+      } else if (!per_token) {
+        send.set_rows(p, slot_of_send_row_.data() + b, n, row_);
+      } else {
+        scratch_rows_.resize(n);
+        for (int64_t i = 0; i < n; ++i) scratch_rows_[i] = slot_of_send_row_[b + i] / K_;
+        send.set_rows(p, scratch_rows_.data(), n, row_);
+      }
+    }
+    send_ok = true;
+  }
+  if (!expert_layout_ok_) {
+    scratch_first_.resize(El_);
+    scratch_count_.resize(El_);
+    for (int p = 0; p < P_; ++p) {
+      if (p == me_) {
+        expert_layout_.set_empty(p);
+        continue;
+      }
+      for (int le = 0; le < El_; ++le) {
+        scratch_first_[le] = out_row_[le * P_ + p];
+        scratch_count_[le] = recv_rows_[p * El_ + le];
+      }
+      expert_layout_.set_runs(p, scratch_first_.data(), scratch_count_.data(), El_, row_);
+    }
+    expert_layout_ok_ = true;
+  }
 }
 
 void FlatDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot, int D) {
+  if (exchange_ == FlatExchange::kTyped) {
+    prepare_layouts(D, /*per_token=*/!per_slot);
+    copy_own_rows_to_experts(dst_RD, src, per_slot, D);
+    alltoallw_rows(src, per_slot ? slot_layout_ : token_layout_, dst_RD, expert_layout_, ep_);
+    return;
+  }
+
+  // Packed: remote rows into send_buf_ in (destination, local expert, slot) order.
   row_.reset(D);
   const size_t row_bytes = sizeof(float) * D;
   grow(send_buf_, static_cast<size_t>(send_remote_rows_) * D);
   grow(recv_buf_, static_cast<size_t>(recv_remote_rows_) * D);
   const int64_t K = K_;
-
-  // Pack: remote rows into send_buf_ in (destination, local expert, slot) order; this rank's own
-  // rows straight to their output place (local expert le, source me).
   for (int p = 0; p < P_; ++p) {
-    if (p == me_) {
-      for (int le = 0; le < El_; ++le) {
-        const int e = p * El_ + le;
-        float* out = dst_RD + out_row_[le * P_ + me_] * D;
-        for (int64_t i = expert_begin_[e]; i < expert_begin_[e + 1]; ++i, out += D) {
-          const int64_t s = slot_of_send_row_[i];
-          std::memcpy(out, src + (per_slot ? s : s / K) * D, row_bytes);
-        }
-      }
-      continue;
-    }
+    if (p == me_) continue;
     float* out = send_buf_.data() + send_buf_row_[p] * D;
     for (int64_t i = expert_begin_[p * El_]; i < expert_begin_[(p + 1) * El_]; ++i, out += D) {
       const int64_t s = slot_of_send_row_[i];
       std::memcpy(out, src + (per_slot ? s : s / K) * D, row_bytes);
     }
   }
-
+  copy_own_rows_to_experts(dst_RD, src, per_slot, D);
   alltoallv_rows(send_buf_.data(), send_counts_.data(), send_displs_.data(), recv_buf_.data(),
                  recv_counts_.data(), recv_displs_.data(), row_, ep_);
-
   // Regroup: block (source p, local expert le) -> output block (le, p), one memcpy each.
   for (int p = 0; p < P_; ++p) {
     if (p == me_) continue;
@@ -176,12 +247,20 @@ void FlatDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot, 
 }
 
 void FlatDispatcher::from_experts(float* dst_TKD, const float* src_RD, int D) {
+  if (exchange_ == FlatExchange::kTyped) {
+    // The mirror: expert-side runs go back to the slots they came from.
+    prepare_layouts(D, /*per_token=*/false);
+    alltoallw_rows(src_RD, expert_layout_, dst_TKD, slot_layout_, ep_);
+    copy_own_rows_from_experts(dst_TKD, src_RD, D);
+    zero_dropped(dst_TKD, D);
+    return;
+  }
+
+  // Packed: output block (le, p) -> (p, le) in send_buf_ (mirror of the regroup).
   row_.reset(D);
   const size_t row_bytes = sizeof(float) * D;
   grow(send_buf_, static_cast<size_t>(recv_remote_rows_) * D);
   grow(recv_buf_, static_cast<size_t>(send_remote_rows_) * D);
-
-  // Pack (mirror of the regroup): output block (le, p) -> (p, le) in send_buf_.
   for (int p = 0; p < P_; ++p) {
     if (p == me_) continue;
     for (int le = 0; le < El_; ++le) {
@@ -191,27 +270,18 @@ void FlatDispatcher::from_experts(float* dst_TKD, const float* src_RD, int D) {
                     n * row_bytes);
     }
   }
-
   // The mirror exchange: what this rank received in to_experts it now sends back.
   alltoallv_rows(send_buf_.data(), recv_counts_.data(), recv_displs_.data(), recv_buf_.data(),
                  send_counts_.data(), send_displs_.data(), row_, ep_);
-
   // Scatter rows back to their slots; this rank's own rows come straight from src_RD.
   for (int p = 0; p < P_; ++p) {
-    if (p == me_) {
-      for (int le = 0; le < El_; ++le) {
-        const int e = p * El_ + le;
-        const float* in = src_RD + out_row_[le * P_ + me_] * D;
-        for (int64_t i = expert_begin_[e]; i < expert_begin_[e + 1]; ++i, in += D)
-          std::memcpy(dst_TKD + slot_of_send_row_[i] * D, in, row_bytes);
-      }
-      continue;
-    }
+    if (p == me_) continue;
     const float* in = recv_buf_.data() + send_buf_row_[p] * D;
     for (int64_t i = expert_begin_[p * El_]; i < expert_begin_[(p + 1) * El_]; ++i, in += D)
       std::memcpy(dst_TKD + slot_of_send_row_[i] * D, in, row_bytes);
   }
-  for (const int64_t s : dropped_slots_) std::memset(dst_TKD + s * D, 0, row_bytes);
+  copy_own_rows_from_experts(dst_TKD, src_RD, D);
+  zero_dropped(dst_TKD, D);
 }
 
 }  // namespace moempi

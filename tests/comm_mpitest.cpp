@@ -13,6 +13,7 @@
 
 #include "comm/collectives.h"
 #include "comm/communicator.h"
+#include "comm/mpi_check.h"
 #include "comm/payload.h"
 #include "comm/process_groups.h"
 #include "comm/topology.h"
@@ -140,6 +141,23 @@ TEST(ProcessGroups, EpThatDoesNotDivideTheWorldIsACollectiveError) {
   EXPECT_THROW(ProcessGroups::build(spec), CollectiveError);
 }
 
+TEST(ProcessGroups, BuiltOverSelfIsAOneRankJob) {
+  ParallelSpec spec;
+  spec.ep = 1;
+  ProcessGroups g = ProcessGroups::build(spec, MPI_COMM_SELF);
+  EXPECT_EQ(g.world_size, 1);
+  EXPECT_EQ(g.world_rank, 0);
+  EXPECT_EQ(g.world.comm(), MPI_COMM_SELF);
+  for (const Communicator* c : {&g.dp, &g.ep, &g.expert_dp, &g.node, &g.inter}) {
+    EXPECT_EQ(c->size(), 1) << c->name();
+    EXPECT_EQ(c->rank(), 0) << c->name();
+  }
+  EXPECT_EQ(g.num_nodes, 1);
+  EXPECT_NE(g.rank_map().find("world 1 = dp 1 x ep 1"), std::string::npos);
+  spec.ep = 2;  // does not divide a one-rank world, on every rank alike
+  EXPECT_THROW(ProcessGroups::build(spec, MPI_COMM_SELF), CollectiveError);
+}
+
 TEST(ProcessGroups, MovedGroupsStillWork) {
   ParallelSpec spec;
   ProcessGroups a = ProcessGroups::build(spec);
@@ -150,6 +168,26 @@ TEST(ProcessGroups, MovedGroupsStillWork) {
   int64_t one = 1;
   allreduce_sum(&one, 1, b.world);
   EXPECT_EQ(one, world_size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// MOEMPI_MPI_CHECK: failures come back as codes (so the macro sees them) and are described.
+
+TEST(MpiCheck, WrappedCommunicatorsReturnErrorsAndTheMessageNamesTheCall) {
+  Communicator world = Communicator::world();
+  Communicator half = Communicator::split(world, world.rank() % 2, world.rank(), "half");
+  for (const Communicator* c : {&world, &half}) {
+    int errhandler_rc = MPI_SUCCESS;
+    int dummy = 0;
+    errhandler_rc = MPI_Bcast(&dummy, -1, MPI_INT, 0, c->comm());  // invalid count
+    EXPECT_NE(errhandler_rc, MPI_SUCCESS) << c->name();
+    int error_class = 0;
+    MPI_Error_class(errhandler_rc, &error_class);
+    EXPECT_EQ(error_class, MPI_ERR_COUNT) << c->name();
+    const std::string msg = detail::describe_mpi_error("MPI_Bcast(&dummy, -1, ...)", errhandler_rc);
+    EXPECT_EQ(msg.rfind("MPI_Bcast(&dummy, -1, ...) failed: ", 0), 0u) << msg;
+    EXPECT_GT(msg.size(), std::string("MPI_Bcast(&dummy, -1, ...) failed: ").size()) << msg;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,6 +381,56 @@ TEST_P(CollectivesTest, AlltoallvRowsWithRowType) {
   for (int p = 0; p < n; ++p)
     wrong += payload_check(recv.data() + rd[p] * width, int64_t{rc[p]} * width, 6, p, me);
   EXPECT_EQ(wrong, 0);
+}
+
+// Typed exchange: the sender names arbitrary rows (out of order, repeated), the receiver places
+// them as runs with gaps; MPI gathers and scatters. Row r of a sender holds payload row r.
+TEST_P(CollectivesTest, AlltoallwRowsGathersAndPlacesRows) {
+  const Communicator& c = groups_.ep;
+  const int n = c.size(), me = c.rank(), width = 3, src_rows = 10;
+  RowType row(width);
+  auto rows_between = [](int src, int dst) { return ((src + 2 * dst) % 3) * 2 + (src == dst ? 1 : 0); };
+  std::vector<float> send(src_rows * width);
+  payload_fill(send.data(), send.size(), 21, me, 0);
+  PeerLayouts send_layout, recv_layout;
+  send_layout.reset(n);
+  recv_layout.reset(n);
+  std::vector<int64_t> base(n);
+  int64_t recv_rows = 0;
+  for (int p = 0; p < n; ++p) {
+    const int out_n = rows_between(me, p);
+    std::vector<int64_t> idx(out_n);
+    for (int j = 0; j < out_n; ++j) idx[j] = (p + 2 * j + 7 * (j % 2)) % src_rows;  // out of order
+    send_layout.set_rows(p, idx.data(), out_n, row);
+    const int in_n = rows_between(p, me), half = in_n / 2;
+    base[p] = recv_rows;
+    const int64_t first[2] = {base[p], base[p] + half + 1}, count[2] = {half, in_n - half};
+    recv_layout.set_runs(p, first, count, 2, row);
+    recv_rows += in_n + 2;  // one gap row inside, one after
+  }
+  EXPECT_EQ(send_layout.peers(), n);
+  std::vector<float> recv(recv_rows * width, -9.0f);
+  alltoallw_rows(send.data(), send_layout, recv.data(), recv_layout, c);
+  int64_t wrong = 0;
+  for (int p = 0; p < n; ++p) {
+    const int in_n = rows_between(p, me), half = in_n / 2;
+    for (int j = 0; j < in_n; ++j) {
+      const int64_t at = base[p] + j + (j >= half ? 1 : 0);
+      const int64_t src_row = (me + 2 * j + 7 * (j % 2)) % src_rows;
+      wrong += payload_check(&recv[at * width], width, 21, p, 0, src_row * width);
+    }
+    for (int g = 0; g < width; ++g) {
+      wrong += recv[(base[p] + half) * width + g] != -9.0f;      // gap inside
+      wrong += recv[(base[p] + in_n + 1) * width + g] != -9.0f;  // gap after
+    }
+  }
+  EXPECT_EQ(wrong, 0);
+  // Re-using a layout after reset: everything empty, nothing moves.
+  send_layout.reset(n);
+  recv_layout.reset(n);
+  std::vector<float> untouched(recv);
+  alltoallw_rows(send.data(), send_layout, recv.data(), recv_layout, c);
+  EXPECT_EQ(recv, untouched);
 }
 
 TEST_P(CollectivesTest, AlltoallvCountBeyondIntMaxOnOneRankIsCollectiveError) {

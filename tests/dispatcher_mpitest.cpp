@@ -34,11 +34,15 @@ struct Case {
   int ep;
   std::string pattern;  // balanced | zero_rank | hot_expert | dropped | all_dropped | empty
   int K;
+  FlatExchange exchange = FlatExchange::kTyped;
 };
 
-void PrintTo(const Case& c, std::ostream* os) {
-  *os << "ep" << c.ep << "_" << c.pattern << "_k" << c.K;
+std::string case_name(const Case& c) {
+  return fmt::format("ep{}_{}_k{}_{}", c.ep, c.pattern, c.K,
+                     c.exchange == FlatExchange::kTyped ? "typed" : "packed");
 }
+
+void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
 
 // One rank's micro-batch: T tokens, K slots each.
 struct RankProblem {
@@ -158,8 +162,8 @@ TEST_P(FlatVsLocal, EqualsLocalReferenceBitForBit) {
   spec.ep = c.ep;
   const ProcessGroups groups = ProcessGroups::build(spec);
   const int m = groups.ep.rank(), El = kExperts / c.ep;
-  FlatDispatcher flat(make_placement(kExperts, groups), groups.ep);
-  EXPECT_EQ(flat.name(), "flat");
+  FlatDispatcher flat(make_placement(kExperts, groups), groups.ep, c.exchange);
+  EXPECT_EQ(flat.name(), c.exchange == FlatExchange::kTyped ? "flat" : "flat_packed");
 
   // Two rounds on one dispatcher with different shapes: buffers are reused and must not leak
   // stale rows from the first round into the second.
@@ -229,30 +233,30 @@ TEST_P(FlatVsLocal, EqualsLocalReferenceBitForBit) {
   }
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return fmt::format("ep{}_{}_k{}", info.param.ep, info.param.pattern, info.param.K);
-}
-
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
-  for (int ep : {1, 2, 3, 4}) {
-    cases.push_back({ep, "balanced", 1});
-    cases.push_back({ep, "balanced", 2});
-    cases.push_back({ep, "zero_rank", 2});
-    cases.push_back({ep, "hot_expert", 1});
-    cases.push_back({ep, "hot_expert", 2});
-    cases.push_back({ep, "dropped", 2});
-    cases.push_back({ep, "all_dropped", 2});
-    cases.push_back({ep, "empty", 2});
-  }
+  for (FlatExchange x : {FlatExchange::kTyped, FlatExchange::kPacked})
+    for (int ep : {1, 2, 3, 4}) {
+      cases.push_back({ep, "balanced", 1, x});
+      cases.push_back({ep, "balanced", 2, x});
+      cases.push_back({ep, "zero_rank", 2, x});
+      cases.push_back({ep, "hot_expert", 1, x});
+      cases.push_back({ep, "hot_expert", 2, x});
+      cases.push_back({ep, "dropped", 2, x});
+      cases.push_back({ep, "all_dropped", 2, x});
+      cases.push_back({ep, "empty", 2, x});
+    }
   return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, FlatVsLocal, ::testing::ValuesIn(all_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Layouts, FlatVsLocal, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return case_name(info.param); });
 
-// With ep = 1 the flat path (through MPI on a one-rank group) is bit-identical to `local` on
-// this rank's own problem: same rows, same order, same bytes.
-TEST(FlatVsLocal, Ep1BitIdenticalToLocal) {
+// With ep = 1 every row is this rank's own: both exchanges must give `local`'s bytes exactly
+// (same rows, same order), with the collectives still called (on a one-rank group).
+class FlatEp1 : public ::testing::TestWithParam<FlatExchange> {};
+
+TEST_P(FlatEp1, BitIdenticalToLocal) {
   ParallelSpec spec;
   spec.ep = 1;
   const ProcessGroups groups = ProcessGroups::build(spec);
@@ -260,7 +264,7 @@ TEST(FlatVsLocal, Ep1BitIdenticalToLocal) {
   const int D = 24;
   const RankProblem p = make_problem(c, groups.world_rank, 0, D);
   LocalDispatcher local(make_placement(kExperts, groups));
-  FlatDispatcher flat(make_placement(kExperts, groups), groups.ep);
+  FlatDispatcher flat(make_placement(kExperts, groups), groups.ep, GetParam());
   local.plan(p.topk.data(), p.T, c.K);
   flat.plan(p.topk.data(), p.T, c.K);
   ASSERT_EQ(local.rows(), flat.rows());
@@ -278,6 +282,11 @@ TEST(FlatVsLocal, Ep1BitIdenticalToLocal) {
   EXPECT_EQ(std::memcmp(ta.data(), tb.data(), ta.size() * sizeof(float)), 0);
 }
 
+INSTANTIATE_TEST_SUITE_P(Exchanges, FlatEp1, ::testing::Values(FlatExchange::kTyped, FlatExchange::kPacked),
+                         [](const ::testing::TestParamInfo<FlatExchange>& info) {
+                           return std::string(info.param == FlatExchange::kTyped ? "typed" : "packed");
+                         });
+
 // ---------------------------------------------------------------------------------------------
 // Registry and construction errors.
 
@@ -287,13 +296,14 @@ TEST(Registry, BuildsByNameAndRejectsUnknownNames) {
   const ProcessGroups groups = ProcessGroups::build(spec);
   const ExpertPlacement placement = make_placement(4 * world_size(), groups);
   EXPECT_EQ(make_dispatcher(DispatchSpec{"flat"}, placement, groups)->name(), "flat");
-  EXPECT_EQ(dispatcher_names(), (std::vector<std::string>{"local", "flat"}));
+  EXPECT_EQ(make_dispatcher(DispatchSpec{"flat_packed"}, placement, groups)->name(), "flat_packed");
+  EXPECT_EQ(dispatcher_names(), (std::vector<std::string>{"local", "flat", "flat_packed"}));
   try {
     make_dispatcher(DispatchSpec{"bogus"}, placement, groups);
     FAIL() << "expected CollectiveError";
   } catch (const CollectiveError& e) {
     const std::string msg = e.what();
-    for (const char* part : {"moe.dispatch.type", "bogus", "local", "flat"})
+    for (const char* part : {"moe.dispatch.type", "bogus", "local", "flat", "flat_packed"})
       EXPECT_NE(msg.find(part), std::string::npos) << msg;
   }
 }
