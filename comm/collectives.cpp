@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/mpi_check.h"
+#include "comm/watchdog.h"
 
 namespace moempi {
 namespace {
@@ -25,6 +26,7 @@ MPI_Op mpi_op(ReduceOp op) {
 template <class T>
 void allreduce_chunked(T* data, int64_t count, MPI_Datatype type, MPI_Op op,
                        const Communicator& group) {
+  watchdog::Pending pending("MPI_Allreduce", group.name().c_str());
   for (int64_t off = 0; off < count; off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, count - off));
     MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, n, type, op, group.comm()));
@@ -33,6 +35,7 @@ void allreduce_chunked(T* data, int64_t count, MPI_Datatype type, MPI_Op op,
 
 template <class T>
 void bcast_chunked(T* data, int64_t count, MPI_Datatype type, int root, const Communicator& group) {
+  watchdog::Pending pending("MPI_Bcast", group.name().c_str());
   for (int64_t off = 0; off < count; off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, count - off));
     MOEMPI_MPI_CHECK(MPI_Bcast(data + off, n, type, root, group.comm()));
@@ -59,6 +62,7 @@ void allreduce(int64_t* data, int64_t count, ReduceOp op, const Communicator& gr
 }
 
 void reduce(double* data, int64_t count, ReduceOp op, int root, const Communicator& group) {
+  watchdog::Pending pending("MPI_Reduce", group.name().c_str());
   for (int64_t off = 0; off < count; off += kChunk) {
     const int n = static_cast<int>(std::min(kChunk, count - off));
     void* send = group.rank() == root ? MPI_IN_PLACE : static_cast<void*>(data + off);
@@ -67,6 +71,7 @@ void reduce(double* data, int64_t count, ReduceOp op, int root, const Communicat
 }
 
 void alltoall_i64(const int64_t* send, int64_t* recv, int per_peer, const Communicator& group) {
+  watchdog::Pending pending("MPI_Alltoall", group.name().c_str());
   MOEMPI_MPI_CHECK(
       MPI_Alltoall(send, per_peer, MPI_INT64_T, recv, per_peer, MPI_INT64_T, group.comm()));
 }
@@ -75,6 +80,7 @@ void alltoallv_float(const float* send, std::span<const int64_t> send_counts,
                      std::span<const int64_t> send_displs, float* recv,
                      std::span<const int64_t> recv_counts, std::span<const int64_t> recv_displs,
                      const Communicator& group) {
+  watchdog::Pending pending("MPI_Alltoallv", group.name().c_str());
   const size_t n = static_cast<size_t>(group.size());
   MOEMPI_CHECK_ONE(send_counts.size() == n && send_displs.size() == n && recv_counts.size() == n &&
                        recv_displs.size() == n,
@@ -145,6 +151,7 @@ void RowType::release() {
 void alltoallv_rows(const float* send, const int* send_counts, const int* send_displs, float* recv,
                     const int* recv_counts, const int* recv_displs, const RowType& row,
                     const Communicator& group) {
+  watchdog::Pending pending("MPI_Alltoallv", group.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Alltoallv(send, send_counts, send_displs, row.type(), recv, recv_counts,
                                  recv_displs, row.type(), group.comm()));
 }
@@ -228,12 +235,16 @@ void PeerLayouts::set_runs(int peer, const int64_t* first_row, const int64_t* n_
 
 void alltoallw_rows(const float* send, const PeerLayouts& send_layout, float* recv,
                     const PeerLayouts& recv_layout, const Communicator& group) {
+  watchdog::Pending pending("MPI_Alltoallw", group.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Alltoallw(send, send_layout.counts(), send_layout.displs(), send_layout.types(),
                                  recv, recv_layout.counts(), recv_layout.displs(), recv_layout.types(),
                                  group.comm()));
 }
 
-void barrier(const Communicator& group) { MOEMPI_MPI_CHECK(MPI_Barrier(group.comm())); }
+void barrier(const Communicator& group) {
+  watchdog::Pending pending("MPI_Barrier", group.name().c_str());
+  MOEMPI_MPI_CHECK(MPI_Barrier(group.comm()));
+}
 
 void bcast(float* data, int64_t count, int root, const Communicator& group) {
   bcast_chunked(data, count, MPI_FLOAT, root, group);

@@ -10,7 +10,7 @@
 //   dispatch backward = from_experts(dx_RD) -> dx_TKD, then summed over k by the layer
 // Every method marked "collective" is called by every rank of the EP group in the same order,
 // with zero rows where a rank has nothing (DESIGN.md "Communication rules").
-// Contract test: every implementation equals `local` (tests/dispatcher_test.cpp, MPI at 1-4 ranks).
+// Contract test: every implementation equals `local` (tests/dispatcher_mpitest.cpp, MPI at 1-4 ranks).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -1,10 +1,8 @@
 #include "parallel/sharding_strategy.h"
 
-#include <mpi.h>
-
 #include <cmath>
 
-#include "comm/mpi_check.h"
+#include "comm/collectives.h"
 #include "runtime/core/error.h"
 
 namespace moempi {
@@ -19,8 +17,7 @@ double sum_squares(std::span<const float> xs) {
 // Collective over `comm`: in-place sum of a float span (skipped when the group is one rank).
 void allreduce_span(std::span<float> xs, const Communicator& comm) {
   if (comm.size() == 1 || xs.empty()) return;
-  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, xs.data(), static_cast<int>(xs.size()), MPI_FLOAT,
-                                 MPI_SUM, comm.comm()));
+  allreduce_sum(xs.data(), static_cast<int64_t>(xs.size()), comm);
 }
 
 class DataParallel final : public ShardingStrategy {
@@ -45,8 +42,7 @@ class ExpertParallel final : public ShardingStrategy {
   double grad_norm(ParamArena& arena) override {
     // Dense grads are identical everywhere; each expert shard lives once per ep group.
     double expert_sq = sum_squares(arena.expert_grads());
-    if (g_.ep.size() > 1)
-      MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &expert_sq, 1, MPI_DOUBLE, MPI_SUM, g_.ep.comm()));
+    if (g_.ep.size() > 1) allreduce_sum(&expert_sq, 1, g_.ep);
     return std::sqrt(sum_squares(arena.dense_grads()) + expert_sq);
   }
 

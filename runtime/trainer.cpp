@@ -1,13 +1,16 @@
 #include "runtime/trainer.h"
 
-#include <mpi.h>
-
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
-#include "comm/mpi_check.h"
+#include "comm/collectives.h"
+#include "comm/watchdog.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 #include "parallel/dispatcher_registry.h"
@@ -24,8 +27,8 @@
 namespace moempi {
 namespace {
 
-double allreduce_sum(double x, const Communicator& comm) {
-  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_DOUBLE, MPI_SUM, comm.comm()));
+double allreduce_scalar(double x, const Communicator& comm) {
+  allreduce_sum(&x, 1, comm);
   return x;
 }
 
@@ -34,9 +37,7 @@ std::vector<std::vector<int64_t>> allreduce_loads(std::vector<std::vector<int64_
                                                   const Communicator& world) {
   std::vector<int64_t> flat;
   for (auto& l : loads) flat.insert(flat.end(), l.begin(), l.end());
-  if (!flat.empty())
-    MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, flat.data(), static_cast<int>(flat.size()),
-                                   MPI_INT64_T, MPI_SUM, world.comm()));
+  allreduce_sum(flat.data(), static_cast<int64_t>(flat.size()), world);
   size_t off = 0;
   for (auto& l : loads) {
     std::copy(flat.begin() + off, flat.begin() + off + l.size(), l.begin());
@@ -65,7 +66,7 @@ class TrainLoop {
 
   TrainSummary run() {
     TrainSummary summary;
-    summary.sgemm_gflops = allreduce_sum(measure_sgemm_gflops(), g_.world) / g_.world.size();
+    summary.sgemm_gflops = allreduce_scalar(measure_sgemm_gflops(), g_.world) / g_.world.size();
     summary.flops_per_token = model_->flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
     announce(summary);
@@ -74,8 +75,14 @@ class TrainLoop {
     const int steps = spec_.train.steps;
     const float grad_scale = 1.0f / (spec_.train.grad_accum * data_ranks_);
     const auto moe_layers = model_->moe_layers();
+    watchdog::start(spec_.comm.timeout_s);
+    struct StopWatchdog {
+      ~StopWatchdog() { watchdog::stop(); }  // also when a collective error unwinds the loop
+    } stop_watchdog;
     double elapsed = 0;
     for (int step = 0; step < steps; ++step) {
+      watchdog::set_step(step + 1);
+      maybe_inject_hang(step + 1);
       const double t0 = now_seconds();
       model_->arena().zero_grads();
       double loss_sum = 0, aux_sum = 0;
@@ -108,8 +115,8 @@ class TrainLoop {
       }
       // Step metrics (collective): global mean losses and expert loads.
       const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
-      const double loss = allreduce_sum(loss_sum, g_.world) / denom;
-      const double aux = allreduce_sum(aux_sum, g_.world) / denom;
+      const double loss = allreduce_scalar(loss_sum, g_.world) / denom;
+      const double aux = allreduce_scalar(aux_sum, g_.world) / denom;
       MOEMPI_CHECK_ALL(std::isfinite(loss), "loss is {} at step {}; lower optim.lr or set optim.grad_clip",
                        loss, step + 1);
       loads = allreduce_loads(std::move(loads), g_.world);
@@ -147,11 +154,22 @@ class TrainLoop {
         metrics_.write(m);
       }
     }
+    watchdog::set_step(0);
     for (int p = 0; p < kPhaseCount; ++p) summary.phase_seconds[p] = model_->phase_seconds()[p];
     return summary;
   }
 
  private:
+  // Fault injection for the watchdog test (tests/e2e/watchdog.sh): MOEMPI_TEST_HANG="RANK:STEP"
+  // makes that rank stop responding at that step, as a stuck or deadlocked rank would.
+  void maybe_inject_hang(int step) const {
+    static const char* spec = std::getenv("MOEMPI_TEST_HANG");
+    if (!spec) return;
+    int rank = -1, at = -1;
+    if (std::sscanf(spec, "%d:%d", &rank, &at) == 2 && rank == g_.world.rank() && at == step)
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+
   // Collective: global mean validation loss over eval.batches micro-batches per rank.
   double evaluate() {
     double sum = 0;
@@ -160,7 +178,7 @@ class TrainLoop {
       data_->get(batch_, Split::kVal, first, B_);
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
     }
-    return allreduce_sum(sum, g_.world) / (static_cast<double>(spec_.eval.batches) * data_ranks_);
+    return allreduce_scalar(sum, g_.world) / (static_cast<double>(spec_.eval.batches) * data_ranks_);
   }
 
   void announce(const TrainSummary& s) {
