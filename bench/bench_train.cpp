@@ -65,12 +65,15 @@ int run(const TrainBenchArgs& args) {
   for (int p = 0; p < 6; ++p)
     std::printf("%12s %9.1f ms/step %6.1f%%\n", names[p], 1e3 * s.phase_seconds[p] / s.step_seconds.size(),
                 100 * s.phase_seconds[p] / total);
+  std::printf("%12s %9.1f ms/step %6.1f%%   (dispatch exchanges, inside moe)\n", "  a2a",
+              1e3 * s.exchange_seconds / s.step_seconds.size(), 100 * s.exchange_seconds / total);
   std::printf("%12s %9.1f ms/step %6.1f%%\n", "unattributed", 1e3 * (total - phases) / s.step_seconds.size(),
               100 * (total - phases) / total);
   if (!args.json.empty()) {
     nlohmann::json j = {{"job", args.job},       {"world", world},         {"step_ms", 1e3 * step_s},
                         {"tokens_per_s", tok_s}, {"mfu", mfu},             {"sgemm_gflops", s.sgemm_gflops},
                         {"flops_per_token", s.flops_per_token}};
+    j["phase_ms_per_step"]["a2a"] = 1e3 * s.exchange_seconds / s.step_seconds.size();
     for (int p = 0; p < 6; ++p) j["phase_ms_per_step"][names[p]] = 1e3 * s.phase_seconds[p] / s.step_seconds.size();
     std::ofstream(args.json) << j.dump(2) << '\n';
   }

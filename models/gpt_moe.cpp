@@ -263,6 +263,13 @@ std::vector<MoeLayer*> GptMoe::moe_layers() {
   return out;
 }
 
+double GptMoe::exchange_seconds() const {
+  double s = 0;
+  for (const auto& b : blocks_)
+    if (b.is_moe) s += b.dispatcher->exchange_seconds();
+  return s;
+}
+
 void GptMoe::on_step_end() {
   for (auto* m : moe_layers()) m->on_step_end();
 }

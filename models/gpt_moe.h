@@ -47,6 +47,7 @@ class GptMoe {
   double flops_per_token() const;
   int64_t active_params() const;
   std::array<double, kPhaseCount>& phase_seconds() { return phase_seconds_; }
+  double exchange_seconds() const;  // summed over the MoE layers' dispatchers (part of kPhaseMoe)
 
  private:
   struct Block {

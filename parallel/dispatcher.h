@@ -26,6 +26,9 @@ class Dispatcher {
   virtual ~Dispatcher() = default;
   virtual std::string name() const = 0;
   const ExpertPlacement& placement() const { return placement_; }
+  // Wall time spent in plan/to_experts/from_experts so far (pack, exchange, unpack): the
+  // "a2a" share of the step line. Implementations that communicate accumulate it.
+  double exchange_seconds() const { return exchange_seconds_; }
 
   // Collective (count exchange). Builds the routing of this micro-batch.
   virtual void plan(const int32_t* topk_ids_TK, int T, int K) = 0;
@@ -43,6 +46,7 @@ class Dispatcher {
  protected:
   explicit Dispatcher(ExpertPlacement placement) : placement_(placement) {}
   ExpertPlacement placement_;
+  double exchange_seconds_ = 0;
 };
 
 }  // namespace moempi

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "runtime/core/error.h"
+#include "runtime/core/timer.h"
 
 namespace moempi {
 namespace {
@@ -49,6 +50,7 @@ FlatDispatcher::FlatDispatcher(ExpertPlacement placement, const Communicator& ep
 }
 
 void FlatDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
+  ScopedTimer timer(exchange_seconds_);
   MOEMPI_CHECK_ONE(T >= 0 && K >= 1, "flat dispatcher: bad shape T={} K={}", T, K);
   T_ = T;
   K_ = K;
@@ -210,6 +212,7 @@ void FlatDispatcher::prepare_layouts(int D, bool per_token) {
 }
 
 void FlatDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot, int D) {
+  ScopedTimer timer(exchange_seconds_);
   if (exchange_ == FlatExchange::kTyped) {
     prepare_layouts(D, /*per_token=*/!per_slot);
     copy_own_rows_to_experts(dst_RD, src, per_slot, D);
@@ -247,6 +250,7 @@ void FlatDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot, 
 }
 
 void FlatDispatcher::from_experts(float* dst_TKD, const float* src_RD, int D) {
+  ScopedTimer timer(exchange_seconds_);
   if (exchange_ == FlatExchange::kTyped) {
     // The mirror: expert-side runs go back to the slots they came from.
     prepare_layouts(D, /*per_token=*/false);

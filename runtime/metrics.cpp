@@ -24,9 +24,9 @@ std::string format_step_line(const StepMetrics& m) {
   std::string line = fmt::format("step {}/{} | loss {:.4f} | aux {:.4f}", m.step, m.total_steps,
                                  m.loss, m.aux_loss);
   if (m.val_loss) line += fmt::format(" | val {:.4f}", *m.val_loss);
-  line += fmt::format(" | lr {:.1e} | gnorm {:.2f} | {:.0f} ms | {} tok/s | mfu {:.0f}% | maxvio {:.2f} | eta {}",
+  line += fmt::format(" | lr {:.1e} | gnorm {:.2f} | {:.0f} ms | {} tok/s | mfu {:.0f}% | maxvio {:.2f} | a2a {:.0f}% | eta {}",
                       m.lr, m.grad_norm, m.step_ms, tok, 100.0 * m.mfu, m.maxvio,
-                      format_duration(m.eta_s));
+                      100.0 * m.a2a_frac, format_duration(m.eta_s));
   return line;
 }
 
@@ -59,6 +59,7 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["mfu"] = m.mfu;
   j["maxvio"] = m.maxvio;
   j["aux_loss"] = m.aux_loss;
+  j["a2a_frac"] = m.a2a_frac;
   j["tokens"] = m.tokens;
   j["maxvio_layers"] = m.maxvio_layers;
   j["expert_load"] = m.expert_load;

@@ -21,6 +21,7 @@ struct StepMetrics {
   double step_ms = 0;
   double tokens_per_s = 0;
   double mfu = 0;        // fraction
+  double a2a_frac = 0;   // share of the step spent in the dispatchers' exchanges (rank 0)
   double maxvio = 0;     // mean over MoE layers of (max_i c_i - mean c) / mean c, global counts
   double eta_s = 0;
   int64_t tokens = 0;    // tokens seen so far (global)

@@ -84,6 +84,7 @@ class TrainLoop {
       watchdog::set_step(step + 1);
       maybe_inject_hang(step + 1);
       const double t0 = now_seconds();
+      const double exchange0 = model_->exchange_seconds();
       model_->arena().zero_grads();
       double loss_sum = 0, aux_sum = 0;
       std::vector<std::vector<int64_t>> loads(moe_layers.size(),
@@ -141,6 +142,7 @@ class TrainLoop {
       m.lr = lr;
       m.grad_norm = grad_norm;
       m.step_ms = 1e3 * dt;
+      m.a2a_frac = (model_->exchange_seconds() - exchange0) / dt;
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
@@ -156,6 +158,7 @@ class TrainLoop {
     }
     watchdog::set_step(0);
     for (int p = 0; p < kPhaseCount; ++p) summary.phase_seconds[p] = model_->phase_seconds()[p];
+    summary.exchange_seconds = model_->exchange_seconds();
     return summary;
   }
 

@@ -29,6 +29,7 @@ struct TrainSummary {
   double flops_per_token = 0;
   int64_t tokens_per_step = 0;  // global
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
+  double exchange_seconds = 0;  // dispatchers' exchanges, rank 0 (included in the moe phase)
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 

@@ -17,7 +17,7 @@ for key in step loss val_loss lr grad_norm step_ms tokens_per_s mfu maxvio aux_l
   grep -q "\"$key\":" "$TMP/a/metrics.jsonl" && pass "metrics.jsonl has $key" || fail "metrics.jsonl lacks $key"
 done
 grep -q 'OpenBLAS core' "$TMP/a.log" && pass "start-up line names the OpenBLAS core" || fail "no OpenBLAS line"
-grep -qE '^step 200/200 \| loss [0-9.]+ \| aux [0-9.]+ .*tok/s \| mfu [0-9]+% \| maxvio' "$TMP/a.log" \
+grep -qE '^step 200/200 \| loss [0-9.]+ \| aux [0-9.]+ .*tok/s \| mfu [0-9]+% \| maxvio [0-9.]+ \| a2a [0-9]+%' "$TMP/a.log" \
   && pass "step line format" || fail "step line format: $(grep '^step 200' "$TMP/a.log")"
 # The saved spec is complete: it reproduces the run exactly.
 "$MOEMPI" train "$TMP/a/job.yaml" --set job.run_dir="$TMP/c" > /dev/null 2>&1
