@@ -122,6 +122,7 @@ class TrainLoop {
                        loss, step + 1);
       loads = allreduce_loads(std::move(loads), g_.world);
       const double dt = now_seconds() - t0;
+      const double exchange_s = model_->exchange_seconds() - exchange0;  // before eval adds to it
       elapsed += dt;
       summary.losses.push_back(loss);
       summary.step_seconds.push_back(dt);
@@ -142,7 +143,7 @@ class TrainLoop {
       m.lr = lr;
       m.grad_norm = grad_norm;
       m.step_ms = 1e3 * dt;
-      m.a2a_frac = (model_->exchange_seconds() - exchange0) / dt;
+      m.a2a_frac = exchange_s / dt;
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
@@ -173,15 +174,18 @@ class TrainLoop {
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
 
-  // Collective: global mean validation loss over eval.batches micro-batches per rank.
+  // Collective: global mean validation loss over eval.batches global batches, split over the
+  // ranks like training batches, so that the same global batch gives the same validation
+  // sequences (and loss) at any world size.
   double evaluate() {
+    const int micro_batches = spec_.eval.batches * spec_.train.grad_accum;
     double sum = 0;
-    for (int i = 0; i < spec_.eval.batches; ++i) {
+    for (int i = 0; i < micro_batches; ++i) {
       const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
       data_->get(batch_, Split::kVal, first, B_);
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
     }
-    return allreduce_scalar(sum, g_.world) / (static_cast<double>(spec_.eval.batches) * data_ranks_);
+    return allreduce_scalar(sum, g_.world) / (static_cast<double>(micro_batches) * data_ranks_);
   }
 
   void announce(const TrainSummary& s) {

@@ -94,7 +94,7 @@ struct TrainSpec {
 
 struct EvalSpec {
   int interval = 0;  // 0 = no validation
-  int batches = 4;   // micro-batches per validation pass
+  int batches = 4;   // global batches per validation pass (split over ranks like training)
 };
 
 struct CheckpointSpec {
