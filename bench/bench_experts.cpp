@@ -14,6 +14,7 @@
 #include "bench/bench.h"
 #include "bench/bench_common.h"
 #include "comm/collectives.h"
+#include "models/moe/expert_reference.h"
 #include "models/moe/grouped_experts.h"
 #include "models/moe/moe_layer.h"
 #include "parallel/local_dispatcher.h"
@@ -33,25 +34,6 @@ struct ExpertsArgs {
   std::string activation = "gelu";
   TimingFlags timing;
 };
-
-double gelu_ref(double x) {
-  return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-}
-
-// Naive FFN of one row, in double: act(x · w1) · w2.
-std::vector<double> ffn_ref(const float* x, const float* w1, const float* w2, int D, int F,
-                            Activation act) {
-  const int F1 = act == Activation::kSwiglu ? 2 * F : F;
-  std::vector<double> pre(F1, 0.0), a(F), y(D, 0.0);
-  for (int d = 0; d < D; ++d)
-    for (int f = 0; f < F1; ++f) pre[f] += (double)x[d] * w1[(size_t)d * F1 + f];
-  for (int f = 0; f < F; ++f)
-    a[f] = act == Activation::kSwiglu ? pre[f] / (1.0 + std::exp(-pre[f])) * pre[F + f]
-                                      : gelu_ref(pre[f]);
-  for (int f = 0; f < F; ++f)
-    for (int d = 0; d < D; ++d) y[d] += a[f] * w2[(size_t)f * D + d];
-  return y;
-}
 
 // 1 if any element of got differs from want by more than 1e-3 · (1 + max|want|).
 int64_t differs(const float* got, const std::vector<double>& want) {
@@ -142,7 +124,7 @@ struct Setup {
     for (int i = 0; i < samples; ++i) {
       const int r = (int)((int64_t)i * (R - 1) / (samples - 1));
       wrong[0] += differs(y_RD.data() + (size_t)r * D,
-                          ffn_ref(x_RD.data() + (size_t)r * D, dense_arena.param(dense->w1_id(0)),
+                          expert_ffn_reference(x_RD.data() + (size_t)r * D, dense_arena.param(dense->w1_id(0)),
                                   dense_arena.param(dense->w2_id(0)), D, F, act));
     }
     grouped_forward();
@@ -151,7 +133,7 @@ struct Setup {
       int e = 0;
       for (int64_t end = grouped_rows[0]; r >= end; end += grouped_rows[++e]) {}
       wrong[1] += differs(y_RD.data() + (size_t)r * D,
-                          ffn_ref(x_RD.data() + (size_t)r * D,
+                          expert_ffn_reference(x_RD.data() + (size_t)r * D,
                                   grouped_arena.param(grouped->w1_id(e)),
                                   grouped_arena.param(grouped->w2_id(e)), D, F, act));
     }
@@ -162,7 +144,7 @@ struct Setup {
       std::vector<double> want(D, 0.0);
       for (int k = 0; k < moe.top_k; ++k) {
         const int e = plan.topk_ids_NK[(size_t)t * moe.top_k + k];
-        const auto y = ffn_ref(x_ND.data() + (size_t)t * D,
+        const auto y = expert_ffn_reference(x_ND.data() + (size_t)t * D,
                                layer_arena.param(layer->experts().w1_id(e)),
                                layer_arena.param(layer->experts().w2_id(e)), D, F, act);
         for (int d = 0; d < D; ++d) want[d] += plan.probs_NK[(size_t)t * moe.top_k + k] * y[d];

@@ -45,6 +45,10 @@ class Dispatcher {
 
  protected:
   explicit Dispatcher(ExpertPlacement placement) : placement_(placement) {}
+  // Counts the routed slots per global expert into rows_per_expert_E (resized to E, zeroed)
+  // and lists the dropped slots (id -1) in order; an id >= E is a local error.
+  void count_slots(const int32_t* topk_ids_TK, int64_t slots, std::vector<int64_t>& rows_per_expert_E,
+                   std::vector<int64_t>& dropped_slots) const;
   ExpertPlacement placement_;
   double exchange_seconds_ = 0;
 };

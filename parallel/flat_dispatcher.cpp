@@ -57,17 +57,7 @@ void FlatDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
   const int64_t slots = static_cast<int64_t>(T) * K;
 
   // Rows per global expert; global expert order is (destination rank, local expert).
-  std::fill(send_rows_per_expert_.begin(), send_rows_per_expert_.end(), 0);
-  dropped_slots_.clear();
-  for (int64_t s = 0; s < slots; ++s) {
-    const int e = topk_ids_TK[s];
-    if (e < 0) {
-      dropped_slots_.push_back(s);
-      continue;
-    }
-    MOEMPI_CHECK_ONE(e < E_, "expert id {} out of range [0, {})", e, E_);
-    ++send_rows_per_expert_[e];
-  }
+  count_slots(topk_ids_TK, slots, send_rows_per_expert_, dropped_slots_);
 
   // Count exchange over ep: per peer, its local experts' counts then this rank's slot total.
   // Every rank receives every rank's slot total, so the INT_MAX check below is collective.

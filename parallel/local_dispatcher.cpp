@@ -16,18 +16,8 @@ void LocalDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
   T_ = T;
   K_ = K;
   const int E = placement_.num_experts;
-  rows_per_expert_.assign(E, 0);
   const int64_t slots = static_cast<int64_t>(T) * K;
-  dropped_slots_.clear();
-  for (int64_t s = 0; s < slots; ++s) {
-    const int e = topk_ids_TK[s];
-    if (e < 0) {
-      dropped_slots_.push_back(s);
-      continue;
-    }
-    MOEMPI_CHECK_ONE(e < E, "expert id {} out of range [0, {})", e, E);
-    ++rows_per_expert_[e];
-  }
+  count_slots(topk_ids_TK, slots, rows_per_expert_, dropped_slots_);
   // Counting sort of slots by expert: stable, so within an expert rows follow slot order.
   std::vector<int64_t> next(E, 0);
   for (int e = 1; e < E; ++e) next[e] = next[e - 1] + rows_per_expert_[e - 1];

@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "runtime/core/error.h"
+#include "tests/test_util.h"
 #include "runtime/core/rng.h"
 #include "runtime/data/data_source.h"
 #include "runtime/data/synthetic_source.h"
@@ -27,20 +28,8 @@ namespace moempi {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const CollectiveError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a CollectiveError";
-  return "";
-}
-
-void expect_contains(const std::string& msg, const std::vector<std::string>& parts) {
-  for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
-}
+using test_util::error_of;
+using test_util::expect_contains;
 
 class TempDir {
  public:

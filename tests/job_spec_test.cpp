@@ -14,27 +14,15 @@
 #include <vector>
 
 #include "runtime/core/error.h"
+#include "tests/test_util.h"
 #include "runtime/job_spec.h"
 
 namespace moempi {
 namespace {
 
 namespace fs = std::filesystem;
-
-// The message of the CollectiveError `f` throws ("" and a failure when it throws none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const CollectiveError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a CollectiveError";
-  return "";
-}
-
-void expect_contains(const std::string& msg, const std::vector<std::string>& parts) {
-  for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
-}
+using test_util::error_of;
+using test_util::expect_contains;
 
 std::string load_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   return error_of([&] { load_job_spec_from_string(yaml, overrides, "x.yaml"); });

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "models/moe/expert_reference.h"
 #include "models/moe/balancing_pass.h"
 #include "models/moe/grouped_experts.h"
 #include "models/moe/moe_layer.h"
@@ -27,30 +28,6 @@ std::vector<float> randn(size_t n, uint64_t stream, float std = 1.0f) {
   std::vector<float> v(n);
   for (auto& x : v) x = std * r.normal();
   return v;
-}
-
-double gelu_ref(double x) {
-  return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-}
-
-// Naive FFN of one row, in double: act(x · w1) · w2.
-std::vector<double> ffn_ref(const float* x, const float* w1, const float* w2, int D, int F,
-                            Activation act) {
-  const int F1 = act == Activation::kSwiglu ? 2 * F : F;
-  std::vector<double> pre(F1, 0.0), a(F), y(D, 0.0);
-  for (int f = 0; f < F1; ++f)
-    for (int d = 0; d < D; ++d) pre[f] += (double)x[d] * w1[(size_t)d * F1 + f];
-  for (int f = 0; f < F; ++f) {
-    if (act == Activation::kSwiglu) {
-      const double g = pre[f];
-      a[f] = g / (1.0 + std::exp(-g)) * pre[F + f];
-    } else {
-      a[f] = gelu_ref(pre[f]);
-    }
-  }
-  for (int d = 0; d < D; ++d)
-    for (int f = 0; f < F; ++f) y[d] += a[f] * w2[(size_t)f * D + d];
-  return y;
 }
 
 MoeSpec small_moe(ScoreFn score, bool normalize, int k, float cf, int shared) {
@@ -365,7 +342,7 @@ TEST(GroupedExperts, MatchesNaivePerTokenReference_gelu_swiglu_with_empty_expert
     int r = 0;
     for (int e = 0; e < 4; ++e)
       for (int i = 0; i < rows[e]; ++i, ++r) {
-        auto want = ffn_ref(x.data() + r * D, arena.param(ex.w1_id(e)), arena.param(ex.w2_id(e)),
+        auto want = expert_ffn_reference(x.data() + r * D, arena.param(ex.w1_id(e)), arena.param(ex.w2_id(e)),
                             D, F, act);
         for (int d = 0; d < D; ++d) EXPECT_NEAR(y[r * D + d], want[d], 1e-5) << "row " << r;
       }
@@ -570,12 +547,12 @@ TEST_P(MoeLayerForward, MatchesNaiveReference) {
     for (int k = 0; k < K; ++k) {
       const int e = p.topk_ids_NK[t * K + k];
       if (e < 0) continue;
-      auto y = ffn_ref(f.x.data() + t * D, f.arena.param(f.layer->experts().w1_id(e)),
+      auto y = expert_ffn_reference(f.x.data() + t * D, f.arena.param(f.layer->experts().w1_id(e)),
                        f.arena.param(f.layer->experts().w2_id(e)), D, F, c.act);
       for (int d = 0; d < D; ++d) want[d] += p.probs_NK[t * K + k] * y[d];
     }
     for (int j = 0; j < f.layer->num_shared(); ++j) {
-      auto y = ffn_ref(f.x.data() + t * D, f.arena.param(f.layer->shared_w1_id(j)),
+      auto y = expert_ffn_reference(f.x.data() + t * D, f.arena.param(f.layer->shared_w1_id(j)),
                        f.arena.param(f.layer->shared_w2_id(j)), D, F, c.act);
       for (int d = 0; d < D; ++d) want[d] += y[d];
     }
