@@ -158,18 +158,15 @@ int run_alltoall(const AlltoallOptions& o) {
     doc["rows"].push_back({{"bytes_per_peer", bytes},
                            {"floats_per_peer", c},
                            {"row_width", D},
-                           {"moempi_us", {{"min", m.min * 1e6}, {"avg", m.avg * 1e6}, {"max", m.max * 1e6}}},
-                           {"raw_us", {{"min", r.min * 1e6}, {"avg", r.avg * 1e6}, {"max", r.max * 1e6}}},
+                           {"moempi_us", microseconds_json(m)},
+                           {"raw_us", microseconds_json(r)},
                            {"algbw_gbps", gbps(total, m.max)},
                            {"busbw_gbps", gbps(total, m.max) * busf},
                            {"raw_busbw_gbps", gbps(total, r.max) * busf},
                            {"wrong", wrong},
                            {"ratio", ratio}});
   }
-  table.print_comment(fmt::format("Out of bounds values : {} {}", all_wrong, all_wrong ? "FAILED" : "OK"));
-  doc["wrong"] = all_wrong;
-  write_json(o.timing.json, doc, world);
-  return all_wrong > 0 ? 1 : 0;
+  return finish_report(table, doc, all_wrong, o.timing.json, world);
 }
 
 }  // namespace

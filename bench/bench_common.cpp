@@ -147,4 +147,16 @@ void write_json(const std::string& path, const nlohmann::json& doc, const Commun
   MOEMPI_CHECK_ONE(out.good(), "cannot write --json file '{}'", path);
 }
 
+nlohmann::json microseconds_json(const OverRanks& t) {
+  return {{"min", t.min * 1e6}, {"avg", t.avg * 1e6}, {"max", t.max * 1e6}};
+}
+
+int finish_report(const Table& table, nlohmann::json& doc, int64_t all_wrong,
+                  const std::string& json_path, const Communicator& group) {
+  table.print_comment(fmt::format("Out of bounds values : {} {}", all_wrong, all_wrong ? "FAILED" : "OK"));
+  doc["wrong"] = all_wrong;
+  write_json(json_path, doc, group);
+  return all_wrong > 0 ? 1 : 0;
+}
+
 }  // namespace moempi::bench

@@ -75,6 +75,14 @@ std::string cell(int64_t v);
 // failure.
 void write_json(const std::string& path, const nlohmann::json& doc, const Communicator& group);
 
+// {"min", "avg", "max"} in microseconds, for a JSON row.
+nlohmann::json microseconds_json(const OverRanks& t);
+
+// The closing lines every verifying benchmark shares: the nccl-tests verdict line, the JSON
+// document (with its total #wrong) on rank 0, and the exit code (1 if anything was wrong).
+int finish_report(const Table& table, nlohmann::json& doc, int64_t all_wrong,
+                  const std::string& json_path, const Communicator& group);
+
 // algbw in GB/s (1e9 bytes/s) for `bytes` moved in `seconds`.
 inline double gbps(double bytes, double seconds) { return seconds > 0 ? bytes / seconds / 1e9 : 0.0; }
 

@@ -273,15 +273,12 @@ int run_dispatch(const DispatchOptions& o) {
                            {"rows_total", rows_total},
                            {"max_rows_in", max_in},
                            {"bytes_per_direction", bytes_dir},
-                           {"moempi_us", {{"min", m.min * 1e6}, {"avg", m.avg * 1e6}, {"max", m.max * 1e6}}},
-                           {"raw_us", {{"min", r.min * 1e6}, {"avg", r.avg * 1e6}, {"max", r.max * 1e6}}},
+                           {"moempi_us", microseconds_json(m)},
+                           {"raw_us", microseconds_json(r)},
                            {"wrong", wrong},
                            {"ratio", ratio}});
   }
-  table.print_comment(fmt::format("Out of bounds values : {} {}", all_wrong, all_wrong ? "FAILED" : "OK"));
-  doc["wrong"] = all_wrong;
-  write_json(o.timing.json, doc, world);
-  return all_wrong > 0 ? 1 : 0;
+  return finish_report(table, doc, all_wrong, o.timing.json, world);
 }
 
 }  // namespace
