@@ -27,6 +27,7 @@ std::string format_step_line(const StepMetrics& m) {
   line += fmt::format(" | lr {:.1e} | gnorm {:.2f} | {:.0f} ms | {} tok/s | mfu {:.0f}% | maxvio {:.2f} | a2a {:.0f}% | eta {}",
                       m.lr, m.grad_norm, m.step_ms, tok, 100.0 * m.mfu, m.maxvio,
                       100.0 * m.a2a_frac, format_duration(m.eta_s));
+  if (m.dropped_frac) line += fmt::format(" | drop {:.1f}%", 100.0 * *m.dropped_frac);
   return line;
 }
 
@@ -60,6 +61,7 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["maxvio"] = m.maxvio;
   j["aux_loss"] = m.aux_loss;
   j["a2a_frac"] = m.a2a_frac;
+  if (m.dropped_frac) j["dropped_frac"] = *m.dropped_frac;
   j["tokens"] = m.tokens;
   j["maxvio_layers"] = m.maxvio_layers;
   j["expert_load"] = m.expert_load;

@@ -21,12 +21,13 @@ struct StepMetrics {
   double step_ms = 0;
   double tokens_per_s = 0;
   double mfu = 0;        // fraction
+  std::optional<double> dropped_frac;  // with moe.capacity_factor > 0: share of routed slots dropped
   double a2a_frac = 0;   // share of the step spent in the dispatchers' exchanges (rank 0)
   double maxvio = 0;     // mean over MoE layers of (max_i c_i - mean c) / mean c, global counts
   double eta_s = 0;
   int64_t tokens = 0;    // tokens seen so far (global)
   std::vector<double> maxvio_layers;
-  std::vector<std::vector<int64_t>> expert_load;  // [moe layer][expert] global counts
+  std::vector<std::vector<int64_t>> expert_load;  // [moe layer][expert] global routed counts (before capacity drops)
 };
 
 // "step 120/2000 | loss 2.4312 | aux 0.0121 | lr 3.0e-04 | gnorm 0.84 | 212 ms | 19.3k tok/s | mfu 41% | maxvio 0.12 | eta 1m23s"

@@ -87,8 +87,10 @@ class TrainLoop {
       const double exchange0 = model_->exchange_seconds();
       model_->arena().zero_grads();
       double loss_sum = 0, aux_sum = 0;
+      // Expert loads [layer][expert], then one more entry: slots dropped by capacity.
       std::vector<std::vector<int64_t>> loads(moe_layers.size(),
                                               std::vector<int64_t>(spec_.moe.num_experts, 0));
+      loads.push_back({0});
       for (int a = 0; a < spec_.train.grad_accum; ++a) {
         const int64_t first = ((static_cast<int64_t>(step) * spec_.train.grad_accum + a) * data_ranks_ +
                                g_.world.rank()) * B_;
@@ -97,8 +99,9 @@ class TrainLoop {
         aux_sum += model_->aux_loss();
         model_->backward(grad_scale);
         for (size_t l = 0; l < moe_layers.size(); ++l) {
-          const auto& c = moe_layers[l]->tokens_per_expert();
+          const auto& c = moe_layers[l]->routing().selected_per_expert_E;  // before capacity drops
           for (size_t e = 0; e < c.size(); ++e) loads[l][e] += c[e];
+          loads.back()[0] += moe_layers[l]->dropped_slots();
         }
       }
       double grad_norm;
@@ -121,6 +124,8 @@ class TrainLoop {
       MOEMPI_CHECK_ALL(std::isfinite(loss), "loss is {} at step {}; lower optim.lr or set optim.grad_clip",
                        loss, step + 1);
       loads = allreduce_loads(std::move(loads), g_.world);
+      const int64_t dropped = loads.back()[0];
+      loads.pop_back();
       const double dt = now_seconds() - t0;
       const double exchange_s = model_->exchange_seconds() - exchange0;  // before eval adds to it
       elapsed += dt;
@@ -152,6 +157,10 @@ class TrainLoop {
       for (const auto& l : loads) m.maxvio_layers.push_back(max_violation(l));
       for (double v : m.maxvio_layers) m.maxvio += v / m.maxvio_layers.size();
       m.expert_load = loads;
+      if (spec_.moe.capacity_factor > 0) {
+        const double slots = static_cast<double>(summary.tokens_per_step) * spec_.moe.top_k * moe_layers.size();
+        m.dropped_frac = slots > 0 ? dropped / slots : 0.0;
+      }
       if (g_.world.rank() == 0) {
         if (opt_.log_steps) spdlog::info("{}", format_step_line(m));
         metrics_.write(m);
