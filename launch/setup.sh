@@ -32,17 +32,14 @@ build() {
 }
 
 # mpirun flags that work as root and as a user, on machines with fewer cores than ranks.
-mpirun_flags() {
-  local flags=(--oversubscribe)
-  [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
-  echo "${flags[@]}"
-}
+MPIRUN=(mpirun --oversubscribe)
+[ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
 
 case "${1:-}" in
   demo)
     install_deps && build
     # Expert parallel over 2 ranks, tokens moving over MPI all-to-all, on the built-in corpus.
-    mpirun $(mpirun_flags) -np 2 "$BUILD_DIR/moempi" train configs/tiny_ep.yaml
+    "${MPIRUN[@]}" -np 2 "$BUILD_DIR/moempi" train configs/tiny_ep.yaml
     ;;
   test)
     install_deps && build

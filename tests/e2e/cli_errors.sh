@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Bad input through the binary: one clear message, exit code 2, naming the path, value and fix.
 source "$(dirname "$0")/lib.bash"
-cd "$SRC"
 
 cp configs/tiny.yaml "$TMP/unknown.yaml"
 sed -i 's/^  top_k: 2 /  topk: 2 /' "$TMP/unknown.yaml"

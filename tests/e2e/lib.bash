@@ -4,6 +4,7 @@ MOEMPI=$1
 SRC=$2
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+cd "$SRC"
 FAILS=0
 PASSES=0
 

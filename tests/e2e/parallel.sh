@@ -4,7 +4,6 @@
 # micro-batches the two ranks split). Tolerance 1e-5 relative over 30 steps (measured: ~1e-8) (fp32 summation
 # order of the gradient all-reduce; tests/train_mpitest.cpp holds the tighter per-step bound).
 source "$(dirname "$0")/lib.bash"
-cd "$SRC"
 
 common=(--set train.steps=30 --set train.log_interval=1 --set eval.interval=15 --set train.micro_batch=4)
 "$MOEMPI" train configs/tiny.yaml "${common[@]}" --set train.grad_accum=2 --set job.run_dir="$TMP/one" > "$TMP/one.log" 2>&1

@@ -2,7 +2,6 @@
 # The binary trains tiny.yaml: loss from ~ln 256 to below 2.5, bit-identical losses for the same
 # seed, metrics.jsonl with the interface keys, the resolved spec saved in the run directory.
 source "$(dirname "$0")/lib.bash"
-cd "$SRC"
 
 "$MOEMPI" train configs/tiny.yaml --set job.run_dir="$TMP/a" > "$TMP/a.log" 2>&1
 "$MOEMPI" train configs/tiny.yaml --set job.run_dir="$TMP/b" > "$TMP/b.log" 2>&1

@@ -3,7 +3,6 @@
 # ranks' watchdogs name the pending collective, its group and the step after comm.timeout_s, and
 # the job ends with a non-zero exit code well before the outer mpirun --timeout.
 source "$(dirname "$0")/lib.bash"
-cd "$SRC"
 
 run_hung() {  # name config expected-op expected-group
   local start end code=0
