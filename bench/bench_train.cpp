@@ -11,7 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
+#include "comm/agreement.h"
 #include "comm/process_groups.h"
+#include "comm/watchdog.h"
 #include "runtime/core/blas.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/log.h"
@@ -35,13 +37,16 @@ double median(std::vector<double> v) {
 }
 
 int run(const TrainBenchArgs& args) {
-  JobSpec spec = load_job_spec(args.job, args.overrides);
-  spec.train.steps = args.warmup + args.steps;
-  spec.eval.interval = 0;
-  validate_job_spec(spec);
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  validate_for_world(spec, world);
+  const Communicator world_comm = Communicator::world();
+  const int world = world_comm.size();
+  JobSpec spec;
+  agree_on_errors(world_comm, [&] {  // the job file may be readable on some ranks only
+    spec = load_job_spec(args.job, args.overrides);
+    spec.train.steps = args.warmup + args.steps;
+    spec.eval.interval = 0;
+    validate_for_world(spec, world);
+  });
+  watchdog::start(spec.comm.timeout_s);
   ProcessGroups groups = ProcessGroups::build(spec.parallel);
   TrainSummary s = train(spec, groups, {.log_steps = false, .write_files = false});
   if (groups.world.rank() != 0) return 0;
@@ -85,7 +90,7 @@ int run(const TrainBenchArgs& args) {
 void add_train_command(CLI::App& bench, int& exit_code) {
   auto args = std::make_shared<TrainBenchArgs>();
   auto* cmd = bench.add_subcommand("train", "End-to-end training throughput, MFU and phase breakdown");
-  cmd->add_option("job", args->job, "Job spec (YAML)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("job", args->job, "Job spec (YAML)")->required();
   cmd->add_option("--set", args->overrides, "Override a spec value")->type_name("PATH=VALUE");
   cmd->add_option("-n,--steps", args->steps, "Timed steps")->capture_default_str();
   cmd->add_option("-w,--warmup", args->warmup, "Warm-up steps (not timed)")->capture_default_str();

@@ -13,6 +13,8 @@
 #include <CLI/CLI.hpp>
 
 #include "bench/bench.h"
+#include "comm/agreement.h"
+#include "comm/watchdog.h"
 #include "comm/process_groups.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
@@ -30,11 +32,13 @@ int world_rank() {
 }
 
 int run_train(const std::string& path, const std::vector<std::string>& overrides) {
-  moempi::JobSpec spec = moempi::load_job_spec(path, overrides);
-  moempi::validate_job_spec(spec);
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  moempi::validate_for_world(spec, world);
+  const moempi::Communicator world = moempi::Communicator::world();
+  moempi::JobSpec spec;
+  moempi::agree_on_errors(world, [&] {  // the job file may be readable on some ranks only
+    spec = moempi::load_job_spec(path, overrides);
+    moempi::validate_for_world(spec, world.size());
+  });
+  moempi::watchdog::start(spec.comm.timeout_s);  // before the first collective of the run
   moempi::ProcessGroups groups = moempi::ProcessGroups::build(spec.parallel);
   moempi::TrainSummary summary = moempi::train(spec, groups, {});
   if (world_rank() == 0) {
@@ -47,9 +51,10 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
 }
 
 int run_validate(const std::string& path, const std::vector<std::string>& overrides, int np) {
-  moempi::JobSpec spec = moempi::load_job_spec(path, overrides);
-  moempi::validate_job_spec(spec);
-  if (np > 0) moempi::validate_for_world(spec, np);
+  moempi::agree_on_errors(moempi::Communicator::world(), [&] {
+    moempi::JobSpec spec = moempi::load_job_spec(path, overrides);
+    if (np > 0) moempi::validate_for_world(spec, np);
+  });
   if (world_rank() == 0) std::printf("%s: ok\n", path.c_str());
   return 0;
 }
@@ -86,7 +91,9 @@ int main(int argc, char** argv) {
   std::string job_path;
   std::vector<std::string> overrides;
   auto* train = app.add_subcommand("train", "Train the model described by a YAML job spec");
-  train->add_option("job", job_path, "Job spec (YAML)")->required()->check(CLI::ExistingFile);
+  // No CLI::ExistingFile on job files: a file missing on some ranks only must fail every rank
+  // the same way (agree_on_errors), not end some ranks inside the parser.
+  train->add_option("job", job_path, "Job spec (YAML)")->required();
   train->add_option("--set", overrides, "Override a spec value, e.g. --set optim.lr=3e-4")
       ->type_name("PATH=VALUE");
 
@@ -94,7 +101,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> validate_overrides;
   int validate_np = 0;
   auto* validate = app.add_subcommand("validate", "Check a job spec without training (no MPI needed)");
-  validate->add_option("job", validate_path, "Job spec (YAML)")->required()->check(CLI::ExistingFile);
+  validate->add_option("job", validate_path, "Job spec (YAML)")->required();
   validate->add_option("--set", validate_overrides, "Override a spec value")->type_name("PATH=VALUE");
   validate->add_option("--np", validate_np, "Also check against this world size");
 
@@ -126,10 +133,12 @@ int main(int argc, char** argv) {
     if (*encode) exit_code = run_encode(encode_in, encode_out);
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
+    moempi::watchdog::stop();
     if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", e.what());
     MPI_Finalize();
     return 2;
   }
+  moempi::watchdog::stop();
   MPI_Finalize();
   return exit_code;
 }

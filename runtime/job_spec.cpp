@@ -761,6 +761,14 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
     fail({"moe.top_k", "moe.num_experts"},
          fmt::format("moe.top_k ({}) is larger than moe.num_experts ({}); use 1..{}", moe.top_k,
                      moe.num_experts, moe.num_experts));
+  if (moe.every_n_layers > m.n_layers)
+    fail({"moe.every_n_layers", "model.n_layers"},
+         fmt::format("moe.every_n_layers ({}) is larger than model.n_layers ({}): the model would have no "
+                     "MoE layer; use 1..{}", moe.every_n_layers, m.n_layers, m.n_layers));
+  if (moe.top_k == 1 && moe.normalize_topk)
+    fail({"moe.normalize_topk", "moe.top_k"},
+         "moe.normalize_topk: true with moe.top_k 1 makes every combine weight 1, so the router gets no "
+         "gradient from the language-model loss; set moe.normalize_topk: false (Switch-style top-1)");
   for (size_t i = 0; i < moe.balancing.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (moe.balancing[i].type == moe.balancing[j].type)

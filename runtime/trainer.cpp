@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "comm/agreement.h"
 #include "comm/collectives.h"
 #include "comm/watchdog.h"
 #include "optim/lr_schedule.h"
@@ -55,7 +56,8 @@ class TrainLoop {
       return make_dispatcher(spec_.moe.dispatch, placement_, g_);
     });
     model_->init_params(spec.job.seed);
-    data_ = make_data_source(spec.data, spec.model, spec.job.seed);
+    // Data files may be missing or unreadable on some ranks only: fail every rank alike.
+    agree_on_errors(groups.world, [&] { data_ = make_data_source(spec.data, spec.model, spec.job.seed); });
     optimizer_ = make_optimizer(spec.optim, model_->arena());
     schedule_ = std::make_unique<LrSchedule>(spec.optim, spec.train.steps);
     strategy_ = make_sharding_strategy(spec.parallel, groups);

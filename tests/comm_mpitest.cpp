@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
 
+#include "comm/agreement.h"
 #include "comm/collectives.h"
 #include "comm/communicator.h"
 #include "comm/mpi_check.h"
@@ -479,6 +481,44 @@ INSTANTIATE_TEST_SUITE_P(EpSizes, CollectivesTest, ::testing::Values(1, 2, 3, 4)
                          [](const ::testing::TestParamInfo<int>& info) {
                            return fmt::format("ep{}", info.param);
                          });
+
+// agree_on_errors: an error on some ranks only becomes the same error on every rank.
+std::string agreed_error(const Communicator& world, const std::function<void()>& step) {
+  try {
+    agree_on_errors(world, step);
+  } catch (const CollectiveError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(AgreeOnErrors, NoErrorNoThrow) {
+  const Communicator world = Communicator::world();
+  int ran = 0;
+  EXPECT_EQ(agreed_error(world, [&] { ++ran; }), "");
+  EXPECT_EQ(ran, 1);
+}
+
+TEST(AgreeOnErrors, LastRankOnlyFailsEveryRankThrowsItsMessage) {
+  const Communicator world = Communicator::world();
+  const int last = world.size() - 1;
+  const std::string msg = agreed_error(world, [&] {
+    if (world.rank() == last) fail_collective(fmt::format("data.path: missing on rank {}", last));
+  });
+  const std::string body = fmt::format("data.path: missing on rank {}", last);
+  EXPECT_EQ(msg, world.size() == 1 ? body : fmt::format("rank {}: {}", last, body));
+}
+
+TEST(AgreeOnErrors, AllRanksFailPlainMessageLowestRankWins) {
+  const Communicator world = Communicator::world();
+  EXPECT_EQ(agreed_error(world, [&] { fail_collective("model.d_model: bad"); }), "model.d_model: bad");
+  if (world.size() >= 3) {  // ranks 1.. fail with their own messages: rank 1's is the one reported
+    const std::string msg = agreed_error(world, [&] {
+      if (world.rank() >= 1) fail_collective(fmt::format("from {}", world.rank()));
+    });
+    EXPECT_EQ(msg, fmt::format("rank 1 (and {} more): from 1", world.size() - 2));
+  }
+}
 
 }  // namespace
 }  // namespace moempi

@@ -124,8 +124,8 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
   // Capacity C = ceil(N·K/E · cf) per expert; slots are admitted in token order, then slot
   // order, so what is dropped depends only on token indices (never on timing or ranks).
   p.capacity = -1;
-  if (moe_.capacity_factor > 0.0f)
-    p.capacity = (int64_t)std::ceil((double)N * K / E * (double)moe_.capacity_factor);
+  if (moe_.capacity_factor > 0.0f)  // clamped to N·K in double: a huge factor is just dropless
+    p.capacity = (int64_t)std::min((double)N * K, std::ceil((double)N * K / E * (double)moe_.capacity_factor));
   for (size_t s = 0; s < (size_t)N * K; ++s) {
     const int32_t e = p.selected_NK[s];
     if (p.capacity >= 0 && p.tokens_per_expert_E[e] >= p.capacity) {

@@ -18,8 +18,29 @@ expect_error "experts not divisible by ep" "moe.num_experts (4)" "parallel.ep (3
   "$MOEMPI" validate configs/tiny_ep.yaml --set parallel.ep=3 --np 3
 expect_error "world not divisible by ep (under mpirun)" "parallel.ep" -- \
   "${MPIRUN[@]}" -np 3 "$MOEMPI" train configs/tiny_ep.yaml --set job.run_dir="$TMP/x"
+expect_error "no MoE layer" "moe.every_n_layers (3)" "model.n_layers (2)" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.every_n_layers=3
+expect_error "top-1 with renormalisation" "moe.normalize_topk" "no gradient" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.top_k=1
 expect_error "unknown override path" "optim.learning_rate" -- \
   "$MOEMPI" validate configs/tiny.yaml --set optim.learning_rate=1
+
+# A file readable on some ranks only (a node without it, another working directory) must end
+# every rank cleanly, naming the rank, instead of hanging the others in the next collective.
+for r in 0 1; do mkdir -p "$TMP/rank$r"; done
+cp configs/tiny.yaml "$TMP/rank0/job.yaml"
+printf 'the quick brown fox jumps over the lazy dog. %.0s' $(seq 200) > "$TMP/rank0/corpus.txt"
+cp configs/tiny.yaml "$TMP/rank1/job.yaml"
+cat > "$TMP/per_rank_dir.sh" <<WRAP
+#!/usr/bin/env bash
+cd "$TMP/rank\${OMPI_COMM_WORLD_RANK}" && exec "\$@"
+WRAP
+chmod +x "$TMP/per_rank_dir.sh"
+expect_error "data file on rank 0 only" "rank 1: " "corpus.txt" -- timeout 120 "${MPIRUN[@]}" -np 2 \
+  "$TMP/per_rank_dir.sh" "$MOEMPI" train job.yaml --set data.type=text --set data.path=corpus.txt
+rm "$TMP/rank1/job.yaml"
+expect_error "job file on rank 0 only" "rank 1: " "job.yaml" -- timeout 120 "${MPIRUN[@]}" -np 2 \
+  "$TMP/per_rank_dir.sh" "$MOEMPI" train job.yaml
 
 out=$("$MOEMPI" validate configs/tiny.yaml 2>&1) && pass "tiny.yaml validates: $out" || fail "tiny.yaml: $out"
 out=$("$MOEMPI" validate configs/small.yaml 2>&1) && pass "small.yaml validates" || fail "small.yaml: $out"
