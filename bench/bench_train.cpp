@@ -44,7 +44,7 @@ int run(const TrainBenchArgs& args) {
     spec = load_job_spec(args.job, args.overrides);
     spec.train.steps = args.warmup + args.steps;
     spec.eval.interval = 0;
-    validate_for_world(spec, world);
+    resolve_for_world(spec, world);
   });
   watchdog::start(spec.comm.timeout_s);
   ProcessGroups groups = ProcessGroups::build(spec.parallel);

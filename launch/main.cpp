@@ -36,7 +36,7 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
   moempi::JobSpec spec;
   moempi::agree_on_errors(world, [&] {  // the job file may be readable on some ranks only
     spec = moempi::load_job_spec(path, overrides);
-    moempi::validate_for_world(spec, world.size());
+    moempi::resolve_for_world(spec, world.size());
   });
   moempi::watchdog::start(spec.comm.timeout_s);  // before the first collective of the run
   moempi::ProcessGroups groups = moempi::ProcessGroups::build(spec.parallel);

@@ -475,7 +475,7 @@ const Schema& root_schema() {
   }};
   static const Schema parallel{{
       choice_field("strategy", &ParallelSpec::strategy, {"dp", "ep"}),
-      int_field("ep", &ParallelSpec::ep, 1),
+      int_field("ep", &ParallelSpec::ep, 0),  // 0 = all ranks, resolved by resolve_for_world
       int_field("ranks_per_node", &ParallelSpec::ranks_per_node, 0),
   }};
   static const Schema schedule{{
@@ -781,7 +781,7 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
     fail({"parallel.ep", "parallel.strategy"},
          fmt::format("parallel.ep ({}) must be 1 with parallel.strategy dp (use strategy ep to split experts)",
                      par.ep));
-  if (moe.num_experts % par.ep != 0)
+  if (par.ep > 0 && moe.num_experts % par.ep != 0)
     fail({"moe.num_experts", "parallel.ep"},
          fmt::format("moe.num_experts ({}) is not divisible by parallel.ep ({})", moe.num_experts, par.ep));
   if (par.strategy == "ep" && par.ep > 1 && moe.dispatch.type == "local")
@@ -881,7 +881,22 @@ JobSpec load_job_spec_from_string(const std::string& yaml, const std::vector<std
 
 void validate_job_spec(const JobSpec& spec) { validate_impl(spec, nullptr); }
 
+void resolve_for_world(JobSpec& spec, int world_size) {
+  if (spec.parallel.ep != 0) return validate_for_world(spec, world_size);
+  spec.parallel.ep = world_size;
+  try {
+    validate_for_world(spec, world_size);
+  } catch (const CollectiveError& e) {  // say where the resolved value came from
+    fail_collective(fmt::format("{} (parallel.ep 0 = all {} ranks)", e.what(), world_size));
+  }
+}
+
 void validate_for_world(const JobSpec& spec, int world_size) {
+  if (spec.parallel.ep == 0 && world_size >= 1) {  // check what resolve_for_world will run
+    JobSpec resolved = spec;
+    resolve_for_world(resolved, world_size);
+    return;
+  }
   validate_job_spec(spec);
   MOEMPI_CHECK_ALL(world_size >= 1, "world size {} must be >= 1", world_size);
   const ParallelSpec& p = spec.parallel;

@@ -28,6 +28,10 @@ void validate_job_spec(const JobSpec& spec);
 // strategy's constraints, parallel.ranks_per_node divides it (collective errors).
 void validate_for_world(const JobSpec& spec, int world_size);
 
+// Fills in what depends on the world size (parallel.ep: 0 = all ranks), then validate_for_world.
+// The binary calls this once MPI knows the world size; the resolved spec is what is printed.
+void resolve_for_world(JobSpec& spec, int world_size);
+
 // The fully resolved spec, every field including defaults, as YAML that load_job_spec reads back
 // to an equal spec.
 std::string job_spec_to_yaml(const JobSpec& spec);

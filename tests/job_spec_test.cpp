@@ -433,6 +433,20 @@ TEST(JobSpecConfigs, TinyAndSmallLoadValidateAndRoundTrip) {
     EXPECT_EQ(job_spec_to_yaml(load_job_spec_from_string(job_spec_to_yaml(*s))), job_spec_to_yaml(*s));
 }
 
+TEST(JobSpecWorld, EpZeroResolvesToTheWorldSize) {
+  JobSpec s;
+  s.parallel.strategy = "ep";
+  s.parallel.ep = 0;
+  s.moe.num_experts = 4;
+  s.moe.dispatch.type = "flat";
+  resolve_for_world(s, 4);
+  EXPECT_EQ(s.parallel.ep, 4);
+  JobSpec t = s;
+  t.parallel.ep = 0;
+  expect_contains(error_of([&] { resolve_for_world(t, 3); }),
+                  {"moe.num_experts (4) is not divisible by parallel.ep (3)", "parallel.ep 0 = all 3 ranks"});
+}
+
 TEST(JobSpecConfigs, EveryShippedConfigLoadsAndValidatesAtItsSmallestWorld) {
   const fs::path root = source_dir();
   ASSERT_FALSE(root.empty()) << "configs/ not found above " << fs::current_path() << "; set MOEMPI_SOURCE_DIR";
@@ -441,8 +455,11 @@ TEST(JobSpecConfigs, EveryShippedConfigLoadsAndValidatesAtItsSmallestWorld) {
     if (entry.path().extension() != ".yaml") continue;
     SCOPED_TRACE(entry.path().string());
     const JobSpec s = load_job_spec(entry.path().string(), {});
-    const int world = std::lcm(s.parallel.ep, std::max(1, s.parallel.ranks_per_node));  // both must divide it
-    EXPECT_NO_THROW(validate_for_world(s, world));
+    // Both ep and ranks_per_node must divide the world; ep 0 (all ranks) fits 1, 2 and 4 ranks.
+    const std::vector<int> worlds = s.parallel.ep == 0
+                                        ? std::vector<int>{1, 2, 4}
+                                        : std::vector<int>{std::lcm(s.parallel.ep, std::max(1, s.parallel.ranks_per_node))};
+    for (int world : worlds) EXPECT_NO_THROW(validate_for_world(s, world)) << "world " << world;
     EXPECT_EQ(s.job.name, entry.path().stem().string()) << "job.name should match the file name";
     ++seen;
   }

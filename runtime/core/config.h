@@ -57,7 +57,7 @@ struct MoeSpec {
 
 struct ParallelSpec {
   std::string strategy = "dp";  // dp | ep
-  int ep = 1;                   // ranks that split the experts; dp = world / ep
+  int ep = 1;                   // ranks that split the experts (0 = all ranks); dp = world / ep
   int ranks_per_node = 0;       // 0 = real nodes (MPI_COMM_TYPE_SHARED); >0 = virtual nodes
 };
 
