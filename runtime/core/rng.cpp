@@ -3,14 +3,12 @@
 #include <cmath>
 
 namespace moempi {
-namespace {
-uint64_t mix(uint64_t z) {
+uint64_t Rng::mix(uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
 }
-}  // namespace
 
 Rng::Rng(uint64_t seed, uint64_t rank, uint64_t step, uint64_t stream) {
   key_ = mix(mix(mix(mix(seed) ^ rank) ^ step) ^ stream);

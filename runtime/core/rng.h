@@ -20,6 +20,7 @@ class Rng {
   void set_counter(uint64_t c) { counter_ = c; }
 
   static uint64_t stream_of(std::string_view name);  // stable 64-bit hash (FNV-1a) of a name
+  static uint64_t mix(uint64_t z);                   // the SplitMix64 finaliser (a bijection)
 
  private:
   uint64_t key_;

@@ -20,6 +20,15 @@ struct Batch {
   std::vector<int32_t> tokens_BT;   // (B, T) inputs
   std::vector<int32_t> targets_BT;  // (B, T) next tokens: targets[b][t] = input[b][t + 1] of the window
   std::vector<int32_t> domain_B;    // (B) domain id of each sequence (0 for text and tokens)
+
+  // Sizes the buffers for B sequences of T tokens (domains zeroed); sources then fill them.
+  void reset(int b, int t) {
+    B = b;
+    T = t;
+    tokens_BT.resize(static_cast<size_t>(b) * t);
+    targets_BT.resize(static_cast<size_t>(b) * t);
+    domain_B.assign(b, 0);
+  }
 };
 
 class DataSource {

@@ -252,11 +252,7 @@ void SyntheticSource::generate(Split split, int64_t index, int length, std::stri
 
 void SyntheticSource::get(Batch& out, Split split, int64_t first_seq, int B) {
   MOEMPI_CHECK_ALL(first_seq >= 0 && B >= 0, "data: bad request of {} sequences from index {}", B, first_seq);
-  out.B = B;
-  out.T = T_;
-  out.tokens_BT.resize(static_cast<size_t>(B) * T_);
-  out.targets_BT.resize(static_cast<size_t>(B) * T_);
-  out.domain_B.resize(B);
+  out.reset(B, T_);
   for (int b = 0; b < B; ++b) {
     const int64_t index = first_seq + b;
     generate(split, index, T_ + 1, scratch_);

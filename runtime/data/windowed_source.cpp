@@ -53,14 +53,6 @@ MappedFile::~MappedFile() {
 }
 
 // ---------------------------------------------------------------------------------------------
-namespace {
-uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-}  // namespace
 
 uint64_t permute_index(uint64_t i, uint64_t n, uint64_t key) {
   MOEMPI_CHECK_ALL(n >= 1 && i < n, "permute_index: index {} outside [0, {})", i, n);
@@ -76,7 +68,7 @@ uint64_t permute_index(uint64_t i, uint64_t n, uint64_t key) {
   do {
     uint64_t left = x >> half, right = x & mask;
     for (uint64_t round = 0; round < 4; ++round) {
-      const uint64_t f = mix64(right ^ mix64(key + round)) & mask;
+      const uint64_t f = Rng::mix(right ^ Rng::mix(key + round)) & mask;
       const uint64_t next_right = left ^ f;
       left = right;
       right = next_right;
@@ -158,11 +150,7 @@ void WindowedSource::read(int64_t pos, int n, int32_t* out) const {
 
 void WindowedSource::get(Batch& out, Split split, int64_t first_seq, int B) {
   MOEMPI_CHECK_ALL(first_seq >= 0 && B >= 0, "data: bad request of {} sequences from index {}", B, first_seq);
-  out.B = B;
-  out.T = T_;
-  out.tokens_BT.resize(static_cast<size_t>(B) * T_);
-  out.targets_BT.resize(static_cast<size_t>(B) * T_);
-  out.domain_B.assign(B, 0);
+  out.reset(B, T_);
   for (int b = 0; b < B; ++b) {
     read(window_start(split, first_seq + b), T_ + 1, window_.data());
     std::copy(window_.begin(), window_.end() - 1, out.tokens_BT.begin() + static_cast<size_t>(b) * T_);
