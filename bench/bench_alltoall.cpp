@@ -50,8 +50,11 @@ int run_alltoall(const AlltoallOptions& o) {
   const ProcessGroups groups = ProcessGroups::build(spec);
   MOEMPI_CHECK_ALL(o.experts_per_rank >= 1, "--experts-per-rank ({}) must be >= 1", o.experts_per_rank);
   const int El = o.experts_per_rank;
-  const ExpertPlacement placement = make_placement(W * El, groups);
-  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(DispatchSpec{o.dispatcher}, placement, groups);
+  const Placement placement = make_placement(W * El, groups);
+  DispatchSpec dspec;
+  dspec.type = o.dispatcher;
+  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(dspec, groups);
+  std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   const std::vector<int64_t> sizes =
       size_sweep(parse_size(o.min_size, "-b"), parse_size(o.max_size, "-e"), o.factor);
 
@@ -64,7 +67,7 @@ int run_alltoall(const AlltoallOptions& o) {
       fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
                   "warmup {}, iters {}, check {}",
                   W, o.dispatcher, W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
-      "moempi path = the dispatcher's plan (MPI_Alltoall of int64 counts) + to_experts, where",
+      "moempi path = the dispatcher's plan (count exchange) + dispatch (rows to experts), where",
       "  " + exchange_description(o.dispatcher),
       "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
       "size = bytes to each peer (incl. self); time = median over iterations per rank, then",
@@ -79,7 +82,7 @@ int run_alltoall(const AlltoallOptions& o) {
                         {"warmup", o.timing.warmup},
                         {"rows", nlohmann::json::array()}};
   int64_t all_wrong = 0;
-  std::vector<float> x, out, raw_recv;
+  std::vector<float> x, raw_recv;
   std::vector<int32_t> topk;
   std::vector<int> raw_counts(W), raw_displs(W);
   for (const int64_t size : sizes) {
@@ -95,7 +98,6 @@ int run_alltoall(const AlltoallOptions& o) {
     for (int p = 0; p < W; ++p)
       for (int64_t q = 0; q < rp; ++q) topk[p * rp + q] = static_cast<int32_t>(p * El + q * El / rp);
     x.resize(W * c);
-    out.resize(W * c);
     raw_recv.resize(W * c);
     for (int p = 0; p < W; ++p) {
       payload_fill(x.data() + p * c, c, o.seed, me, p);
@@ -104,8 +106,8 @@ int run_alltoall(const AlltoallOptions& o) {
     }
 
     auto moempi_op = [&](int) {
-      dispatcher->plan(topk.data(), T, 1);
-      dispatcher->to_experts(out.data(), x.data(), false, D);
+      dispatcher->plan(*plan, Routing{topk.data(), nullptr, T, 1}, x.data(), D, placement);
+      dispatcher->dispatch(*plan, x.data());
     };
     auto raw_op = [&](int) {
       // The baseline on purpose calls MPI directly: what a hand-written exchange would cost.
@@ -115,26 +117,28 @@ int run_alltoall(const AlltoallOptions& o) {
     };
     // Expected layout at the expert side: (local expert le, source s, q), q in [q0(le), q1(le)).
     auto verify = [&]() {
-      int64_t wrong = 0, at = 0;
+      const float* out = plan->x_RD();
+      int64_t wrong = plan->rows() * D == W * c ? 0 : W * c;  // every element accounted for
+      int64_t at = 0;
       for (int le = 0; le < El; ++le) {
         int64_t q0 = 0;
         while (q0 < rp && q0 * El / rp < le) ++q0;
         int64_t q1 = q0;
         while (q1 < rp && q1 * El / rp == le) ++q1;
         for (int s = 0; s < W; ++s, at += (q1 - q0) * D)
-          wrong += payload_check(out.data() + at, (q1 - q0) * D, o.seed, s, me, q0 * D);
+          wrong += payload_check(out + at, (q1 - q0) * D, o.seed, s, me, q0 * D);
       }
-      wrong += at == W * c ? 0 : W * c;  // every element must have been accounted for
       for (int s = 0; s < W; ++s) wrong += payload_check(raw_recv.data() + s * c, c, o.seed, s, me);
       return wrong;
     };
     auto poison = [&]() {
-      std::memset(out.data(), 0xff, out.size() * sizeof(float));  // NaN: must be overwritten
+      std::memset(plan->x_RD(), 0xff, plan->rows() * D * sizeof(float));  // NaN: must be overwritten
       std::memset(raw_recv.data(), 0xff, raw_recv.size() * sizeof(float));
     };
 
     int64_t wrong = 0;
     if (o.timing.check) {
+      moempi_op(0);  // plans, so that the expert rows exist to be poisoned
       poison();
       moempi_op(0);
       raw_op(0);

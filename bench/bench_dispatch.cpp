@@ -104,9 +104,15 @@ int run_dispatch(const DispatchOptions& o) {
   MOEMPI_CHECK_ALL(o.k >= 1 && o.k <= o.E, "-k ({}) must be in [1, -E ({})]", o.k, o.E);
   MOEMPI_CHECK_ALL(o.E % W == 0, "-E ({}) is not divisible by the number of ranks ({}); try -E {}", o.E, W,
                    (o.E / W + 1) * W);
-  const ExpertPlacement placement = make_placement(o.E, groups);
-  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(DispatchSpec{o.dispatcher}, placement, groups);
+  const Placement placement = make_placement(o.E, groups);
+  DispatchSpec dspec;
+  dspec.type = o.dispatcher;
+  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(dspec, groups);
+  std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   const int D = o.D, k = o.k, El = placement.num_local();
+  // Combine weights 2^-(k+1): products are exact, so the expected sums below are exact to
+  // recompute in the same order whether or not the compiler fuses multiply-adds.
+  auto weight = [](int slot_k) { return std::ldexp(1.0f, -(slot_k + 1)); };
   const std::vector<std::string> patterns = o.patterns.empty() ? kPatterns : o.patterns;
 
   Table table({{"pattern", "", 11}, {"rows", "(total)", 9}, {"max_in", "(rows)", 8}, {"MB", "(/dir)", 8},
@@ -117,8 +123,8 @@ int run_dispatch(const DispatchOptions& o) {
       fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
                   "E {} ({} per rank), k {}, warmup {}, iters {}",
                   W, o.dispatcher, o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
-      fmt::format("moempi = plan (count exchange) + to_experts (dispatch) + from_experts (combine) per "
-                  "round, dispatcher '{}'{}", o.dispatcher,
+      fmt::format("moempi = plan (count exchange) + dispatch + combine (weighted sum) per "
+                  "round, dispatcher '{}'{}", dispatcher->name(),
                   o.dispatcher == "flat" ? " (MPI_Alltoallw over row datatypes, built per plan)"
                   : o.dispatcher == "flat_packed" ? " (memcpy pack + MPI_Alltoallv + memcpy regroup)" : ""),
       "raw = MPI_Alltoallv of the same bytes there and back, packed; the two alternate round by round",
@@ -132,14 +138,30 @@ int run_dispatch(const DispatchOptions& o) {
                         {"warmup", o.timing.warmup}, {"rows", nlohmann::json::array()}};
 
   int64_t all_wrong = 0;
-  std::vector<float> x, y, z, raw_send, raw_recv;
+  std::vector<float> x, z, raw_send, raw_recv, probs;
   for (const std::string& pattern : patterns) {
     int T = 0;
     const auto routings = make_routings(pattern, o, me, W, T);
     const int64_t TK = static_cast<int64_t>(T) * k;
     x.resize(static_cast<size_t>(T) * D);
     payload_fill(x.data(), x.size(), o.seed, me, 0);
-    z.resize(TK * D);
+    z.resize(static_cast<size_t>(T) * D);
+    probs.resize(TK);
+    for (int64_t s = 0; s < TK; ++s) probs[s] = weight(static_cast<int>(s % k));
+    auto routing = [&](const std::vector<int32_t>& ids) { return Routing{ids.data(), probs.data(), T, k}; };
+    // z_t expected from combine when every routed slot's expert row is x_t + add(e).
+    auto expected_combine = [&](const std::vector<int32_t>& ids, int t, int d, bool add_e) {
+      float out = 0.0f;
+      bool first = true;
+      for (int kk = 0; kk < k; ++kk) {
+        const int e = ids[static_cast<size_t>(t) * k + kk];
+        if (e < 0) continue;
+        const float y = x[static_cast<size_t>(t) * D + d] + (add_e ? static_cast<float>(e) : 0.0f);
+        out = first ? weight(kk) * y : out + weight(kk) * y;
+        first = false;
+      }
+      return out;
+    };
 
     // Per routing: rows this rank sends to / receives from each peer (the raw baseline's counts).
     struct RawLayout {
@@ -151,7 +173,7 @@ int run_dispatch(const DispatchOptions& o) {
     for (size_t r = 0; r < routings.size(); ++r) {
       std::vector<int64_t> send_rows(W, 0), recv_rows(W, 0);
       for (int32_t e : routings[r])
-        if (e >= 0) ++send_rows[e / El];
+        if (e >= 0) ++send_rows[placement.destination(e, me)];
       alltoall_i64(send_rows.data(), recv_rows.data(), 1, world);
       RawLayout& L = raw[r];
       for (int p = 0; p < W; ++p) {
@@ -186,12 +208,6 @@ int run_dispatch(const DispatchOptions& o) {
     // payload. Round trip: experts add their global id, so combine must return x[t] + e at slot
     // (t, k) and zero at dropped slots.
     int64_t wrong = 0;
-    size_t y_rows = 0;
-    for (const auto& ids : routings) {
-      dispatcher->plan(ids.data(), T, k);
-      y_rows = std::max<size_t>(y_rows, dispatcher->rows());
-    }
-    y.resize(y_rows * D);
     if (o.timing.check) {
       std::vector<std::vector<std::vector<int32_t>>> all_routings(W);  // [src][routing]
       for (int src = 0; src < W; ++src) {
@@ -200,45 +216,45 @@ int run_dispatch(const DispatchOptions& o) {
       }
       for (size_t r = 0; r < routings.size(); ++r) {
         const auto& ids = routings[r];
-        dispatcher->plan(ids.data(), T, k);
-        std::fill(y.begin(), y.end(), -1.0f);
-        dispatcher->to_experts(y.data(), x.data(), false, D);
+        dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
+        const int64_t R = plan->rows();
+        std::fill(plan->x_RD(), plan->x_RD() + R * D, -1.0f);
+        dispatcher->dispatch(*plan, x.data());
+        const float* xr = plan->x_RD();
+        float* y = plan->y_RD();
         int64_t row = 0;
         for (int le = 0; le < El; ++le) {
-          const int e = placement.local_begin() + le;
+          const int e = placement.local_experts()[le];
           const int64_t first = row;
           for (int src = 0; src < W; ++src) {
             const auto& src_ids = all_routings[src][r];
             for (size_t slot = 0; slot < src_ids.size(); ++slot) {
               if (src_ids[slot] != e) continue;
-              if (row < static_cast<int64_t>(dispatcher->rows()))
-                wrong += payload_check(&y[row * D], D, o.seed, src, 0, static_cast<int64_t>(slot / k) * D);
+              if (row < R)
+                wrong += payload_check(&xr[row * D], D, o.seed, src, 0, static_cast<int64_t>(slot / k) * D);
               else
                 wrong += D;  // a row the dispatcher did not deliver
               ++row;
             }
           }
-          wrong += std::abs(dispatcher->rows_per_local_expert()[le] - (row - first));
-          for (int64_t i = first * D; i < std::min(row, dispatcher->rows()) * D; ++i) y[i] += static_cast<float>(e);
+          wrong += std::abs(plan->rows_per_local_expert()[le] - (row - first));
+          // The "experts": y = x + global expert id.
+          for (int64_t i = first * D; i < std::min(row, R) * D; ++i) y[i] = xr[i] + static_cast<float>(e);
         }
-        wrong += std::abs(dispatcher->rows() - row);
+        wrong += std::abs(R - row);
         std::fill(z.begin(), z.end(), -1.0f);
-        dispatcher->from_experts(z.data(), y.data(), D);
-        for (int64_t s = 0; s < TK; ++s) {
-          const int e = ids[s];
-          const float* xt = &x[(s / k) * D];
-          for (int d = 0; d < D; ++d) wrong += z[s * D + d] != (e < 0 ? 0.0f : xt[d] + static_cast<float>(e));
-        }
+        dispatcher->combine(*plan, z.data());
+        for (int t = 0; t < T; ++t)
+          for (int d = 0; d < D; ++d) wrong += z[static_cast<size_t>(t) * D + d] != expected_combine(ids, t, d, true);
       }
-      std::fill(z.begin(), z.end(), -1.0f);
     }
 
     const size_t n_routings = routings.size();
     auto moempi_op = [&](int round) {
       const auto& ids = routings[round % n_routings];
-      dispatcher->plan(ids.data(), T, k);
-      dispatcher->to_experts(y.data(), x.data(), false, D);
-      dispatcher->from_experts(z.data(), y.data(), D);
+      dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
+      dispatcher->dispatch(*plan, x.data());
+      dispatcher->combine(*plan, z.data());  // the experts' rows hold stale (finite) values here
     };
     auto raw_op = [&](int round) {
       const RawLayout& L = raw[round % n_routings];
@@ -252,10 +268,15 @@ int run_dispatch(const DispatchOptions& o) {
     };
     const auto seconds = time_interleaved({moempi_op, raw_op}, o.timing.warmup, o.timing.iters, world);
     if (o.timing.check) {
-      // After timing, z holds combine(dispatch(x)) of the last round: x at every routed slot.
+      // After timing: the last round again with identity experts (y = x), checked.
       const auto& ids = routings[(o.timing.warmup + o.timing.iters - 1) % n_routings];
-      for (int64_t s = 0; s < TK; ++s)
-        for (int d = 0; d < D; ++d) wrong += z[s * D + d] != (ids[s] < 0 ? 0.0f : x[(s / k) * D + d]);
+      dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
+      dispatcher->dispatch(*plan, x.data());
+      std::copy(plan->x_RD(), plan->x_RD() + plan->rows() * D, plan->y_RD());
+      std::fill(z.begin(), z.end(), -1.0f);
+      dispatcher->combine(*plan, z.data());
+      for (int t = 0; t < T; ++t)
+        for (int d = 0; d < D; ++d) wrong += z[static_cast<size_t>(t) * D + d] != expected_combine(ids, t, d, false);
     }
     allreduce_sum(&wrong, 1, world);
     all_wrong += wrong;

@@ -53,6 +53,7 @@ struct Setup {
   ParamArena dense_arena, grouped_arena, layer_arena;
   std::unique_ptr<GroupedExperts> dense, grouped;  // dense = the same code with one expert
   std::unique_ptr<MoeLayer> layer;
+  Placement placement;
   std::unique_ptr<LocalDispatcher> dispatcher;
   std::vector<int64_t> dense_rows, grouped_rows;
   FloatBuffer x_ND, x_RD, dy_RD, y_RD, dx_RD, out_ND, dout_ND, dx_ND;
@@ -76,12 +77,12 @@ struct Setup {
     MoeSpec one = moe;
     one.num_experts = 1;
     one.top_k = 1;
-    dense = std::make_unique<GroupedExperts>(model, one, 0, ExpertPlacement{1, 1, 0}, dense_arena);
-    grouped = std::make_unique<GroupedExperts>(model, moe, 0, ExpertPlacement{moe.num_experts, 1, 0},
+    dense = std::make_unique<GroupedExperts>(model, one, 0, Placement::contiguous(1, 1, 0), dense_arena);
+    grouped = std::make_unique<GroupedExperts>(model, moe, 0, Placement::contiguous(moe.num_experts, 1, 0),
                                                grouped_arena);
-    const ExpertPlacement placement{moe.num_experts, 1, 0};
+    placement = Placement::contiguous(moe.num_experts, 1, 0);
     layer = std::make_unique<MoeLayer>(model, moe, 0, placement, layer_arena);
-    dispatcher = std::make_unique<LocalDispatcher>(placement);
+    dispatcher = std::make_unique<LocalDispatcher>();
     dense_arena.allocate();
     grouped_arena.allocate();
     layer_arena.allocate();
@@ -100,7 +101,7 @@ struct Setup {
     // moe_layer − grouped is exactly the layer's own overhead (router, permutation, weighting).
     dense_rows = {R};
     layer_forward();
-    grouped_rows = dispatcher->rows_per_local_expert();
+    grouped_rows = layer->dispatch_plan()->rows_per_local_expert();
   }
 
   void dense_forward() { dense->forward(dense_arena, y_RD.data(), x_RD.data(), dense_rows); }
@@ -110,7 +111,7 @@ struct Setup {
     grouped->backward(grouped_arena, dx_RD.data(), dy_RD.data(), x_RD.data());
   }
   void layer_forward() {
-    layer->forward(layer_arena, out_ND.data(), x_ND.data(), N, *dispatcher, true);
+    layer->forward(layer_arena, out_ND.data(), x_ND.data(), N, *dispatcher, placement, true);
   }
   void layer_backward() {
     layer->backward(layer_arena, dx_ND.data(), dout_ND.data(), 1.0f, *dispatcher);
@@ -210,7 +211,7 @@ int run(const ExpertsArgs& a) {
        fmt::format("{} | median of {} iterations after {} warm-up, slowest rank; forward+backward",
                    blas::kernel_note(), a.timing.iters, a.timing.warmup),
        fmt::format("rows per expert (the layer's routing, dropless): min {} max {} | moe_layer = "
-                   "router + aux_loss + local dispatch + grouped experts + weighting",
+                   "router + aux_loss + local dispatch + grouped experts + weighted combine",
                    *std::min_element(s.grouped_rows.begin(), s.grouped_rows.end()),
                    *std::max_element(s.grouped_rows.begin(), s.grouped_rows.end()))});
   for (int v = 0; v < 3; ++v) {

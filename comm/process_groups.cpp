@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -52,7 +53,19 @@ ProcessGroups ProcessGroups::build(const ParallelSpec& spec, MPI_Comm base) {
   g.node_index = nodes.node_index;
   g.num_nodes = nodes.num_nodes;
   g.virtual_nodes = nodes.virtual_nodes;
+  // The ep group's nodes: which node each ep rank is on, and the intra/inter splits of the group.
+  g.ep_rank_node.assign(g.ep_size, 0);
+  MOEMPI_MPI_CHECK(MPI_Allgather(&g.node_index, 1, MPI_INT, g.ep_rank_node.data(), 1, MPI_INT,
+                                 g.ep.comm()));
+  g.ep_node = Communicator::split(g.ep, g.node_index, g.ep.rank(), "ep_node");
+  g.ep_inter = Communicator::split(g.ep, g.ep_node.rank(), g.node_index, "ep_inter");
   return g;
+}
+
+int ProcessGroups::ep_num_nodes() const {
+  std::vector<int> nodes = ep_rank_node;
+  std::sort(nodes.begin(), nodes.end());
+  return static_cast<int>(std::unique(nodes.begin(), nodes.end()) - nodes.begin());
 }
 
 std::string ProcessGroups::rank_map() const {

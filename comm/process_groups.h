@@ -4,6 +4,7 @@
 // replicas of one expert shard. Test: tests/comm_mpitest.cpp (ProcessGroups.*).
 #pragma once
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "runtime/core/config.h"
@@ -17,12 +18,19 @@ struct ProcessGroups {
   Communicator expert_dp;  // replicas of one expert shard: same world_rank % ep
   Communicator node;       // ranks on one (real or virtual) node
   Communicator inter;      // same node-local index across nodes
+  // The EP group's own topology, for dispatchers (built once here, never per layer or step):
+  Communicator ep_node;    // ranks of this ep group on this rank's node, ordered by ep rank
+  Communicator ep_inter;   // ranks of this ep group with this rank's ep_node index, one per node
+  std::vector<int> ep_rank_node;  // (ep size) node index of each ep rank
   int world_rank = 0, world_size = 1;
   int ep_size = 1, dp_size = 1;
   int node_index = 0, num_nodes = 1;
   bool virtual_nodes = false;
 
   int ep_group() const { return world_rank / ep_size; }  // index of this rank's ep group
+  bool ep_within_node() const { return ep_node.size() == ep.size(); }
+  // Nodes the ep group spans.
+  int ep_num_nodes() const;
 
   // Collective over `base` (default MPI_COMM_WORLD), which becomes `world` (borrowed, not freed;
   // MPI_COMM_SELF gives a one-rank job, e.g. a single-rank reference inside an MPI test).

@@ -30,9 +30,9 @@ void add_into(float* y, const float* x, size_t n) {
 }
 }  // namespace
 
-GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const ExpertPlacement& placement,
-               const DispatcherFactory& make_dispatcher)
-    : model_(model), moe_(moe) {
+GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& placement,
+               std::unique_ptr<Dispatcher> dispatcher)
+    : model_(model), moe_(moe), placement_(placement), dispatcher_(std::move(dispatcher)) {
   const int64_t V = model.vocab_size, D = model.d_model, T = model.seq_len, F = model.d_ff;
   const bool ln = model.norm == NormType::kLayerNorm;
   wte_ = arena_.add("wte", {V, D}, ParamKind::kDense, true);
@@ -51,8 +51,7 @@ GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const ExpertPlacement
     b.ln2_b = ln ? arena_.add(p + "ln2.b", {D}, ParamKind::kDense, false) : kNoParam;
     b.is_moe = is_moe_layer(moe, l);
     if (b.is_moe) {
-      b.moe = std::make_unique<MoeLayer>(model, moe, l, placement, arena_);
-      b.dispatcher = make_dispatcher();
+      b.moe = std::make_unique<MoeLayer>(model, moe, l, placement_, arena_);
     } else {
       b.ffn_w1 = arena_.add(p + "ffn.w1", {D, ffn_in_width(model, F)}, ParamKind::kDense, true);
       b.ffn_b1 = arena_.add(p + "ffn.b1", {ffn_in_width(model, F)}, ParamKind::kDense, false);
@@ -176,7 +175,7 @@ double GptMoe::forward(const int32_t* tokens_BT, const int32_t* targets_BT, int 
     }
     if (b.is_moe) {
       ScopedTimer t(phase_seconds_[kPhaseMoe]);
-      b.moe->forward(arena_, b.ffn_out.data(), b.ln2_out.data(), N, *b.dispatcher, training);
+      b.moe->forward(arena_, b.ffn_out.data(), b.ln2_out.data(), N, *dispatcher_, placement_, training);
     } else {
       ScopedTimer t(phase_seconds_[kPhaseDenseFfn]);
       dense_ffn_forward(b, b.ffn_out.data(), b.ln2_out.data(), N);
@@ -225,7 +224,7 @@ void GptMoe::backward(float grad_scale) {
     dtmp_.zero();
     if (b.is_moe) {
       ScopedTimer t(phase_seconds_[kPhaseMoe]);
-      b.moe->backward(arena_, dtmp_.data(), dresid_.data(), grad_scale, *b.dispatcher);
+      b.moe->backward(arena_, dtmp_.data(), dresid_.data(), grad_scale, *dispatcher_);
     } else {
       ScopedTimer t(phase_seconds_[kPhaseDenseFfn]);
       dense_ffn_backward(b, dtmp_.data(), dresid_.data(), b.ln2_out.data(), N);
@@ -261,13 +260,6 @@ std::vector<MoeLayer*> GptMoe::moe_layers() {
   for (auto& b : blocks_)
     if (b.is_moe) out.push_back(b.moe.get());
   return out;
-}
-
-double GptMoe::exchange_seconds() const {
-  double s = 0;
-  for (const auto& b : blocks_)
-    if (b.is_moe) s += b.dispatcher->exchange_seconds();
-  return s;
 }
 
 void GptMoe::on_step_end() {

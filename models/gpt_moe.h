@@ -6,7 +6,6 @@
 #pragma once
 #include <array>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <vector>
 
@@ -22,10 +21,10 @@ enum Phase { kPhaseAttention, kPhaseMoe, kPhaseDenseFfn, kPhaseOther, kPhaseCoun
 
 class GptMoe {
  public:
-  using DispatcherFactory = std::function<std::unique_ptr<Dispatcher>()>;
-  // Registers every parameter and allocates the arena. One dispatcher per MoE layer.
-  GptMoe(const ModelSpec& model, const MoeSpec& moe, const ExpertPlacement& placement,
-         const DispatcherFactory& make_dispatcher);
+  // Registers every parameter and allocates the arena. One dispatcher serves every MoE layer
+  // (each layer keeps its own DispatchPlan); every layer uses `placement` (ep / dp layouts).
+  GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& placement,
+         std::unique_ptr<Dispatcher> dispatcher);
 
   // Deterministic per global tensor name: the same model on any rank layout.
   void init_params(uint64_t seed);
@@ -47,7 +46,8 @@ class GptMoe {
   double flops_per_token() const;
   int64_t active_params() const;
   std::array<double, kPhaseCount>& phase_seconds() { return phase_seconds_; }
-  double exchange_seconds() const;  // summed over the MoE layers' dispatchers (part of kPhaseMoe)
+  double exchange_seconds() const { return dispatcher_->stats().seconds; }  // part of kPhaseMoe
+  const Dispatcher& dispatcher() const { return *dispatcher_; }
 
  private:
   struct Block {
@@ -55,7 +55,6 @@ class GptMoe {
     ParamArena::Id ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
     ParamArena::Id ffn_w1, ffn_b1, ffn_w2, ffn_b2;  // dense FFN layers only
     std::unique_ptr<MoeLayer> moe;
-    std::unique_ptr<Dispatcher> dispatcher;
     // activations of the current micro-batch
     FloatBuffer ln1_out, ln1_mean, ln1_rstd, qkv, att, attn_out, resid_mid;
     FloatBuffer ln2_out, ln2_mean, ln2_rstd, ffn_pre, ffn_act, ffn_out;
@@ -69,6 +68,8 @@ class GptMoe {
 
   ModelSpec model_;
   MoeSpec moe_;
+  Placement placement_;
+  std::unique_ptr<Dispatcher> dispatcher_;
   ParamArena arena_;
   ParamArena::Id wte_, wpe_, lnf_w_, lnf_b_;
   std::vector<Block> blocks_;

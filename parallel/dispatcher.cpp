@@ -1,24 +1,100 @@
+// The plan base and the combine arithmetic shared by every dispatcher (bit-identical results).
 #include "parallel/dispatcher.h"
+
+#include <cstring>
 
 #include "runtime/core/error.h"
 
 namespace moempi {
 
-void Dispatcher::count_slots(const int32_t* topk_ids_TK, int64_t slots,
-                             std::vector<int64_t>& rows_per_expert_E,
-                             std::vector<int64_t>& dropped_slots) const {
-  const int E = placement_.num_experts;
+void DispatchStats::add(const DispatchStats& o) {
+  seconds += o.seconds;
+  rows += o.rows;
+  bytes_intra += o.bytes_intra;
+  bytes_inter += o.bytes_inter;
+  messages_intra += o.messages_intra;
+  messages_inter += o.messages_inter;
+}
+
+void DispatchPlan::reset(const Routing& r, int D) {
+  MOEMPI_CHECK_ONE(r.T >= 0 && r.K >= 1 && D >= 1, "dispatch plan: bad shape T={} K={} D={}", r.T, r.K, D);
+  T_ = r.T;
+  K_ = r.K;
+  D_ = D;
+  const size_t slots = static_cast<size_t>(r.T) * r.K;
+  topk_ids_TK_.assign(r.topk_ids_TK, r.topk_ids_TK + slots);
+  if (r.probs_TK)
+    probs_TK_.assign(r.probs_TK, r.probs_TK + slots);
+  else
+    probs_TK_.assign(slots, 1.0f);
+}
+
+void DispatchPlan::use_own_buffers() {
+  const size_t n = static_cast<size_t>(rows_) * D_;
+  // FloatBuffer::resize keeps the allocation when it shrinks: no per-step reallocation.
+  own_x_.resize(n);
+  own_y_.resize(n);
+  own_dy_.resize(n);
+  x_RD_ = own_x_.data();
+  y_RD_ = own_y_.data();
+  dy_RD_ = own_dy_.data();
+}
+
+void count_slots(const int32_t* topk_ids_TK, int64_t slots, int E, std::vector<int64_t>& rows_per_expert_E) {
   rows_per_expert_E.assign(E, 0);
-  dropped_slots.clear();
   for (int64_t s = 0; s < slots; ++s) {
     const int e = topk_ids_TK[s];
-    if (e < 0) {
-      dropped_slots.push_back(s);
-      continue;
-    }
+    if (e < 0) continue;
     MOEMPI_CHECK_ONE(e < E, "expert id {} out of range [0, {})", e, E);
     ++rows_per_expert_E[e];
   }
+}
+
+void weighted_sum_rows(float* out_TD, const float* const* slot_rows_TK, const float* probs_TK, int T,
+                       int K, int D) {
+  for (int t = 0; t < T; ++t) {
+    float* o = out_TD + static_cast<size_t>(t) * D;
+    bool first = true;
+    for (int k = 0; k < K; ++k) {
+      const size_t s = static_cast<size_t>(t) * K + k;
+      const float* y = slot_rows_TK[s];
+      if (!y) continue;
+      const float p = probs_TK[s];
+      if (first) {
+        for (int d = 0; d < D; ++d) o[d] = p * y[d];
+        first = false;
+      } else {
+        for (int d = 0; d < D; ++d) o[d] += p * y[d];
+      }
+    }
+    if (first) std::memset(o, 0, sizeof(float) * D);
+  }
+}
+
+void add_slot_rows(float* dx_TD, const float* const* slot_rows_TK, int T, int K, int D) {
+  for (int t = 0; t < T; ++t) {
+    float* dx = dx_TD + static_cast<size_t>(t) * D;
+    for (int k = 0; k < K; ++k) {
+      const float* r = slot_rows_TK[static_cast<size_t>(t) * K + k];
+      if (!r) continue;
+      for (int d = 0; d < D; ++d) dx[d] += r[d];
+    }
+  }
+}
+
+float dot_row(const float* a, const float* b, int n) {
+  float acc[16] = {};
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  float sum = 0.0f;
+  for (; i < n; ++i) sum += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) sum += acc[j];
+  return sum;
+}
+
+void scale_row(float* dy, const float* g, float p, int D) {
+  for (int d = 0; d < D; ++d) dy[d] = p * g[d];
 }
 
 }  // namespace moempi

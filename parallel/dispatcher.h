@@ -1,16 +1,31 @@
-// Dispatcher: moves routed token rows to the ranks that hold their experts and back
-// (DESIGN.md "The pluggable pieces"; ALGORITHMS.md 3). It isolates communication from the MoE
-// layer: it only permutes and exchanges rows; weighting by router probs is the layer's job.
+// Dispatcher, contract v2 (DESIGN.md "The pluggable pieces"; ALGORITHMS.md 3): moves routed token
+// rows to the ranks that run their experts, and owns the weighted combine and its backward, in the
+// spirit of DeepEP's and Megatron-Core's dispatchers. The MoE layer only routes and runs experts.
 //
-// One micro-batch on this rank has T tokens, each routed to K slots (t,k) with a global expert
-// id in topk_ids_TK[t*K+k] (-1 = dropped slot, sent nowhere).
-//   dispatch          = to_experts(x_TD, per_slot=false)
-//   combine           = from_experts(y_RD) -> y_TKD
-//   combine backward  = to_experts(dy_TKD, per_slot=true)
-//   dispatch backward = from_experts(dx_RD) -> dx_TKD, then summed over k by the layer
-// Every method marked "collective" is called by every rank of the EP group in the same order,
-// with zero rows where a rank has nothing (DESIGN.md "Communication rules").
-// Contract test: every implementation equals `local` (tests/dispatcher_mpitest.cpp, MPI at 1-4 ranks).
+// One micro-batch on this rank has T tokens, each routed to K slots (t,k) with a global expert id
+// topk_ids_TK[t*K+k] (-1 = dropped slot, sent nowhere, weight 0) and a combine weight probs_TK.
+// Per-micro-batch state lives in a DispatchPlan (one per MoE layer), never in the dispatcher, so
+// one dispatcher serves every layer. The plan owns the expert-side row buffers (R rows of D
+// floats, grouped by local expert in Placement::local_experts() order; within an expert by source
+// rank, then by slot order t*K+k at the source), so a transport can place them in memory its
+// peers write to directly (shm).
+//
+//   plan(P, routing, x_TD, placement)   collective: count exchange; P.rows() valid afterwards
+//   dispatch(P, x_TD)                   collective: P.x_RD() = x rows of every routed slot
+//   ... experts: read P.x_RD(), write P.y_RD() ...
+//   combine(P, out_TD)                  collective: out_t = Σ_k p_tk · y_tk (k ascending; dropped
+//                                       slots contribute nothing), overwrites out_TD
+//   combine_backward(P, dout_TD, dprobs_TK)  collective: P.dy_RD() = p_tk · dout_t per row;
+//                                       dprobs_tk = <dout_t, y_tk> (0 for dropped), overwritten,
+//                                       computed wherever y_tk is held
+//   ... experts backward: read P.dy_RD(), P.x_RD(), write P.dx_RD() (it reuses y's storage) ...
+//   dispatch_backward(P, dx_TD)         collective: ADDS Σ_k dx_tk into dx_TD (k ascending)
+//
+// Every method marked collective is called by every rank of the dispatcher's group in the same
+// order, with zero rows where a rank has nothing (DESIGN.md "Communication rules").
+// Contract test: every registered dispatcher equals `local` (tests/dispatcher_mpitest.cpp, MPI at
+// 1-4 ranks, also on 2x2 virtual nodes); finite differences through the whole chain in
+// tests/moe_test.cpp.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -18,39 +33,101 @@
 #include <vector>
 
 #include "parallel/placement.h"
+#include "runtime/core/arena.h"
 
 namespace moempi {
+
+// What one micro-batch routes: (T, K) ids and combine weights, read by plan() (copied).
+struct Routing {
+  const int32_t* topk_ids_TK = nullptr;
+  const float* probs_TK = nullptr;
+  int T = 0, K = 1;
+};
+
+// Accumulated traffic of a dispatcher (all layers, all calls). Rows and bytes count what this rank
+// sends to other ranks (its own rows are copies, not traffic); messages count non-empty sends.
+struct DispatchStats {
+  double seconds = 0;       // wall time in plan/dispatch/combine and their backward
+  int64_t rows = 0;         // rows sent to other ranks
+  int64_t bytes_intra = 0, bytes_inter = 0;        // to ranks on this node / on other nodes
+  int64_t messages_intra = 0, messages_inter = 0;
+  void add(const DispatchStats& o);
+};
+
+// Per-micro-batch state of one layer. Implementations derive from it; the base holds what every
+// dispatcher needs and the expert-side buffers (a subclass may point them elsewhere).
+class DispatchPlan {
+ public:
+  virtual ~DispatchPlan() = default;
+  int64_t rows() const { return rows_; }  // R: expert rows on this rank
+  int width() const { return D_; }
+  // (number of local experts) rows per local expert, in Placement::local_experts() order.
+  const std::vector<int64_t>& rows_per_local_expert() const { return rows_per_local_expert_; }
+  const std::vector<int>& local_experts() const { return local_experts_; }
+  // (R, D) expert-side rows; valid until the next plan() of this plan object.
+  float* x_RD() { return x_RD_; }
+  float* y_RD() { return y_RD_; }
+  float* dy_RD() { return dy_RD_; }
+  float* dx_RD() { return y_RD_; }  // y is dead once combine_backward has run
+  int T() const { return T_; }
+  int K() const { return K_; }
+  const std::vector<int32_t>& topk_ids() const { return topk_ids_TK_; }
+  const std::vector<float>& probs() const { return probs_TK_; }
+
+ protected:
+  friend class Dispatcher;
+  // Records routing and shape; sizes the default (private) expert buffers when `own_buffers`.
+  void reset(const Routing& r, int D);
+  void use_own_buffers();  // after rows_ is known
+  int T_ = 0, K_ = 1, D_ = 0;
+  int64_t rows_ = 0;
+  std::vector<int32_t> topk_ids_TK_;
+  std::vector<float> probs_TK_;
+  std::vector<int64_t> rows_per_local_expert_;
+  std::vector<int> local_experts_;
+  float* x_RD_ = nullptr;
+  float* y_RD_ = nullptr;
+  float* dy_RD_ = nullptr;
+  FloatBuffer own_x_, own_y_, own_dy_;
+};
 
 class Dispatcher {
  public:
   virtual ~Dispatcher() = default;
   virtual std::string name() const = 0;
-  const ExpertPlacement& placement() const { return placement_; }
-  // Wall time spent in plan/to_experts/from_experts so far (pack, exchange, unpack): the
-  // "a2a" share of the step line. Implementations that communicate accumulate it.
-  double exchange_seconds() const { return exchange_seconds_; }
+  // A fresh plan object of this dispatcher's kind (one per MoE layer; reused every micro-batch).
+  virtual std::unique_ptr<DispatchPlan> new_plan() const = 0;
 
-  // Collective (count exchange). Builds the routing of this micro-batch.
-  virtual void plan(const int32_t* topk_ids_TK, int T, int K) = 0;
-  // Rows this rank's experts receive, in total and per local expert (valid after plan()).
-  virtual int64_t rows() const = 0;
-  virtual const std::vector<int64_t>& rows_per_local_expert() const = 0;
+  // Collective: the count exchange. `x_TD` is the input that dispatch() will send (T, D); it is
+  // not read by flat transports, but compressing ones plan on it. The placement must match the
+  // dispatcher's group (size and rank) and stay alive until dispatch_backward.
+  virtual void plan(DispatchPlan& plan, const Routing& routing, const float* x_TD, int D,
+                    const Placement& placement) = 0;
+  virtual void dispatch(DispatchPlan& plan, const float* x_TD) = 0;
+  virtual void combine(DispatchPlan& plan, float* out_TD) = 0;
+  virtual void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) = 0;
+  virtual void dispatch_backward(DispatchPlan& plan, float* dx_TD) = 0;
 
-  // Collective. For every routed slot (t,k) sends row src[t] (per_slot=false; src is T×D) or
-  // src[t*K+k] (per_slot=true; src is TK×D) to its expert's rank. dst_RD receives rows grouped
-  // by local expert; within an expert by source EP rank, then by slot order (t*K+k) at the source.
-  virtual void to_experts(float* dst_RD, const float* src, bool per_slot, int D) = 0;
-  // Collective. The mirror: dst_TKD[t*K+k] = the row of src_RD for slot (t,k); dropped slots 0.
-  virtual void from_experts(float* dst_TKD, const float* src_RD, int D) = 0;
+  const DispatchStats& stats() const { return stats_; }
 
  protected:
-  explicit Dispatcher(ExpertPlacement placement) : placement_(placement) {}
-  // Counts the routed slots per global expert into rows_per_expert_E (resized to E, zeroed)
-  // and lists the dropped slots (id -1) in order; an id >= E is a local error.
-  void count_slots(const int32_t* topk_ids_TK, int64_t slots, std::vector<int64_t>& rows_per_expert_E,
-                   std::vector<int64_t>& dropped_slots) const;
-  ExpertPlacement placement_;
-  double exchange_seconds_ = 0;
+  DispatchStats stats_;
 };
+
+// Counts routed slots per global expert into rows_per_expert_E (resized to E, zeroed); an id
+// outside [-1, E) is a local error. Not communicating.
+void count_slots(const int32_t* topk_ids_TK, int64_t slots, int E, std::vector<int64_t>& rows_per_expert_E);
+
+// The combine arithmetic every dispatcher shares, so that they agree bit for bit. slot_rows_TK[s]
+// points at the y (or dx) row of slot s, nullptr for a dropped slot.
+//   out_t = Σ_k p_tk · y_tk, k ascending (overwrites; a token with no routed slot gets 0)
+void weighted_sum_rows(float* out_TD, const float* const* slot_rows_TK, const float* probs_TK, int T,
+                       int K, int D);
+//   dx_t += dx_tk, k ascending
+void add_slot_rows(float* dx_TD, const float* const* slot_rows_TK, int T, int K, int D);
+//   dprobs_tk = <dout_t, y_tk> (0 for dropped), 16 partial sums (vectorises without fast-math)
+float dot_row(const float* a, const float* b, int D);
+// dy = p · g over D floats.
+void scale_row(float* dy, const float* g, float p, int D);
 
 }  // namespace moempi

@@ -1,6 +1,7 @@
-// Dispatchers by name (moe.dispatch.type): "local" | "flat" | "flat_packed". A new dispatcher is
-// a new file plus one line in the table in dispatcher_registry.cpp (STYLE.md habit 3).
-// Test: tests/dispatcher_mpitest.cpp (Registry.*).
+// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | auto. A new dispatcher is a
+// new file plus one line in the table in dispatcher_registry.cpp (STYLE.md habit 3).
+// `auto` (the default) resolves by layout: local for an ep group of one rank, shm for an ep group
+// within one node, flat otherwise. Test: tests/dispatcher_mpitest.cpp (Registry.*).
 #pragma once
 #include <memory>
 #include <string>
@@ -12,15 +13,22 @@
 
 namespace moempi {
 
-// The placement of `num_experts` experts over groups.ep. Collective error (naming
-// moe.num_experts and parallel.ep) if they do not divide. Not communicating.
-ExpertPlacement make_placement(int num_experts, const ProcessGroups& groups);
+// Today's `ep` layout of `num_experts` experts over groups.ep (no replicas). Collective error
+// (naming moe.num_experts and parallel.ep) if they do not divide. Not communicating.
+Placement make_placement(int num_experts, const ProcessGroups& groups);
 
-// Builds the dispatcher spec.type names over groups.ep. Collective error naming
-// moe.dispatch.type, the value and the allowed values if the name is unknown. Not communicating
-// (construction of the built-in dispatchers does not communicate).
-std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ExpertPlacement& placement,
-                                            const ProcessGroups& groups);
+// The dispatcher `auto` stands for on this layout, and why (for the start-up line); any other
+// name is returned as it is, with an empty reason. Not communicating.
+struct DispatcherChoice {
+  std::string name;
+  std::string reason;
+};
+DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
+
+// Builds the dispatcher spec.type names (auto resolved) over groups.ep. Collective error naming
+// moe.dispatch.type, the value and the allowed values if the name is unknown, or if the layout
+// does not suit it. Not communicating.
+std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
 
 // Registered names, in registration order.
 std::vector<std::string> dispatcher_names();

@@ -1,9 +1,7 @@
-// FlatDispatcher: counting sort by global expert (same as `local`), count exchange, then per
-// direction either one Alltoallw over per-peer row datatypes (typed) or pack with whole-row memcpy,
-// one Alltoallv of row-typed data and a regroup by (local expert, source, slot) (packed).
+// FlatDispatcher: a stable counting sort of slots by (destination, local expert at the
+// destination), the count exchange, then one exchange of rows per call; see flat_dispatcher.h.
 #include "parallel/flat_dispatcher.h"
 
-#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -11,271 +9,320 @@
 #include "runtime/core/timer.h"
 
 namespace moempi {
+
+// Per-micro-batch state of one layer.
+struct FlatDispatcher::Plan final : DispatchPlan {
+  int L = 1;   // count-exchange stride: most local experts on any rank
+  int El = 0;  // local experts on this rank
+  // Source side: routed slots sorted by (destination p, local index at p, slot).
+  std::vector<int64_t> key_begin;     // (P*L+1) first sorted index of key p*L+li
+  std::vector<int64_t> slot_of_sorted;  // (S)
+  std::vector<int64_t> peer_row;      // (P) first row of peer p in src_side (remote peers)
+  int64_t src_rows = 0;               // rows this rank sends to other ranks
+  // Where slot s's expert row is on the way back: >= 0 a row of this rank's y_RD (own experts),
+  // <= -2 row -(v+2) of src_side, -1 dropped.
+  std::vector<int64_t> row_of_slot;   // (T*K)
+  // Expert side.
+  std::vector<int64_t> recv_rows;     // (P*L) rows from source p for local expert le
+  std::vector<int64_t> out_row;       // (El*P) first row of block (le, p) in x_RD
+  std::vector<int64_t> exp_row;       // (P*L) packed: first row of block (p, le) in expert_side_
+  int64_t exp_rows = 0;               // rows this rank receives from other ranks
+  std::vector<int> src_counts, src_displs, exp_counts, exp_displs;  // (P) rows, remote peers
+  std::vector<int64_t> exch_send, exch_recv;
+  FloatBuffer src_side;               // (src_rows, D) packed sends / rows back (y kept for dprobs)
+  std::vector<const float*> slot_rows;
+  RowType row;
+  PeerLayouts token_layout;   // typed dispatch: x[t] of each slot sent to each peer
+  PeerLayouts src_layout;     // one run per peer in src_side
+  PeerLayouts expert_layout;  // runs (le, p) in the expert buffers, per source p
+
+  void point_slots_at(const float* own_RD) {
+    slot_rows.resize(row_of_slot.size());
+    for (size_t s = 0; s < row_of_slot.size(); ++s) {
+      const int64_t v = row_of_slot[s];
+      slot_rows[s] = v >= 0 ? own_RD + v * D_ : v == -1 ? nullptr : src_side.data() + (-(v + 2)) * D_;
+    }
+  }
+  friend class FlatDispatcher;
+};
+
 namespace {
-
-template <class T>
-void grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
+FlatDispatcher::Plan& as_flat(DispatchPlan& p) { return static_cast<FlatDispatcher::Plan&>(p); }
 }  // namespace
 
-FlatDispatcher::FlatDispatcher(ExpertPlacement placement, const Communicator& ep, FlatExchange exchange)
-    : Dispatcher(placement), ep_(ep.view()), exchange_(exchange) {
+FlatDispatcher::FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange)
+    : ep_(groups.ep.view()), node_of_rank_(groups.ep_rank_node), exchange_(exchange) {
   P_ = ep_.size();
   me_ = ep_.rank();
-  E_ = placement_.num_experts;
   MOEMPI_CHECK_ALL(P_ >= 1, "moe.dispatch.type 'flat' needs an EP communicator (got a null one)");
-  MOEMPI_CHECK_ALL(placement_.ep_size == P_ && placement_.ep_rank == me_,
-                   "flat dispatcher: placement (ep_size {}, ep_rank {}) does not match the ep "
-                   "group (size {}, rank {})",
-                   placement_.ep_size, placement_.ep_rank, P_, me_);
-  MOEMPI_CHECK_ALL(E_ >= 1 && E_ % P_ == 0,
-                   "moe.num_experts ({}) is not divisible by parallel.ep ({})", E_, P_);
-  El_ = E_ / P_;
-  send_rows_per_expert_.assign(E_, 0);
-  expert_begin_.assign(E_ + 1, 0);
-  send_buf_row_.assign(P_, 0);
-  recv_rows_.assign(static_cast<size_t>(P_) * El_, 0);
-  out_row_.assign(static_cast<size_t>(P_) * El_, 0);
-  recv_buf_row_.assign(static_cast<size_t>(P_) * El_, 0);
-  rows_per_local_expert_.assign(El_, 0);
-  send_counts_.assign(P_, 0), send_displs_.assign(P_, 0);
-  recv_counts_.assign(P_, 0), recv_displs_.assign(P_, 0);
-  exchange_send_.assign(static_cast<size_t>(P_) * (El_ + 1), 0);
-  exchange_recv_.assign(static_cast<size_t>(P_) * (El_ + 1), 0);
-  token_layout_.reset(P_);
-  slot_layout_.reset(P_);
-  expert_layout_.reset(P_);
+  if ((int)node_of_rank_.size() != P_) node_of_rank_.assign(P_, 0);
 }
 
-void FlatDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
-  ScopedTimer timer(exchange_seconds_);
-  MOEMPI_CHECK_ONE(T >= 0 && K >= 1, "flat dispatcher: bad shape T={} K={}", T, K);
-  T_ = T;
-  K_ = K;
-  const int64_t slots = static_cast<int64_t>(T) * K;
+std::unique_ptr<DispatchPlan> FlatDispatcher::new_plan() const { return std::make_unique<Plan>(); }
 
-  // Rows per global expert; global expert order is (destination rank, local expert).
-  count_slots(topk_ids_TK, slots, send_rows_per_expert_, dropped_slots_);
+void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
+                          const Placement& placement) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_flat(base);
+  MOEMPI_CHECK_ALL(placement.group_size() == P_ && placement.rank() == me_,
+                   "flat dispatcher: placement (group size {}, rank {}) does not match the ep group "
+                   "'{}' (size {}, rank {})",
+                   placement.group_size(), placement.rank(), ep_.name(), P_, me_);
+  p.reset(r, D);
+  const int P = P_, L = placement.max_local(), El = placement.num_local();
+  const int64_t slots = static_cast<int64_t>(r.T) * r.K;
+  p.L = L;
+  p.El = El;
+  p.local_experts_ = placement.local_experts();
 
-  // Count exchange over ep: per peer, its local experts' counts then this rank's slot total.
-  // Every rank receives every rank's slot total, so the INT_MAX check below is collective.
-  const int stride = El_ + 1;
-  for (int p = 0; p < P_; ++p) {
-    for (int le = 0; le < El_; ++le) exchange_send_[p * stride + le] = send_rows_per_expert_[p * El_ + le];
-    exchange_send_[p * stride + El_] = slots;
+  // Counting sort of slots by key (destination, local index there); stable within a key.
+  p.key_begin.assign(static_cast<size_t>(P) * L + 1, 0);
+  p.row_of_slot.assign(slots, -1);
+  for (int64_t s = 0; s < slots; ++s) {
+    const int e = r.topk_ids_TK[s];
+    if (e < 0) continue;
+    MOEMPI_CHECK_ONE(e < placement.num_experts(), "expert id {} out of range [0, {})", e,
+                     placement.num_experts());
+    const int dest = placement.destination(e, me_);
+    ++p.key_begin[static_cast<size_t>(dest) * L + placement.local_index(dest, e) + 1];
   }
-  alltoall_i64(exchange_send_.data(), exchange_recv_.data(), stride, ep_);
+  for (size_t k = 1; k < p.key_begin.size(); ++k) p.key_begin[k] += p.key_begin[k - 1];
+  const int64_t S = p.key_begin.back();
+  p.slot_of_sorted.resize(S);
+  {
+    std::vector<int64_t> next(p.key_begin.begin(), p.key_begin.end() - 1);
+    for (int64_t s = 0; s < slots; ++s) {
+      const int e = r.topk_ids_TK[s];
+      if (e < 0) continue;
+      const int dest = placement.destination(e, me_);
+      p.slot_of_sorted[next[static_cast<size_t>(dest) * L + placement.local_index(dest, e)]++] = s;
+    }
+  }
+
+  // Count exchange: per peer, its local experts' counts (stride L) then this rank's slot total.
+  const int stride = L + 1;
+  p.exch_send.assign(static_cast<size_t>(P) * stride, 0);
+  p.exch_recv.assign(static_cast<size_t>(P) * stride, 0);
+  for (int q = 0; q < P; ++q) {
+    for (int li = 0; li < L; ++li)
+      p.exch_send[q * stride + li] = p.key_begin[q * L + li + 1] - p.key_begin[q * L + li];
+    p.exch_send[q * stride + L] = slots;
+  }
+  alltoall_i64(p.exch_send.data(), p.exch_recv.data(), stride, ep_);
   int64_t group_slots = 0;
-  for (int p = 0; p < P_; ++p) group_slots += exchange_recv_[p * stride + El_];
+  for (int q = 0; q < P; ++q) group_slots += p.exch_recv[q * stride + L];
   MOEMPI_CHECK_ALL(group_slots <= INT_MAX,
                    "flat dispatcher: {} routed slots in ep group '{}' exceed INT_MAX rows per "
                    "exchange; lower train.micro_batch or model.seq_len",
                    group_slots, ep_.name());
 
-  // Stable counting sort of slots by global expert (within an expert: slot order).
-  expert_begin_[0] = 0;
-  for (int e = 0; e < E_; ++e) expert_begin_[e + 1] = expert_begin_[e] + send_rows_per_expert_[e];
-  slot_of_send_row_.resize(expert_begin_[E_]);
-  {
-    // expert_begin_ doubles as the running cursor, then is restored.
-    for (int64_t s = 0; s < slots; ++s) {
-      const int e = topk_ids_TK[s];
-      if (e >= 0) slot_of_send_row_[expert_begin_[e]++] = s;
-    }
-    for (int e = E_; e > 0; --e) expert_begin_[e] = expert_begin_[e - 1];
-    expert_begin_[0] = 0;
-  }
-
-  // Send layout: rows for each remote destination, contiguous in send_buf_; self rows bypass.
-  int64_t at = 0;
-  for (int p = 0; p < P_; ++p) {
-    const int64_t n = expert_begin_[(p + 1) * El_] - expert_begin_[p * El_];
-    send_buf_row_[p] = at;
-    send_counts_[p] = p == me_ ? 0 : static_cast<int>(n);
-    send_displs_[p] = static_cast<int>(at);
-    if (p != me_) at += n;
-  }
-  send_remote_rows_ = at;
-
-  // Receive layout: MPI delivers (source, local expert, slot); the output is (local expert,
-  // source, slot).
-  for (int p = 0; p < P_; ++p)
-    for (int le = 0; le < El_; ++le) recv_rows_[p * El_ + le] = exchange_recv_[p * stride + le];
+  // Expert side: blocks (le, source q) in x_RD; packed receives (q, le) blocks.
+  p.recv_rows.assign(static_cast<size_t>(P) * L, 0);
+  for (int q = 0; q < P; ++q)
+    for (int le = 0; le < El; ++le) p.recv_rows[q * L + le] = p.exch_recv[q * stride + le];
+  p.out_row.assign(static_cast<size_t>(El) * P, 0);
+  p.rows_per_local_expert_.assign(El, 0);
   int64_t out = 0;
-  for (int le = 0; le < El_; ++le) {
-    int64_t expert_rows = 0;
-    for (int p = 0; p < P_; ++p) {
-      out_row_[le * P_ + p] = out;
-      out += recv_rows_[p * El_ + le];
-      expert_rows += recv_rows_[p * El_ + le];
+  for (int le = 0; le < El; ++le)
+    for (int q = 0; q < P; ++q) {
+      p.out_row[le * P + q] = out;
+      out += p.recv_rows[q * L + le];
+      p.rows_per_local_expert_[le] += p.recv_rows[q * L + le];
     }
-    rows_per_local_expert_[le] = expert_rows;
-  }
-  rows_ = out;
-  at = 0;
-  for (int p = 0; p < P_; ++p) {
-    recv_displs_[p] = static_cast<int>(at);
+  p.rows_ = out;
+  p.exp_row.assign(static_cast<size_t>(P) * L, 0);
+  p.exp_counts.assign(P, 0);
+  p.exp_displs.assign(P, 0);
+  int64_t at = 0;
+  for (int q = 0; q < P; ++q) {
+    p.exp_displs[q] = static_cast<int>(at);
     int64_t n = 0;
-    for (int le = 0; le < El_; ++le) {
-      recv_buf_row_[p * El_ + le] = at + n;
-      n += recv_rows_[p * El_ + le];
+    for (int le = 0; le < El; ++le) {
+      p.exp_row[q * L + le] = at + n;
+      n += p.recv_rows[q * L + le];
     }
-    recv_counts_[p] = p == me_ ? 0 : static_cast<int>(n);
-    if (p != me_) at += n;
+    if (q == me_) continue;  // own rows bypass MPI
+    p.exp_counts[q] = static_cast<int>(n);
+    at += n;
   }
-  recv_remote_rows_ = at;
-  token_layout_ok_ = slot_layout_ok_ = expert_layout_ok_ = false;
-}
+  p.exp_rows = at;
 
-void FlatDispatcher::copy_own_rows_to_experts(float* dst_RD, const float* src, bool per_slot,
-                                              int D) const {
-  const size_t row_bytes = sizeof(float) * D;
-  const int64_t K = K_;
-  for (int le = 0; le < El_; ++le) {
-    const int e = me_ * El_ + le;
-    float* out = dst_RD + out_row_[le * P_ + me_] * D;
-    for (int64_t i = expert_begin_[e]; i < expert_begin_[e + 1]; ++i, out += D) {
-      const int64_t s = slot_of_send_row_[i];
-      std::memcpy(out, src + (per_slot ? s : s / K) * D, row_bytes);
+  // Source side: remote rows contiguous per peer in src_side; own rows map to x_RD rows.
+  p.peer_row.assign(P, 0);
+  p.src_counts.assign(P, 0);
+  p.src_displs.assign(P, 0);
+  at = 0;
+  for (int q = 0; q < P; ++q) {
+    const int64_t b = p.key_begin[q * L], n = p.key_begin[(q + 1) * L] - b;
+    p.peer_row[q] = at;
+    p.src_displs[q] = static_cast<int>(at);
+    if (q == me_) {
+      for (int li = 0; li < El; ++li)
+        for (int64_t i = p.key_begin[q * L + li]; i < p.key_begin[q * L + li + 1]; ++i)
+          p.row_of_slot[p.slot_of_sorted[i]] = p.out_row[li * P + me_] + (i - p.key_begin[q * L + li]);
+      continue;
     }
+    p.src_counts[q] = static_cast<int>(n);
+    for (int64_t i = b; i < b + n; ++i) p.row_of_slot[p.slot_of_sorted[i]] = -(at + (i - b)) - 2;
+    at += n;
   }
-}
+  p.src_rows = at;
+  p.src_side.resize(static_cast<size_t>(p.src_rows) * D);
+  p.use_own_buffers();
 
-void FlatDispatcher::copy_own_rows_from_experts(float* dst_TKD, const float* src_RD, int D) const {
-  const size_t row_bytes = sizeof(float) * D;
-  for (int le = 0; le < El_; ++le) {
-    const int e = me_ * El_ + le;
-    const float* in = src_RD + out_row_[le * P_ + me_] * D;
-    for (int64_t i = expert_begin_[e]; i < expert_begin_[e + 1]; ++i, in += D)
-      std::memcpy(dst_TKD + slot_of_send_row_[i] * D, in, row_bytes);
-  }
-}
-
-void FlatDispatcher::zero_dropped(float* dst_TKD, int D) const {
-  for (const int64_t s : dropped_slots_) std::memset(dst_TKD + s * D, 0, sizeof(float) * D);
-}
-
-// Typed exchange: builds the datatypes a direction needs, at most once per plan and row width.
-// per_token: the token-row layout (dispatch); otherwise the slot-row layout (per-slot dispatch,
-// combine). The expert-side layout serves both directions.
-void FlatDispatcher::prepare_layouts(int D, bool per_token) {
-  if (layout_width_ != D) {
-    token_layout_ok_ = slot_layout_ok_ = expert_layout_ok_ = false;
-    layout_width_ = D;
-  }
-  row_.reset(D);
-  PeerLayouts& send = per_token ? token_layout_ : slot_layout_;
-  bool& send_ok = per_token ? token_layout_ok_ : slot_layout_ok_;
-  if (!send_ok) {
-    for (int p = 0; p < P_; ++p) {
-      const int64_t b = expert_begin_[p * El_], n = expert_begin_[(p + 1) * El_] - b;
-      if (p == me_ || n == 0) {
-        send.set_empty(p);  // own rows bypass MPI
-      } else if (!per_token) {
-        send.set_rows(p, slot_of_send_row_.data() + b, n, row_);
+  p.row.reset(D);
+  if (exchange_ == FlatExchange::kTyped) {
+    p.token_layout.reset(P);
+    p.src_layout.reset(P);
+    p.expert_layout.reset(P);
+    std::vector<int64_t> rows, first(El), count(El);
+    for (int q = 0; q < P; ++q) {
+      const int64_t b = p.key_begin[q * L], n = p.key_begin[(q + 1) * L] - b;
+      if (q == me_ || n == 0) {
+        p.token_layout.set_empty(q);
+        p.src_layout.set_empty(q);
       } else {
-        scratch_rows_.resize(n);
-        for (int64_t i = 0; i < n; ++i) scratch_rows_[i] = slot_of_send_row_[b + i] / K_;
-        send.set_rows(p, scratch_rows_.data(), n, row_);
+        rows.resize(n);
+        for (int64_t i = 0; i < n; ++i) rows[i] = p.slot_of_sorted[b + i] / r.K;
+        p.token_layout.set_rows(q, rows.data(), n, p.row);
+        const int64_t f = p.peer_row[q];
+        p.src_layout.set_runs(q, &f, &n, 1, p.row);
       }
-    }
-    send_ok = true;
-  }
-  if (!expert_layout_ok_) {
-    scratch_first_.resize(El_);
-    scratch_count_.resize(El_);
-    for (int p = 0; p < P_; ++p) {
-      if (p == me_) {
-        expert_layout_.set_empty(p);
+      if (q == me_ || p.exp_counts[q] == 0) {
+        p.expert_layout.set_empty(q);
         continue;
       }
-      for (int le = 0; le < El_; ++le) {
-        scratch_first_[le] = out_row_[le * P_ + p];
-        scratch_count_[le] = recv_rows_[p * El_ + le];
+      for (int le = 0; le < El; ++le) {
+        first[le] = p.out_row[le * P + q];
+        count[le] = p.recv_rows[q * L + le];
       }
-      expert_layout_.set_runs(p, scratch_first_.data(), scratch_count_.data(), El_, row_);
-    }
-    expert_layout_ok_ = true;
-  }
-}
-
-void FlatDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot, int D) {
-  ScopedTimer timer(exchange_seconds_);
-  if (exchange_ == FlatExchange::kTyped) {
-    prepare_layouts(D, /*per_token=*/!per_slot);
-    copy_own_rows_to_experts(dst_RD, src, per_slot, D);
-    alltoallw_rows(src, per_slot ? slot_layout_ : token_layout_, dst_RD, expert_layout_, ep_);
-    return;
-  }
-
-  // Packed: remote rows into send_buf_ in (destination, local expert, slot) order.
-  row_.reset(D);
-  const size_t row_bytes = sizeof(float) * D;
-  grow(send_buf_, static_cast<size_t>(send_remote_rows_) * D);
-  grow(recv_buf_, static_cast<size_t>(recv_remote_rows_) * D);
-  const int64_t K = K_;
-  for (int p = 0; p < P_; ++p) {
-    if (p == me_) continue;
-    float* out = send_buf_.data() + send_buf_row_[p] * D;
-    for (int64_t i = expert_begin_[p * El_]; i < expert_begin_[(p + 1) * El_]; ++i, out += D) {
-      const int64_t s = slot_of_send_row_[i];
-      std::memcpy(out, src + (per_slot ? s : s / K) * D, row_bytes);
-    }
-  }
-  copy_own_rows_to_experts(dst_RD, src, per_slot, D);
-  alltoallv_rows(send_buf_.data(), send_counts_.data(), send_displs_.data(), recv_buf_.data(),
-                 recv_counts_.data(), recv_displs_.data(), row_, ep_);
-  // Regroup: block (source p, local expert le) -> output block (le, p), one memcpy each.
-  for (int p = 0; p < P_; ++p) {
-    if (p == me_) continue;
-    for (int le = 0; le < El_; ++le) {
-      const int64_t n = recv_rows_[p * El_ + le];
-      if (n)
-        std::memcpy(dst_RD + out_row_[le * P_ + p] * D, recv_buf_.data() + recv_buf_row_[p * El_ + le] * D,
-                    n * row_bytes);
+      p.expert_layout.set_runs(q, first.data(), count.data(), El, p.row);
     }
   }
 }
 
-void FlatDispatcher::from_experts(float* dst_TKD, const float* src_RD, int D) {
-  ScopedTimer timer(exchange_seconds_);
+void FlatDispatcher::count_traffic(const Plan& p, bool to_experts) {
+  const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * p.D_;
+  for (int q = 0; q < P_; ++q) {
+    const int64_t n = to_experts ? p.src_counts[q] : p.exp_counts[q];
+    if (n == 0) continue;
+    stats_.rows += n;
+    const bool intra = node_of_rank_[q] == node_of_rank_[me_];
+    (intra ? stats_.bytes_intra : stats_.bytes_inter) += n * row_bytes;
+    (intra ? stats_.messages_intra : stats_.messages_inter) += 1;
+  }
+}
+
+// src_side (rows per peer) -> expert buffer dst_RD in (le, source) blocks; own rows not touched.
+void FlatDispatcher::exchange_to_experts(Plan& p, const float* src_rows, float* dst_RD) {
+  count_traffic(p, true);
   if (exchange_ == FlatExchange::kTyped) {
-    // The mirror: expert-side runs go back to the slots they came from.
-    prepare_layouts(D, /*per_token=*/false);
-    alltoallw_rows(src_RD, expert_layout_, dst_TKD, slot_layout_, ep_);
-    copy_own_rows_from_experts(dst_TKD, src_RD, D);
-    zero_dropped(dst_TKD, D);
+    alltoallw_rows(src_rows, p.src_layout, dst_RD, p.expert_layout, ep_);
     return;
   }
-
-  // Packed: output block (le, p) -> (p, le) in send_buf_ (mirror of the regroup).
-  row_.reset(D);
-  const size_t row_bytes = sizeof(float) * D;
-  grow(send_buf_, static_cast<size_t>(recv_remote_rows_) * D);
-  grow(recv_buf_, static_cast<size_t>(send_remote_rows_) * D);
-  for (int p = 0; p < P_; ++p) {
-    if (p == me_) continue;
-    for (int le = 0; le < El_; ++le) {
-      const int64_t n = recv_rows_[p * El_ + le];
+  const int D = p.D_;
+  expert_side_.resize(static_cast<size_t>(p.exp_rows) * D);
+  alltoallv_rows(src_rows, p.src_counts.data(), p.src_displs.data(), expert_side_.data(),
+                 p.exp_counts.data(), p.exp_displs.data(), p.row, ep_);
+  for (int q = 0; q < P_; ++q) {
+    if (q == me_) continue;
+    for (int le = 0; le < p.El; ++le) {
+      const int64_t n = p.recv_rows[q * p.L + le];
       if (n)
-        std::memcpy(send_buf_.data() + recv_buf_row_[p * El_ + le] * D, src_RD + out_row_[le * P_ + p] * D,
-                    n * row_bytes);
+        std::memcpy(dst_RD + p.out_row[le * P_ + q] * D, expert_side_.data() + p.exp_row[q * p.L + le] * D,
+                    sizeof(float) * n * D);
     }
   }
-  // The mirror exchange: what this rank received in to_experts it now sends back.
-  alltoallv_rows(send_buf_.data(), recv_counts_.data(), recv_displs_.data(), recv_buf_.data(),
-                 send_counts_.data(), send_displs_.data(), row_, ep_);
-  // Scatter rows back to their slots; this rank's own rows come straight from src_RD.
-  for (int p = 0; p < P_; ++p) {
-    if (p == me_) continue;
-    const float* in = recv_buf_.data() + send_buf_row_[p] * D;
-    for (int64_t i = expert_begin_[p * El_]; i < expert_begin_[(p + 1) * El_]; ++i, in += D)
-      std::memcpy(dst_TKD + slot_of_send_row_[i] * D, in, row_bytes);
+}
+
+// Expert buffer src_RD -> src_side rows per peer (the mirror); own rows stay in src_RD.
+void FlatDispatcher::exchange_from_experts(Plan& p, const float* src_RD, float* dst_rows) {
+  count_traffic(p, false);
+  if (exchange_ == FlatExchange::kTyped) {
+    alltoallw_rows(src_RD, p.expert_layout, dst_rows, p.src_layout, ep_);
+    return;
   }
-  copy_own_rows_from_experts(dst_TKD, src_RD, D);
-  zero_dropped(dst_TKD, D);
+  const int D = p.D_;
+  expert_side_.resize(static_cast<size_t>(p.exp_rows) * D);
+  for (int q = 0; q < P_; ++q) {
+    if (q == me_) continue;
+    for (int le = 0; le < p.El; ++le) {
+      const int64_t n = p.recv_rows[q * p.L + le];
+      if (n)
+        std::memcpy(expert_side_.data() + p.exp_row[q * p.L + le] * D, src_RD + p.out_row[le * P_ + q] * D,
+                    sizeof(float) * n * D);
+    }
+  }
+  alltoallv_rows(expert_side_.data(), p.exp_counts.data(), p.exp_displs.data(), dst_rows,
+                 p.src_counts.data(), p.src_displs.data(), p.row, ep_);
+}
+
+void FlatDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_flat(base);
+  const int D = p.D_, K = p.K_, L = p.L;
+  const size_t row_bytes = sizeof(float) * D;
+  // Own rows straight to their expert rows.
+  for (int li = 0; li < p.El; ++li) {
+    float* out = p.x_RD_ + p.out_row[li * P_ + me_] * D;
+    for (int64_t i = p.key_begin[me_ * L + li]; i < p.key_begin[me_ * L + li + 1]; ++i, out += D)
+      std::memcpy(out, x_TD + p.slot_of_sorted[i] / K * D, row_bytes);
+  }
+  if (exchange_ == FlatExchange::kTyped) {
+    count_traffic(p, true);
+    alltoallw_rows(x_TD, p.token_layout, p.x_RD_, p.expert_layout, ep_);
+    return;
+  }
+  for (int q = 0; q < P_; ++q) {
+    if (q == me_) continue;
+    float* out = p.src_side.data() + p.peer_row[q] * D;
+    for (int64_t i = p.key_begin[q * L]; i < p.key_begin[(q + 1) * L]; ++i, out += D)
+      std::memcpy(out, x_TD + p.slot_of_sorted[i] / K * D, row_bytes);
+  }
+  exchange_to_experts(p, p.src_side.data(), p.x_RD_);
+}
+
+void FlatDispatcher::combine(DispatchPlan& base, float* out_TD) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_flat(base);
+  exchange_from_experts(p, p.y_RD_, p.src_side.data());  // y rows back; kept for dprobs
+  p.point_slots_at(p.y_RD_);
+  weighted_sum_rows(out_TD, p.slot_rows.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
+}
+
+void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_flat(base);
+  const int D = p.D_, K = p.K_;
+  const int64_t slots = static_cast<int64_t>(p.T_) * K;
+  // dprobs from the y rows this rank holds (its own expert rows, and the rows that came back in
+  // combine); dy = p·dout written over them (remote) or straight into dy_RD (own), so the weighting
+  // is the pack.
+  for (int64_t s = 0; s < slots; ++s) {
+    const int64_t v = p.row_of_slot[s];
+    if (v == -1) {
+      dprobs_TK[s] = 0.0f;
+      continue;
+    }
+    const float* g = dout_TD + s / K * D;
+    if (v >= 0) {
+      dprobs_TK[s] = dot_row(g, p.y_RD_ + v * D, D);
+      scale_row(p.dy_RD_ + v * D, g, p.probs_TK_[s], D);
+    } else {
+      float* row = p.src_side.data() + (-(v + 2)) * D;
+      dprobs_TK[s] = dot_row(g, row, D);
+      scale_row(row, g, p.probs_TK_[s], D);
+    }
+  }
+  exchange_to_experts(p, p.src_side.data(), p.dy_RD_);
+}
+
+void FlatDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_flat(base);
+  exchange_from_experts(p, p.dx_RD(), p.src_side.data());
+  p.point_slots_at(p.dx_RD());
+  add_slot_rows(dx_TD, p.slot_rows.data(), p.T_, p.K_, p.D_);
 }
 
 }  // namespace moempi

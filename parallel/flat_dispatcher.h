@@ -1,20 +1,20 @@
 // `flat`: the baseline dispatcher over the EP group (ALGORITHMS.md 3.1): one MPI_Alltoall of int64
 // counts per micro-batch, then one all-to-all of rows per direction, regrouped by local expert.
 // Two exchanges, same result:
-//   kTyped  (`flat`):        one MPI_Alltoallw whose per-peer datatypes name the source rows and
-//                            their destination rows, so MPI gathers, moves and regroups in one
-//                            pass (no pack/regroup copies; see bench/bench_dispatch.cpp);
-//   kPacked (`flat_packed`): pack rows with memcpy, one MPI_Alltoallv of contiguous rows, regroup
-//                            with memcpy (the textbook form, for MPIs weak at derived datatypes).
-// Rows a rank routes to its own experts bypass MPI in both. Guarantee: outputs are bit-identical
-// to `local` on the same global problem, in the exact row order parallel/dispatcher.h specifies.
-// Test: tests/dispatcher_mpitest.cpp (FlatVsLocal.*).
+//   kTyped  (`flat`):        MPI_Alltoallw with per-peer datatypes on the expert side, so MPI
+//                            gathers and regroups rows into x_RD/dy_RD itself (no regroup copy);
+//   kPacked (`flat_packed`): pack with memcpy, MPI_Alltoallv of contiguous rows, regroup with memcpy.
+// The source side always sees contiguous rows per peer in (peer, local expert, slot) order: y rows
+// come back there, stay in the plan for dprobs, and the weighting is fused into the combine pass
+// (weighted_sum_rows) and into the pack of dy = p·dout. Rows a rank routes to itself bypass MPI.
+// Guarantee: bit-identical to `local` on the same global problem, any Placement (replicas too).
+// Test: tests/dispatcher_mpitest.cpp.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "comm/collectives.h"
-#include "comm/communicator.h"
+#include "comm/process_groups.h"
 #include "parallel/dispatcher.h"
 
 namespace moempi {
@@ -23,57 +23,33 @@ enum class FlatExchange { kTyped, kPacked };
 
 class FlatDispatcher final : public Dispatcher {
  public:
-  // `ep` is the EP group (ProcessGroups::ep); the dispatcher keeps a non-owning view of it, so
-  // the ProcessGroups must outlive the dispatcher. Collective error if the placement does not
-  // match the group or moe.num_experts is not divisible by parallel.ep.
-  FlatDispatcher(ExpertPlacement placement, const Communicator& ep,
-                 FlatExchange exchange = FlatExchange::kTyped);
+  // Non-owning view of groups.ep (the ProcessGroups must outlive the dispatcher); the node of each
+  // ep rank (groups.ep_rank_node) splits the traffic statistics into intra- and inter-node.
+  FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange = FlatExchange::kTyped);
   std::string name() const override { return exchange_ == FlatExchange::kTyped ? "flat" : "flat_packed"; }
+  std::unique_ptr<DispatchPlan> new_plan() const override;
 
-  // Collective over ep: one MPI_Alltoall of (local experts + 1) int64 per peer.
-  void plan(const int32_t* topk_ids_TK, int T, int K) override;
-  int64_t rows() const override { return rows_; }
-  const std::vector<int64_t>& rows_per_local_expert() const override { return rows_per_local_expert_; }
-  // Collective over ep: one MPI_Alltoallw (typed) or MPI_Alltoallv (packed) of rows of D floats.
-  void to_experts(float* dst_RD, const float* src, bool per_slot, int D) override;
-  // Collective over ep: the mirror of to_experts, one exchange of the same kind.
-  void from_experts(float* dst_TKD, const float* src_RD, int D) override;
+  // Collective over ep: one MPI_Alltoall of (max local experts + 1) int64 per peer.
+  void plan(DispatchPlan& plan, const Routing& routing, const float* x_TD, int D,
+            const Placement& placement) override;
+  // Each: collective over ep, one exchange of rows.
+  void dispatch(DispatchPlan& plan, const float* x_TD) override;
+  void combine(DispatchPlan& plan, float* out_TD) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+
+  struct Plan;  // this dispatcher's DispatchPlan (defined in the .cpp)
 
  private:
-  void copy_own_rows_to_experts(float* dst_RD, const float* src, bool per_slot, int D) const;
-  void copy_own_rows_from_experts(float* dst_TKD, const float* src_RD, int D) const;
-  void zero_dropped(float* dst_TKD, int D) const;
-  void prepare_layouts(int D, bool per_token);
+  void exchange_to_experts(Plan& p, const float* src_rows, float* dst_RD);
+  void exchange_from_experts(Plan& p, const float* src_RD, float* dst_rows);
+  void count_traffic(const Plan& p, bool to_experts);
 
   Communicator ep_;  // view of the EP group
+  std::vector<int> node_of_rank_;
   FlatExchange exchange_;
-  int P_ = 1, me_ = 0, E_ = 1, El_ = 1;
-  int T_ = 0, K_ = 0;
-  // Send side, in (destination rank, local expert, slot) order = global expert order.
-  std::vector<int64_t> send_rows_per_expert_;  // (E)
-  std::vector<int64_t> expert_begin_;          // (E+1) first entry of each expert in slot_of_send_row_
-  std::vector<int64_t> slot_of_send_row_;      // (S) slot t*K+k of every routed slot, sorted
-  std::vector<int64_t> dropped_slots_;         // slots with id -1: zero rows in from_experts
-  std::vector<int64_t> send_buf_row_;          // (P) first row of each destination in send_buf_
-  // Receive side. Rows from this rank to itself bypass MPI (count 0) and go straight to place.
-  std::vector<int64_t> recv_rows_;             // (P*El) rows from source p for local expert le
-  std::vector<int64_t> out_row_;               // (El*P) first output row of (le, source p)
-  std::vector<int64_t> recv_buf_row_;          // (P*El) first row of (source p, le) in recv_buf_
-  std::vector<int64_t> rows_per_local_expert_; // (El)
-  int64_t rows_ = 0;
-  int64_t send_remote_rows_ = 0, recv_remote_rows_ = 0;
-  // MPI arguments in rows (int: plan() checks collectively that every total fits).
-  std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_;
-  std::vector<int64_t> exchange_send_, exchange_recv_;  // (P*(El+1)) count exchange
-  std::vector<float> send_buf_, recv_buf_;              // packed: reused, grow only
-  RowType row_;
-  // Typed: per-peer datatypes, built lazily after each plan() for the row width in use.
-  PeerLayouts token_layout_;   // rows x[t] of the slots sent to each peer (dispatch)
-  PeerLayouts slot_layout_;    // rows [t*K+k] of those slots (per-slot dispatch, combine)
-  PeerLayouts expert_layout_;  // (local expert, source) runs at the expert side
-  bool token_layout_ok_ = false, slot_layout_ok_ = false, expert_layout_ok_ = false;
-  int layout_width_ = 0;
-  std::vector<int64_t> scratch_rows_, scratch_first_, scratch_count_;
+  int P_ = 1, me_ = 0;
+  FloatBuffer expert_side_;  // packed: rows in (source, local expert) order; scratch for all layers
 };
 
 }  // namespace moempi

@@ -1,3 +1,5 @@
+// LocalDispatcher: a stable counting sort of slots by expert; combine and its backward read the
+// expert rows in place (no per-slot copies), weighting fused into the same pass.
 #include "parallel/local_dispatcher.h"
 
 #include <cstring>
@@ -5,44 +7,85 @@
 #include "runtime/core/error.h"
 
 namespace moempi {
+namespace {
 
-LocalDispatcher::LocalDispatcher(ExpertPlacement placement) : Dispatcher(placement) {
-  MOEMPI_CHECK_ALL(placement.ep_size == 1,
-                   "moe.dispatch.type 'local' needs parallel.ep = 1 (got {}); use 'flat'",
-                   placement.ep_size);
-}
+struct LocalPlan final : DispatchPlan {
+  std::vector<int64_t> slot_of_row;   // (R) slot t*K+k of each expert row
+  std::vector<int64_t> row_of_slot;   // (T*K) expert row of each slot, -1 if dropped
+  std::vector<const float*> slot_rows;  // (T*K) scratch for the shared combine helpers
 
-void LocalDispatcher::plan(const int32_t* topk_ids_TK, int T, int K) {
-  T_ = T;
-  K_ = K;
-  const int E = placement_.num_experts;
-  const int64_t slots = static_cast<int64_t>(T) * K;
-  count_slots(topk_ids_TK, slots, rows_per_expert_, dropped_slots_);
-  // Counting sort of slots by expert: stable, so within an expert rows follow slot order.
+  void point_slots_at(const float* rows_RD) {
+    slot_rows.resize(row_of_slot.size());
+    for (size_t s = 0; s < row_of_slot.size(); ++s)
+      slot_rows[s] = row_of_slot[s] < 0 ? nullptr : rows_RD + row_of_slot[s] * D_;
+  }
+  friend class ::moempi::LocalDispatcher;
+};
+
+LocalPlan& as_local(DispatchPlan& p) { return static_cast<LocalPlan&>(p); }
+
+}  // namespace
+
+std::unique_ptr<DispatchPlan> LocalDispatcher::new_plan() const { return std::make_unique<LocalPlan>(); }
+
+void LocalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
+                           const Placement& placement) {
+  LocalPlan& p = as_local(base);
+  MOEMPI_CHECK_ONE(placement.group_size() == 1,
+                   "moe.dispatch.type 'local' needs every expert on this rank (a group of 1, got {})",
+                   placement.group_size());
+  p.reset(r, D);
+  const int E = placement.num_experts();
+  const int64_t slots = static_cast<int64_t>(r.T) * r.K;
+  count_slots(r.topk_ids_TK, slots, E, p.rows_per_local_expert_);
+  p.local_experts_ = placement.local_experts();
   std::vector<int64_t> next(E, 0);
-  for (int e = 1; e < E; ++e) next[e] = next[e - 1] + rows_per_expert_[e - 1];
-  const int64_t R = E ? next[E - 1] + rows_per_expert_[E - 1] : 0;
-  slot_of_row_.resize(R);
+  for (int e = 1; e < E; ++e) next[e] = next[e - 1] + p.rows_per_local_expert_[e - 1];
+  p.rows_ = E ? next[E - 1] + p.rows_per_local_expert_[E - 1] : 0;
+  p.slot_of_row.resize(p.rows_);
+  p.row_of_slot.assign(slots, -1);
   for (int64_t s = 0; s < slots; ++s) {
-    const int e = topk_ids_TK[s];
-    if (e >= 0) slot_of_row_[next[e]++] = s;
+    const int e = r.topk_ids_TK[s];
+    if (e < 0) continue;
+    p.row_of_slot[s] = next[e];
+    p.slot_of_row[next[e]++] = s;
+  }
+  p.use_own_buffers();
+}
+
+void LocalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
+  LocalPlan& p = as_local(base);
+  const int D = p.D_, K = p.K_;
+  for (int64_t r = 0; r < p.rows_; ++r)
+    std::memcpy(p.x_RD_ + r * D, x_TD + p.slot_of_row[r] / K * D, sizeof(float) * D);
+}
+
+void LocalDispatcher::combine(DispatchPlan& base, float* out_TD) {
+  LocalPlan& p = as_local(base);
+  p.point_slots_at(p.y_RD_);
+  weighted_sum_rows(out_TD, p.slot_rows.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
+}
+
+void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+  LocalPlan& p = as_local(base);
+  const int D = p.D_, K = p.K_;
+  const int64_t slots = static_cast<int64_t>(p.T_) * K;
+  for (int64_t s = 0; s < slots; ++s) {
+    const int64_t r = p.row_of_slot[s];
+    if (r < 0) {
+      dprobs_TK[s] = 0.0f;
+      continue;
+    }
+    const float* g = dout_TD + s / K * D;
+    dprobs_TK[s] = dot_row(g, p.y_RD_ + r * D, D);
+    scale_row(p.dy_RD_ + r * D, g, p.probs_TK_[s], D);
   }
 }
 
-void LocalDispatcher::to_experts(float* dst_RD, const float* src, bool per_slot, int D) {
-  const int64_t R = rows();
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t s = slot_of_row_[r];
-    const int64_t src_row = per_slot ? s : s / K_;
-    std::memcpy(dst_RD + r * D, src + src_row * D, sizeof(float) * D);
-  }
-}
-
-void LocalDispatcher::from_experts(float* dst_TKD, const float* src_RD, int D) {
-  for (int64_t s : dropped_slots_) std::memset(dst_TKD + s * D, 0, sizeof(float) * D);
-  const int64_t R = rows();
-  for (int64_t r = 0; r < R; ++r)
-    std::memcpy(dst_TKD + slot_of_row_[r] * D, src_RD + r * D, sizeof(float) * D);
+void LocalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
+  LocalPlan& p = as_local(base);
+  p.point_slots_at(p.dx_RD());
+  add_slot_rows(dx_TD, p.slot_rows.data(), p.T_, p.K_, p.D_);
 }
 
 }  // namespace moempi

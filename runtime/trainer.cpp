@@ -51,10 +51,9 @@ class TrainLoop {
  public:
   TrainLoop(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options)
       : spec_(spec), g_(groups), opt_(options) {
-    placement_ = {spec.moe.num_experts, groups.ep.size(), groups.ep.rank()};
-    model_ = std::make_unique<GptMoe>(spec.model, spec.moe, placement_, [&] {
-      return make_dispatcher(spec_.moe.dispatch, placement_, g_);
-    });
+    dispatch_choice_ = resolve_dispatcher(spec.moe.dispatch, groups);
+    model_ = std::make_unique<GptMoe>(spec.model, spec.moe, make_placement(spec.moe.num_experts, groups),
+                                      make_dispatcher(spec.moe.dispatch, groups));
     model_->init_params(spec.job.seed);
     // Data files may be missing or unreadable on some ranks only: fail every rank alike.
     agree_on_errors(groups.world, [&] { data_ = make_data_source(spec.data, spec.model, spec.job.seed); });
@@ -204,7 +203,9 @@ class TrainLoop {
     if (g_.world.rank() != 0 || !opt_.log_steps) return;
     spdlog::info("moempi: job '{}' | world {} = dp {} × ep {} | strategy {} | dispatch {}",
                  spec_.job.name, g_.world.size(), g_.dp_size, g_.ep_size, spec_.parallel.strategy,
-                 spec_.moe.dispatch.type);
+                 dispatch_choice_.name);
+    if (spec_.moe.dispatch.type == "auto")
+      spdlog::info("moe.dispatch.type auto: chose {} ({})", dispatch_choice_.name, dispatch_choice_.reason);
     spdlog::info("{} | sgemm {:.0f} GFLOP/s per rank", blas::kernel_note(), s.sgemm_gflops);
     spdlog::info("model: {} params on rank 0 ({} dense), {:.1f}M active per token, {:.1f} MFLOP per "
                  "training token | {} tokens per step | data: {}",
@@ -230,7 +231,7 @@ class TrainLoop {
   const JobSpec& spec_;
   const ProcessGroups& g_;
   TrainOptions opt_;
-  ExpertPlacement placement_;
+  DispatcherChoice dispatch_choice_;
   std::unique_ptr<GptMoe> model_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Optimizer> optimizer_;

@@ -44,9 +44,8 @@ std::unique_ptr<GptMoe> tiny_model(const Case& c, ModelSpec& m, MoeSpec& moe) {
   moe.every_n_layers = c.every_n_layers;
   moe.num_shared_experts = c.shared;
   moe.balancing = {{.type = "aux_loss", .coeff = 0.1f}, {.type = "z_loss", .coeff = 0.01f}};
-  ExpertPlacement placement{moe.num_experts, 1, 0};
-  auto model = std::make_unique<GptMoe>(m, moe, placement,
-                                        [&] { return std::make_unique<LocalDispatcher>(placement); });
+  auto model = std::make_unique<GptMoe>(m, moe, Placement::contiguous(moe.num_experts, 1, 0),
+                                        std::make_unique<LocalDispatcher>());
   model->init_params(7);
   return model;
 }
@@ -149,8 +148,7 @@ TEST(Model, FlopsPerTokenOfReferenceModel) {
   m.vocab_size = 256; m.d_model = 256; m.n_layers = 4; m.n_heads = 4; m.seq_len = 128;
   MoeSpec moe;
   moe.num_experts = 8; moe.top_k = 2; moe.d_ff_expert = 512;
-  ExpertPlacement placement{8, 1, 0};
-  GptMoe model(m, moe, placement, [&] { return std::make_unique<LocalDispatcher>(placement); });
+  GptMoe model(m, moe, Placement::contiguous(8, 1, 0), std::make_unique<LocalDispatcher>());
   EXPECT_NEAR(model.flops_per_token() / 1e6, 20.9, 0.1);
 }
 

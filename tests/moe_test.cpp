@@ -288,7 +288,7 @@ TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
   MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
   moe.balancing = specs;
   ParamArena arena;
-  const ExpertPlacement placement{4, 1, 0};
+  const Placement placement = Placement::contiguous(4, 1, 0);
   EXPECT_THROW(MoeLayer(small_model(Activation::kGelu), moe, 0, placement, arena),
                CollectiveError);
   specs[1].type = "z_loss";
@@ -303,26 +303,36 @@ TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
 TEST(LocalDispatcher, RoundTripWithProbsOneOverKReturnsX_k1_k2_k3) {
   for (int K : {1, 2, 3}) {
     const int N = 9, D = 5, E = 4;
-    LocalDispatcher disp(ExpertPlacement{E, 1, 0});
+    LocalDispatcher disp;
+    const Placement placement = Placement::contiguous(E, 1, 0);
+    auto plan = disp.new_plan();
     std::vector<int32_t> ids(N * K);
     for (int t = 0; t < N; ++t)  // K distinct experts per token (offsets 0, 3, 6 mod 4)
       for (int k = 0; k < K; ++k) ids[t * K + k] = (int32_t)((t * 7 + k * 3) % E);
+    std::vector<float> probs(N * K, 1.0f / K);
     auto x = randn(N * D, 21);
-    disp.plan(ids.data(), N, K);
-    ASSERT_EQ(disp.rows(), N * K);
-    std::vector<float> x_RD(disp.rows() * D), y(N * K * D);
-    disp.to_experts(x_RD.data(), x.data(), false, D);
+    disp.plan(*plan, Routing{ids.data(), probs.data(), N, K}, x.data(), D, placement);
+    ASSERT_EQ(plan->rows(), N * K);
+    disp.dispatch(*plan, x.data());
     // rows grouped by expert: every row in block e belongs to a slot routed to e
     int64_t r0 = 0;
-    for (int e = 0; e < E; ++e) r0 += disp.rows_per_local_expert()[e];
+    for (int e = 0; e < E; ++e) r0 += plan->rows_per_local_expert()[e];
     EXPECT_EQ(r0, N * K);
-    disp.from_experts(y.data(), x_RD.data(), D);
-    for (int t = 0; t < N; ++t)
-      for (int d = 0; d < D; ++d) {
-        float c = 0;
-        for (int k = 0; k < K; ++k) c += (1.0f / K) * y[(t * K + k) * D + d];
-        EXPECT_NEAR(c, x[t * D + d], 1e-6f) << "K=" << K << " t=" << t;
-      }
+    std::copy(plan->x_RD(), plan->x_RD() + plan->rows() * D, plan->y_RD());  // identity experts
+    std::vector<float> out(N * D), dprobs(N * K), dx(N * D, 0.0f);
+    disp.combine(*plan, out.data());
+    for (int i = 0; i < N * D; ++i) EXPECT_NEAR(out[i], x[i], 1e-6f) << "K=" << K << " i=" << i;
+    // Backward with dout = x: dprobs = |x_t|², dy rows = x_t / K, and with dx rows = dy rows
+    // dispatch backward sums K of them back to x_t.
+    disp.combine_backward(*plan, x.data(), dprobs.data());
+    for (int t = 0; t < N; ++t) {
+      float n2 = 0;
+      for (int d = 0; d < D; ++d) n2 += x[t * D + d] * x[t * D + d];
+      for (int k = 0; k < K; ++k) EXPECT_NEAR(dprobs[t * K + k], n2, 1e-5f);
+    }
+    std::copy(plan->dy_RD(), plan->dy_RD() + plan->rows() * D, plan->dx_RD());
+    disp.dispatch_backward(*plan, dx.data());
+    for (int i = 0; i < N * D; ++i) EXPECT_NEAR(dx[i], x[i], 1e-6f) << "K=" << K << " i=" << i;
   }
 }
 
@@ -331,7 +341,7 @@ TEST(GroupedExperts, MatchesNaivePerTokenReference_gelu_swiglu_with_empty_expert
     ModelSpec model = small_model(act);
     MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
     ParamArena arena;
-    GroupedExperts ex(model, moe, 1, ExpertPlacement{4, 1, 0}, arena);
+    GroupedExperts ex(model, moe, 1, Placement::contiguous(4, 1, 0), arena);
     arena.allocate();
     ex.init_params(arena, 5, 0.5f, 0.5f);
     const std::vector<int64_t> rows = {3, 0, 5, 2};
@@ -353,8 +363,8 @@ TEST(GroupedExperts, GlobalNamesAndRankIndependentInit_ep2) {
   ModelSpec model = small_model(Activation::kSwiglu);
   MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
   ParamArena a1, a2;
-  GroupedExperts all(model, moe, 3, ExpertPlacement{4, 1, 0}, a1);
-  GroupedExperts half(model, moe, 3, ExpertPlacement{4, 2, 1}, a2);
+  GroupedExperts all(model, moe, 3, Placement::contiguous(4, 1, 0), a1);
+  GroupedExperts half(model, moe, 3, Placement::contiguous(4, 2, 1), a2);
   a1.allocate();
   a2.allocate();
   all.init_params(a1, 17, 0.1f, 0.5f);
@@ -399,6 +409,7 @@ struct LayerFixture {
   MoeSpec moe;
   ParamArena arena;
   std::unique_ptr<MoeLayer> layer;
+  Placement placement;
   std::unique_ptr<LocalDispatcher> disp;
   std::vector<float> x, dout, out;
 
@@ -411,11 +422,11 @@ struct LayerFixture {
     z.type = "z_loss";
     z.coeff = 0.05f;
     moe.balancing = {aux, z};
-    const ExpertPlacement placement{moe.num_experts, 1, 0};
+    placement = Placement::contiguous(moe.num_experts, 1, 0);
     layer = std::make_unique<MoeLayer>(model, moe, 1, placement, arena);
     arena.allocate();
     layer->init_params(arena, 7, 0.5f);
-    disp = std::make_unique<LocalDispatcher>(placement);
+    disp = std::make_unique<LocalDispatcher>();
     // Draw inputs until no token is near a top-k tie (margin between its k-th and (k+1)-th
     // score >= 0.02), so that finite differences leave the routing alone, and every expert
     // gets a row, so that every expert's gradient is exercised.
@@ -423,7 +434,7 @@ struct LayerFixture {
     for (uint64_t stream = 31; !found && stream < 31 + 100 * 200; stream += 100) {
       x = randn((size_t)N * model.d_model, stream);
       out.resize(x.size());
-      layer->forward(arena, out.data(), x.data(), N, *disp, true);
+      layer->forward(arena, out.data(), x.data(), N, *disp, placement, true);
       const auto& counts = layer->tokens_per_expert();
       const bool all_used = std::find(counts.begin(), counts.end(), 0) == counts.end();
       found = all_used && min_topk_margin() >= 0.02f;
@@ -446,7 +457,7 @@ struct LayerFixture {
   }
   // J = <out, dout> + loss_scale · aux_loss: backward(dout, loss_scale) is its gradient.
   double objective(float loss_scale) {
-    layer->forward(arena, out.data(), x.data(), N, *disp, true);
+    layer->forward(arena, out.data(), x.data(), N, *disp, placement, true);
     double j = 0;
     for (size_t i = 0; i < out.size(); ++i) j += (double)out[i] * dout[i];
     return j + loss_scale * layer->aux_loss();
@@ -539,7 +550,7 @@ class MoeLayerForward : public ::testing::TestWithParam<LayerCase> {};
 TEST_P(MoeLayerForward, MatchesNaiveReference) {
   const LayerCase c = GetParam();
   LayerFixture f(c);
-  f.layer->forward(f.arena, f.out.data(), f.x.data(), f.N, *f.disp, true);
+  f.layer->forward(f.arena, f.out.data(), f.x.data(), f.N, *f.disp, f.placement, true);
   const RoutingPlan& p = f.layer->routing();
   const int D = f.model.d_model, F = f.moe.d_ff_expert, K = c.k;
   for (int t = 0; t < f.N; ++t) {
@@ -569,7 +580,7 @@ TEST_P(MoeLayerForward, MatchesNaiveReference) {
   EXPECT_DOUBLE_EQ(f.layer->aux_loss(), losses[0] + losses[1]);
   // An eval forward computes the same output.
   std::vector<float> out2(f.out.size());
-  f.layer->forward(f.arena, out2.data(), f.x.data(), f.N, *f.disp, false);
+  f.layer->forward(f.arena, out2.data(), f.x.data(), f.N, *f.disp, f.placement, false);
   EXPECT_EQ(out2, f.out);
 }
 
@@ -580,7 +591,7 @@ TEST(MoeLayer, RegistersNamedParamsOfEachKind_shared2_ep2) {
   ModelSpec model = small_model(Activation::kGelu);
   MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 2);
   ParamArena arena;
-  MoeLayer layer(model, moe, 4, ExpertPlacement{4, 2, 0}, arena);
+  MoeLayer layer(model, moe, 4, Placement::contiguous(4, 2, 0), arena);
   arena.allocate();
   layer.init_params(arena, 1, 0.02f);
   EXPECT_EQ(arena.info(arena.find("layers.4.moe.router.w")).kind, ParamKind::kDense);
@@ -599,35 +610,46 @@ TEST(MoeLayer, RegistersNamedParamsOfEachKind_shared2_ep2) {
 TEST(MoeLayer, ZeroTokensStillCallsEveryCollective) {
   // A dispatcher that counts calls: a rank with no tokens must make the same calls.
   struct Counting final : Dispatcher {
-    LocalDispatcher inner{ExpertPlacement{4, 1, 0}};
+    LocalDispatcher inner;
     std::vector<std::string> calls;
-    Counting() : Dispatcher(ExpertPlacement{4, 1, 0}) {}
     std::string name() const override { return "counting"; }
-    void plan(const int32_t* ids, int T, int K) override { calls.push_back("plan"); inner.plan(ids, T, K); }
-    int64_t rows() const override { return inner.rows(); }
-    const std::vector<int64_t>& rows_per_local_expert() const override { return inner.rows_per_local_expert(); }
-    void to_experts(float* dst, const float* src, bool per_slot, int D) override {
-      calls.push_back(per_slot ? "to_experts(slot)" : "to_experts(token)");
-      inner.to_experts(dst, src, per_slot, D);
+    std::unique_ptr<DispatchPlan> new_plan() const override { return inner.new_plan(); }
+    void plan(DispatchPlan& p, const Routing& r, const float* x, int D, const Placement& pl) override {
+      calls.push_back("plan");
+      inner.plan(p, r, x, D, pl);
     }
-    void from_experts(float* dst, const float* src, int D) override {
-      calls.push_back("from_experts");
-      inner.from_experts(dst, src, D);
+    void dispatch(DispatchPlan& p, const float* x) override {
+      calls.push_back("dispatch");
+      inner.dispatch(p, x);
+    }
+    void combine(DispatchPlan& p, float* out) override {
+      calls.push_back("combine");
+      inner.combine(p, out);
+    }
+    void combine_backward(DispatchPlan& p, const float* dout, float* dprobs) override {
+      calls.push_back("combine_backward");
+      inner.combine_backward(p, dout, dprobs);
+    }
+    void dispatch_backward(DispatchPlan& p, float* dx) override {
+      calls.push_back("dispatch_backward");
+      inner.dispatch_backward(p, dx);
     }
   };
   std::vector<std::string> seen[2];
   for (int N : {0, 5}) {
     LayerFixture f({ScoreFn::kSoftmax, true, Activation::kGelu, 2, 0.0f, 1});
     Counting disp;
-    f.layer->forward(f.arena, f.out.data(), f.x.data(), N, disp, true);
+    f.layer->forward(f.arena, f.out.data(), f.x.data(), N, disp, f.placement, true);
     std::vector<float> dx(f.x.size(), 0.0f);
     f.layer->backward(f.arena, dx.data(), f.dout.data(), 1.0f, disp);
+    f.layer->backward(f.arena, nullptr, f.dout.data(), 1.0f, disp);  // dx not wanted: same calls
     EXPECT_TRUE(std::isfinite(f.layer->aux_loss()));
     seen[N ? 1 : 0] = disp.calls;
   }
   EXPECT_EQ(seen[0], seen[1]);
-  EXPECT_EQ(seen[1], (std::vector<std::string>{"plan", "to_experts(token)", "from_experts",
-                                               "to_experts(slot)", "from_experts"}));
+  EXPECT_EQ(seen[1], (std::vector<std::string>{"plan", "dispatch", "combine", "combine_backward",
+                                               "dispatch_backward", "combine_backward",
+                                               "dispatch_backward"}));
 }
 
 }  // namespace

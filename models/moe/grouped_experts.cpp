@@ -56,18 +56,17 @@ void init_param_normal(ParamArena& arena, ParamArena::Id id, uint64_t seed, floa
 }
 
 GroupedExperts::GroupedExperts(const ModelSpec& model, const MoeSpec& moe, int layer,
-                               const ExpertPlacement& placement, ParamArena& arena)
+                               const Placement& placement, ParamArena& arena)
     : D_(model.d_model),
       F_(moe.d_ff_expert),
       F1_(model.activation == Activation::kSwiglu ? 2 * moe.d_ff_expert : moe.d_ff_expert),
       act_(model.activation) {
   MOEMPI_CHECK_ALL(moe.d_ff_expert >= 1, "moe.d_ff_expert ({}) must be >= 1", moe.d_ff_expert);
-  MOEMPI_CHECK_ALL(placement.ep_size >= 1 && placement.num_experts % placement.ep_size == 0,
-                   "moe.num_experts ({}) is not divisible by parallel.ep ({})",
-                   placement.num_experts, placement.ep_size);
+  MOEMPI_CHECK_ALL(placement.num_experts() == moe.num_experts,
+                   "expert placement has {} experts, moe.num_experts is {}", placement.num_experts(),
+                   moe.num_experts);
   const int n_local = placement.num_local();
-  for (int j = 0; j < n_local; ++j) {
-    const int e = placement.local_begin() + j;
+  for (int e : placement.local_experts()) {
     const std::string base = fmt::format("layers.{}.moe.experts.{}", layer, e);
     w1_.push_back(arena.add(base + ".w1", {D_, F1_}, ParamKind::kExpert, true));
     w2_.push_back(arena.add(base + ".w2", {F_, D_}, ParamKind::kExpert, true));

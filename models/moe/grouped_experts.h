@@ -33,9 +33,10 @@ void init_param_normal(ParamArena& arena, ParamArena::Id id, uint64_t seed, floa
 
 class GroupedExperts {
  public:
-  // Registers w1 (D, F1) and w2 (F, D) of each local expert (placement) as kExpert, decay on.
+  // Registers w1 (D, F1) and w2 (F, D) of each expert in placement.local_experts() (ascending global
+  // id, the dispatcher's row-group order) as kExpert, decay on.
   GroupedExperts(const ModelSpec& model, const MoeSpec& moe, int layer,
-                 const ExpertPlacement& placement, ParamArena& arena);
+                 const Placement& placement, ParamArena& arena);
   // w1 ~ N(0, init_std²), w2 ~ N(0, (init_std · w2_scale)²).
   void init_params(ParamArena& arena, uint64_t seed, float init_std, float w2_scale);
 

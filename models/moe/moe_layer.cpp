@@ -9,22 +9,9 @@
 #include "runtime/core/error.h"
 
 namespace moempi {
-namespace {
-// <a, b> with 16 independent partial sums, so the loop vectorises without -ffast-math.
-float dot(const float* a, const float* b, int n) {
-  float acc[16] = {};
-  int i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  float sum = 0.0f;
-  for (; i < n; ++i) sum += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) sum += acc[j];
-  return sum;
-}
-}  // namespace
 
 MoeLayer::MoeLayer(const ModelSpec& model, const MoeSpec& moe, int layer,
-                   const ExpertPlacement& placement, ParamArena& arena, const BalancingEnv& env)
+                   const Placement& placement, ParamArena& arena, const BalancingEnv& env)
     : layer_(layer),
       D_(model.d_model),
       F_(moe.d_ff_expert),
@@ -38,9 +25,6 @@ MoeLayer::MoeLayer(const ModelSpec& model, const MoeSpec& moe, int layer,
                           {model.d_model, moe.num_experts}, ParamKind::kDense, true)),
       router_(moe, model.d_model, env),
       experts_(model, moe, layer, placement, arena) {
-  MOEMPI_CHECK_ALL(placement.num_experts == moe.num_experts,
-                   "expert placement has {} experts, moe.num_experts is {}",
-                   placement.num_experts, moe.num_experts);
   MOEMPI_CHECK_ALL(moe.num_shared_experts >= 0, "moe.num_shared_experts ({}) must be >= 0",
                    moe.num_shared_experts);
   for (int j = 0; j < moe.num_shared_experts; ++j) {
@@ -63,7 +47,7 @@ void MoeLayer::init_params(ParamArena& arena, uint64_t seed, float init_std) {
 }
 
 void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int N,
-                       Dispatcher& dispatcher, bool training) {
+                       Dispatcher& dispatcher, const Placement& placement, bool training) {
   const int D = D_, K = K_;
   N_ = N;
   x_ND_.resize((size_t)N * D);
@@ -72,27 +56,19 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
   // 1. route
   const int seq_len = (seq_len_ > 0 && N % seq_len_ == 0) ? seq_len_ : N;
   router_.forward(x_ND_.data(), arena.param(router_w_), N, seq_len, training);
-  const RoutingPlan& plan = router_.plan();
+  const RoutingPlan& routing = router_.plan();
 
-  // 2. dispatch (collective), 3. experts, 4. combine (collective)
-  dispatcher.plan(plan.topk_ids_NK.data(), N, K);
-  const int64_t R = dispatcher.rows();
-  x_RD_.resize((size_t)R * D);
-  y_RD_.resize((size_t)R * D);
-  dispatcher.to_experts(x_RD_.data(), x_ND_.data(), /*per_slot=*/false, D);
-  experts_.forward(arena, y_RD_.data(), x_RD_.data(), dispatcher.rows_per_local_expert());
-  y_NKD_.resize((size_t)N * K * D);
-  dispatcher.from_experts(y_NKD_.data(), y_RD_.data(), D);
-
-  // 5. out_t = Σ_k p_tk · y_tk (dropped slots hold zero rows)
-  for (int t = 0; t < N; ++t) {
-    float* o = out_ND + (size_t)t * D;
-    const float* y = y_NKD_.data() + (size_t)t * K * D;
-    const float* p = plan.probs_NK.data() + (size_t)t * K;
-    for (int d = 0; d < D; ++d) o[d] = p[0] * y[d];
-    for (int k = 1; k < K; ++k)
-      for (int d = 0; d < D; ++d) o[d] += p[k] * y[(size_t)k * D + d];
+  // 2. plan + dispatch (collective), 3. experts, 4. combine: out_t = Σ_k p_tk · y_tk (collective)
+  if (!plan_ || plan_owner_ != &dispatcher) {
+    plan_ = dispatcher.new_plan();
+    plan_owner_ = &dispatcher;
   }
+  DispatchPlan& plan = *plan_;
+  dispatcher.plan(plan, Routing{routing.topk_ids_NK.data(), routing.probs_NK.data(), N, K}, x_ND_.data(), D,
+                  placement);
+  dispatcher.dispatch(plan, x_ND_.data());
+  experts_.forward(arena, plan.y_RD(), plan.x_RD(), plan.rows_per_local_expert());
+  dispatcher.combine(plan, out_ND);
   // 6. + shared experts, on every token
   for (size_t j = 0; j < shared_w1_.size(); ++j) {
     shared_pre_NF1_[j].resize((size_t)N * F1_);
@@ -105,45 +81,24 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
 
 void MoeLayer::backward(ParamArena& arena, float* dx_ND, const float* dout_ND, float loss_scale,
                         Dispatcher& dispatcher) {
-  const int D = D_, K = K_, N = N_;
-  const RoutingPlan& plan = router_.plan();
+  const int D = D_, N = N_;
+  MOEMPI_CHECK_ONE(plan_ && plan_owner_ == &dispatcher,
+                   "layer {}: backward with a dispatcher other than the forward's", layer_);
+  DispatchPlan& plan = *plan_;
+  MOEMPI_CHECK_ONE(plan.rows() == experts_.rows(),
+                   "layer {}: the plan holds {} expert rows in backward, the experts {} in forward",
+                   layer_, plan.rows(), experts_.rows());
 
-  // out_t = Σ_k p_tk y_tk:  dp_tk = <dout_t, y_tk>,  dy_tk = p_tk · dout_t.
-  dprobs_NK_.resize((size_t)N * K);
-  dy_NKD_.resize((size_t)N * K * D);
-  for (int t = 0; t < N; ++t) {
-    const float* g = dout_ND + (size_t)t * D;
-    for (int k = 0; k < K; ++k) {
-      const size_t s = (size_t)t * K + k;
-      const float* y = y_NKD_.data() + s * D;
-      float* dy = dy_NKD_.data() + s * D;
-      const float p = plan.probs_NK[s];
-      for (int d = 0; d < D; ++d) dy[d] = p * g[d];
-      dprobs_NK_[s] = dot(g, y, D);
-    }
-  }
-
-  // Combine backward = to_experts per slot; experts backward; dispatch backward = from_experts.
-  // The dispatcher still holds this layer's plan (one dispatcher per MoE layer).
-  const int64_t R = dispatcher.rows();
-  MOEMPI_CHECK_ONE(R == experts_.rows(),
-                   "layer {}: the dispatcher holds {} expert rows in backward, {} in forward; it "
-                   "was re-planned in between (use one dispatcher per MoE layer)",
-                   layer_, R, experts_.rows());
-  FloatBuffer& dy_RD = y_RD_;  // y_RD is not needed any more
-  dy_RD.resize((size_t)R * D);
-  dx_RD_.resize((size_t)R * D);
-  dispatcher.to_experts(dy_RD.data(), dy_NKD_.data(), /*per_slot=*/true, D);
-  experts_.backward(arena, dx_RD_.data(), dy_RD.data(), x_RD_.data());
-  FloatBuffer& dx_NKD = y_NKD_;  // y_NKD was consumed by dprobs above
-  dispatcher.from_experts(dx_NKD.data(), dx_RD_.data(), D);
+  // Combine backward (dy_RD = p·dout per row, dprobs where y lives); experts backward; dispatch
+  // backward adds Σ_k dx_tk into dx_ND.
+  dprobs_NK_.resize((size_t)N * K_);
+  dispatcher.combine_backward(plan, dout_ND, dprobs_NK_.data());
+  experts_.backward(arena, plan.dx_RD(), plan.dy_RD(), plan.x_RD());
   if (dx_ND) {
-    for (int t = 0; t < N; ++t) {
-      float* dx = dx_ND + (size_t)t * D;
-      const float* src = dx_NKD.data() + (size_t)t * K * D;
-      for (int k = 0; k < K; ++k)
-        for (int d = 0; d < D; ++d) dx[d] += src[(size_t)k * D + d];
-    }
+    dispatcher.dispatch_backward(plan, dx_ND);
+  } else {
+    scratch_dx_ND_.resize((size_t)N * D);
+    dispatcher.dispatch_backward(plan, scratch_dx_ND_.data());  // collective: every rank calls it
   }
 
   // Router: dprobs (and the balancing losses) -> scores -> logits -> W_r, x.

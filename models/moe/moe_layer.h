@@ -1,10 +1,12 @@
 // The MoE layer: out_ND = Σ_shared FFN_j(x) + Σ_k p_tk · FFN_{e_tk}(x) (no residual), run as
-// router -> Dispatcher::plan -> to_experts -> GroupedExperts -> from_experts -> weighted sum.
+// router -> Dispatcher::plan -> dispatch -> GroupedExperts -> combine (the dispatcher weights and
+// sums; contract v2, parallel/dispatcher.h). The layer keeps its own DispatchPlan.
 // Guarantees: exact gradients for x, router, routed and shared experts with routing held fixed
 // (balancing losses included, scaled by loss_scale); every dispatcher call happens in the same
 // order on every rank, zero rows or not. Test: tests/moe_test.cpp (MoeLayerGrad.*, MoeLayer.*).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "models/moe/balancing_pass.h"
@@ -22,7 +24,8 @@ class MoeLayer {
   // Registers "layers.{l}.moe.router.w" (D, E; kDense), the local routed experts (kExpert, see
   // GroupedExperts) and the shared experts "layers.{l}.moe.shared.{j}.w1/.w2" (kDense).
   // env: services for balancing passes that communicate (default: one data-parallel rank).
-  MoeLayer(const ModelSpec& model, const MoeSpec& moe, int layer, const ExpertPlacement& placement,
+  // placement: which experts this rank holds (their parameters are registered here).
+  MoeLayer(const ModelSpec& model, const MoeSpec& moe, int layer, const Placement& placement,
            ParamArena& arena, const BalancingEnv& env = {});
 
   // After arena.allocate(). Each tensor from Rng(seed, 0, 0, stream_of(global name)): N(0,
@@ -30,12 +33,13 @@ class MoeLayer {
   void init_params(ParamArena& arena, uint64_t seed, float init_std);
 
   // Collective over the dispatcher's EP group. Overwrites out_ND. Keeps what backward needs
-  // (a copy of x included). Passes update step state only if training.
+  // (a copy of x and this layer's DispatchPlan). Passes update step state only if training.
+  // `placement` (this step's; same local experts as at construction) stays alive until backward.
   void forward(ParamArena& arena, float* out_ND, const float* x_ND, int N, Dispatcher& dispatcher,
-               bool training);
-  // Collective over the dispatcher's EP group, which must still hold this layer's plan (one
-  // dispatcher per MoE layer). ADDS into dx_ND (nullptr = not wanted) and into the arena grads;
-  // balancing-loss gradients are multiplied by loss_scale.
+               const Placement& placement, bool training);
+  // Collective over the dispatcher's EP group; the same dispatcher as the forward. ADDS into dx_ND
+  // (nullptr = not wanted) and into the arena grads; balancing-loss gradients are multiplied by
+  // loss_scale.
   void backward(ParamArena& arena, float* dx_ND, const float* dout_ND, float loss_scale,
                 Dispatcher& dispatcher);
 
@@ -48,6 +52,7 @@ class MoeLayer {
   const Router& router() const { return router_; }
   const RoutingPlan& routing() const { return router_.plan(); }
   const GroupedExperts& experts() const { return experts_; }
+  const DispatchPlan* dispatch_plan() const { return plan_.get(); }  // of the last forward
   ParamArena::Id router_w_id() const { return router_w_; }
   int num_shared() const { return (int)shared_w1_.size(); }
   ParamArena::Id shared_w1_id(int j) const { return shared_w1_[j]; }
@@ -63,10 +68,10 @@ class MoeLayer {
 
   int N_ = 0;
   FloatBuffer x_ND_;                    // (N, D) copy of the input
-  FloatBuffer x_RD_, y_RD_, dx_RD_;     // (R, D) expert rows in / out (dy in backward) / dx
-  FloatBuffer y_NKD_;                   // (N, K, D) expert outputs per slot; dx per slot in backward
-  FloatBuffer dy_NKD_;                  // (N, K, D) p_tk · dout_t
+  std::unique_ptr<DispatchPlan> plan_;  // this layer's routing plan and expert rows (R, D)
+  const Dispatcher* plan_owner_ = nullptr;
   FloatBuffer dprobs_NK_;               // (N, K)
+  FloatBuffer scratch_dx_ND_;           // dispatch backward's target when dx is not wanted
   std::vector<FloatBuffer> shared_pre_NF1_, shared_act_NF_;  // per shared expert
   FloatBuffer dact_NF_, dpre_NF1_;      // shared-expert backward scratch
 };

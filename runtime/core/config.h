@@ -39,7 +39,7 @@ struct BalancingSpec {
 enum class ScoreFn { kSoftmax, kSigmoid };
 
 struct DispatchSpec {
-  std::string type = "local";  // local | flat
+  std::string type = "auto";  // auto | local | flat | flat_packed (the dispatcher registry)
 };
 
 struct MoeSpec {
