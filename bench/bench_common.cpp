@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <memory>
 
 #include "comm/collectives.h"
 #include "runtime/core/error.h"
@@ -157,6 +160,50 @@ int finish_report(const Table& table, nlohmann::json& doc, int64_t all_wrong,
   doc["wrong"] = all_wrong;
   write_json(json_path, doc, group);
   return all_wrong > 0 ? 1 : 0;
+}
+
+std::string cpu_model() {
+  const auto trim = [](const std::string& t) {
+    const size_t a = t.find_first_not_of(" \t"), b = t.find_last_not_of(" \t");
+    return a == std::string::npos ? std::string() : t.substr(a, b - a + 1);
+  };
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, name, model;
+  // The first processor's block only (up to the blank line): all cores here are one model.
+  while (std::getline(in, line) && !line.empty()) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string key = trim(line.substr(0, colon)), value = trim(line.substr(colon + 1));
+    if (key == "model name") name = value;
+    if (key == "model") model = value;
+  }
+  if (name.empty()) return "unknown CPU";
+  return model.empty() ? name : fmt::format("{} (model {})", name, model);
+}
+
+CopyLimit copy_limit(size_t bytes, const TimingFlags& flags) {
+  MOEMPI_CHECK_ONE(bytes > 0 && flags.iters > 0, "copy_limit needs bytes > 0 and iters > 0 (got {} and {})",
+                   bytes, flags.iters);
+  // Two separate allocations, both written once so that no page fault lands in a timed copy.
+  std::unique_ptr<unsigned char[]> src(new unsigned char[bytes]);
+  std::unique_ptr<unsigned char[]> dst(new unsigned char[bytes]);
+  for (size_t i = 0; i < bytes; ++i) src[i] = static_cast<unsigned char>(i * 131 + 7);
+  std::memset(dst.get(), 0, bytes);
+  std::memcpy(dst.get(), src.get(), bytes);
+  MOEMPI_CHECK_ONE(std::memcmp(dst.get(), src.get(), bytes) == 0, "copy_limit: memcpy of {} bytes differs", bytes);
+  std::vector<double> seconds;
+  seconds.reserve(flags.iters);
+  for (int rep = 0; rep < flags.warmup + flags.iters; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(dst.get(), src.get(), bytes);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (rep >= flags.warmup) seconds.push_back(dt);
+  }
+  // Keeps the copies observable (the compiler may not drop a memcpy whose result is read).
+  volatile unsigned char sink = dst[bytes - 1];
+  (void)sink;
+  const double s = median(seconds);
+  return {s, gbps(static_cast<double>(bytes), s)};
 }
 
 }  // namespace moempi::bench

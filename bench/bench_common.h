@@ -86,4 +86,22 @@ int finish_report(const Table& table, nlohmann::json& doc, int64_t all_wrong,
 // algbw in GB/s (1e9 bytes/s) for `bytes` moved in `seconds`.
 inline double gbps(double bytes, double seconds) { return seconds > 0 ? bytes / seconds / 1e9 : 0.0; }
 
+// The CPU the table was measured on, for its `#` header: lscpu's "Model name" (read from
+// /proc/cpuinfo) and the model number, e.g. "Intel(R) Xeon(R) Platinum 8581C CPU @ 2.30GHz
+// (model 207)"; "unknown CPU" where /proc/cpuinfo has no model name. Local, no communication.
+std::string cpu_model();
+
+// The copy limit: what one core does with memcpy of `bytes` from one buffer to another, the
+// floor under any exchange that must move those bytes through memory on this rank. Source and
+// destination are distinct, page-faulted allocations; the copy is checked once (memcmp), then
+// run flags.warmup times untimed and flags.iters times timed; `seconds` is the median of the
+// timed copies and `gbps` = bytes / seconds / 1e9. Local (no communication): on an
+// oversubscribed or busy machine, ranks measuring at once share the memory bandwidth. Local
+// error unless bytes > 0 and flags.iters > 0. Test: tests/bench_common_test.cpp (CopyLimit.*).
+struct CopyLimit {
+  double seconds = 0;
+  double gbps = 0;
+};
+CopyLimit copy_limit(size_t bytes, const TimingFlags& flags);
+
 }  // namespace moempi::bench

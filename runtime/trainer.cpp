@@ -132,6 +132,7 @@ class TrainLoop {
       elapsed += dt;
       summary.losses.push_back(loss);
       summary.step_seconds.push_back(dt);
+      if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
 
       const bool last = step + 1 == steps;
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);

@@ -6,6 +6,7 @@
 // Tests: tests/train_mpitest.cpp (invariance), tests/e2e/*.sh (the binary).
 #pragma once
 #include <array>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -19,6 +20,10 @@ namespace moempi {
 struct TrainOptions {
   bool log_steps = true;    // progress lines on rank 0
   bool write_files = true;  // job.yaml and metrics.jsonl in the run directory
+  // Called on every rank after each step (outside its step time) with the 1-based step, the
+  // step's global mean loss and the updated parameters, e.g. for `moempi bench train` to check
+  // that replicas agree. If it communicates it must be collective over the world.
+  std::function<void(int step, double loss, ParamArena& arena)> after_step = {};
 };
 
 struct TrainSummary {

@@ -1,7 +1,10 @@
 // Tests of bench/bench_common: size parsing and the -b/-e/-f sweep (nccl-tests conventions),
-// median, interleaved timing order, slowest-rank reduction on one rank, the `#` table layout.
+// median, interleaved timing order, slowest-rank reduction on one rank, the `#` table layout,
+// the copy limit's units and the CPU model line (values only, never speeds: timing is for benches).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -100,6 +103,31 @@ TEST(Table, HashHeaderUnitsRowAndRightAlignedCells) {
 TEST(Cell, NonFiniteIsNA) {
   EXPECT_EQ(cell(1.0 / 0.0, 2), "N/A");
   EXPECT_EQ(cell(0.125, 2), "0.12");
+}
+
+// Units and bookkeeping only, no speed asserted: odd sizes, one byte, and a size past the caches.
+TEST(CopyLimit, MedianSecondsAndGigabytesPerSecondAgree) {
+  TimingFlags flags;
+  flags.iters = 5;
+  flags.warmup = 1;
+  for (size_t bytes : {size_t{1}, size_t{4097}, size_t{64} << 20}) {
+    SCOPED_TRACE("bytes=" + std::to_string(bytes));
+    const CopyLimit c = copy_limit(bytes, flags);
+    ASSERT_TRUE(std::isfinite(c.seconds));
+    ASSERT_GE(c.seconds, 0.0);
+    EXPECT_DOUBLE_EQ(c.gbps, gbps(static_cast<double>(bytes), c.seconds));
+    if (bytes >= (size_t{1} << 20)) {
+      EXPECT_GT(c.seconds, 0.0);  // 64 MiB cannot be copied within one clock tick
+      std::printf("copy limit, %zu bytes: %.3f ms, %.2f GB/s\n", bytes, 1e3 * c.seconds, c.gbps);
+    }
+  }
+}
+
+TEST(CpuModel, OneLineNamingTheCpu) {
+  const std::string m = cpu_model();
+  EXPECT_FALSE(m.empty());
+  EXPECT_EQ(m.find('\n'), std::string::npos);
+  std::printf("cpu: %s\n", m.c_str());
 }
 
 }  // namespace
