@@ -60,8 +60,8 @@ int run_alltoall(const AlltoallOptions& o) {
 
   Table table({{"size", "(B/peer)", 10}, {"count", "(floats)", 10}, {"min", "(us)", 9},
                {"avg", "(us)", 9}, {"max", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7},
-               {"raw", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7}, {"#wrong", "", 7},
-               {"ratio", "moe/raw", 7}},
+               {"raw", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7}, {"copy", "(us)", 9},
+               {"#wrong", "", 7}, {"ratio", "moe/raw", 7}, {"ratio", "moe/copy", 8}},
               me == 0);
   table.print_header({
       fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
@@ -72,9 +72,12 @@ int run_alltoall(const AlltoallOptions& o) {
       "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
       "size = bytes to each peer (incl. self); time = median over iterations per rank, then",
       "  min/avg/max over ranks; algbw = size*W / max; busbw = algbw*(W-1)/W; ratio = max/raw",
+      "copy = the copy limit: one core's memcpy of the bytes a rank receives (size*W), slowest rank",
+      fmt::format("CPU: {} | dispatcher {}", cpu_model(), dispatcher->name()),
   });
 
   nlohmann::json doc = {{"benchmark", "alltoall"},
+                        {"cpu", cpu_model()},
                         {"ranks", W},
                         {"dispatcher", o.dispatcher},
                         {"experts_per_rank", El},
@@ -152,13 +155,14 @@ int run_alltoall(const AlltoallOptions& o) {
 
     const OverRanks m = over_ranks(median(seconds[0]), world);
     const OverRanks r = over_ranks(median(seconds[1]), world);
+    const OverRanks cp = over_ranks(copy_limit(static_cast<size_t>(bytes) * W, o.timing).seconds, world);
     const double total = static_cast<double>(bytes) * W;
     const double busf = double(W - 1) / W;
     const double ratio = r.max > 0 ? m.max / r.max : 0.0;
     table.print_row({cell(bytes), cell(c), cell(m.min * 1e6, 1), cell(m.avg * 1e6, 1),
                      cell(m.max * 1e6, 1), cell(gbps(total, m.max), 2), cell(gbps(total, m.max) * busf, 2),
                      cell(r.max * 1e6, 1), cell(gbps(total, r.max), 2), cell(gbps(total, r.max) * busf, 2),
-                     cell(wrong), cell(ratio, 2)});
+                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(m.max / cp.max, 2)});
     doc["rows"].push_back({{"bytes_per_peer", bytes},
                            {"floats_per_peer", c},
                            {"row_width", D},
@@ -168,7 +172,9 @@ int run_alltoall(const AlltoallOptions& o) {
                            {"busbw_gbps", gbps(total, m.max) * busf},
                            {"raw_busbw_gbps", gbps(total, r.max) * busf},
                            {"wrong", wrong},
-                           {"ratio", ratio}});
+                           {"ratio", ratio},
+                           {"copy_us", microseconds_json(cp)},
+                           {"ratio_copy", m.max / cp.max}});
   }
   return finish_report(table, doc, all_wrong, o.timing.json, world);
 }

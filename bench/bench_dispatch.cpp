@@ -117,7 +117,8 @@ int run_dispatch(const DispatchOptions& o) {
 
   Table table({{"pattern", "", 11}, {"rows", "(total)", 9}, {"max_in", "(rows)", 8}, {"MB", "(/dir)", 8},
                {"min", "(us)", 9}, {"avg", "(us)", 9}, {"time", "(us)", 9}, {"raw", "(us)", 9},
-               {"busbw", "(GB/s)", 7}, {"#wrong", "", 7}, {"ratio", "moe/raw", 7}},
+               {"busbw", "(GB/s)", 7}, {"copy", "(us)", 9}, {"#wrong", "", 7}, {"ratio", "moe/raw", 7},
+               {"ratio", "moe/copy", 8}},
               me == 0);
   table.print_header({
       fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
@@ -132,8 +133,12 @@ int run_dispatch(const DispatchOptions& o) {
       "MB = bytes per direction summed over ranks; time = median over iterations per rank, then",
       fmt::format("  min/avg/max over ranks (time = slowest); busbw from raw; hot share {:.2f}, zipf s {}",
                   kHotShare, o.zipf_s),
+      "copy = the copy limit: one core's memcpy of the bytes a rank's dispatch and combine deliver",
+      "  (rows into its experts + rows back to its tokens, self included), slowest rank",
+      fmt::format("CPU: {}", cpu_model()),
   });
-  nlohmann::json doc = {{"benchmark", "dispatch"}, {"ranks", W}, {"dispatcher", o.dispatcher},
+  nlohmann::json doc = {{"benchmark", "dispatch"}, {"cpu", cpu_model()}, {"ranks", W},
+                        {"dispatcher", dispatcher->name()},
                         {"T", o.T}, {"D", D}, {"E", o.E}, {"k", k}, {"iters", o.timing.iters},
                         {"warmup", o.timing.warmup}, {"rows", nlohmann::json::array()}};
 
@@ -169,7 +174,7 @@ int run_dispatch(const DispatchOptions& o) {
       int64_t send_floats = 0, recv_floats = 0;
     };
     std::vector<RawLayout> raw(routings.size());
-    int64_t rows_total = 0, max_in = 0;
+    int64_t rows_total = 0, max_in = 0, copy_rows = 0;  // copy_rows: most rows a rank delivers
     for (size_t r = 0; r < routings.size(); ++r) {
       std::vector<int64_t> send_rows(W, 0), recv_rows(W, 0);
       for (int32_t e : routings[r])
@@ -188,6 +193,7 @@ int run_dispatch(const DispatchOptions& o) {
       }
       rows_total += L.send_floats / D;
       max_in = std::max(max_in, L.recv_floats / D);
+      copy_rows = std::max(copy_rows, (L.send_floats + L.recv_floats) / D);
     }
     int64_t sums[2] = {rows_total, max_in};
     allreduce_sum(&sums[0], 1, world);
@@ -282,6 +288,7 @@ int run_dispatch(const DispatchOptions& o) {
     all_wrong += wrong;
     const OverRanks m = over_ranks(median(seconds[0]), world);
     const OverRanks r = over_ranks(median(seconds[1]), world);
+    const OverRanks cp = over_ranks(copy_limit(static_cast<size_t>(copy_rows) * D * sizeof(float), o.timing).seconds, world);
     const double bytes_dir = static_cast<double>(rows_total) * D * sizeof(float);
     // busbw of the raw exchange: 2 directions, each rank moves its share; all-to-all factor.
     const double busf = double(W - 1) / W;
@@ -289,7 +296,7 @@ int run_dispatch(const DispatchOptions& o) {
     const double ratio = r.max > 0 ? m.max / r.max : 0.0;
     table.print_row({pattern, cell(rows_total), cell(max_in), cell(bytes_dir / 1e6, 1), cell(m.min * 1e6, 1),
                      cell(m.avg * 1e6, 1), cell(m.max * 1e6, 1), cell(r.max * 1e6, 1), cell(raw_busbw, 2),
-                     cell(wrong), cell(ratio, 2)});
+                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(m.max / cp.max, 2)});
     doc["rows"].push_back({{"pattern", pattern},
                            {"rows_total", rows_total},
                            {"max_rows_in", max_in},
@@ -297,7 +304,9 @@ int run_dispatch(const DispatchOptions& o) {
                            {"moempi_us", microseconds_json(m)},
                            {"raw_us", microseconds_json(r)},
                            {"wrong", wrong},
-                           {"ratio", ratio}});
+                           {"ratio", ratio},
+                           {"copy_us", microseconds_json(cp)},
+                           {"ratio_copy", m.max / cp.max}});
   }
   return finish_report(table, doc, all_wrong, o.timing.json, world);
 }
