@@ -53,7 +53,13 @@ class TrainLoop {
       : spec_(spec), g_(groups), opt_(options) {
     placement_ = {spec.moe.num_experts, groups.ep.size(), groups.ep.rank()};
     model_ = std::make_unique<GptMoe>(spec.model, spec.moe, placement_, [&] {
-      return make_dispatcher(spec_.moe.dispatch, placement_, g_);
+      // TODO(dispatcher registry): remove once `auto` is a registered dispatcher; until then the
+      // default moe.dispatch.type auto runs as local on one ep rank and flat across ranks.
+      DispatchSpec dispatch = spec_.moe.dispatch;
+      const auto names = dispatcher_names();
+      if (dispatch.type == "auto" && std::find(names.begin(), names.end(), "auto") == names.end())
+        dispatch.type = g_.ep_size > 1 ? "flat" : "local";
+      return make_dispatcher(dispatch, placement_, g_);
     });
     model_->init_params(spec.job.seed);
     // Data files may be missing or unreadable on some ranks only: fail every rank alike.
