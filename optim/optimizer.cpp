@@ -1,5 +1,5 @@
-// AdamW and SGD over arena spans; per-tensor loops so decay can be switched per tensor and the
-// inner loops vectorise. Test: tests/optim_test.cpp.
+// AdamW and SGD over arena spans, and their registry (optim.type); per-tensor loops so decay can
+// be switched per tensor and the inner loops vectorise. Test: tests/optim_test.cpp.
 #include "optim/optimizer.h"
 
 #include <cmath>
@@ -72,10 +72,27 @@ class Sgd final : public Optimizer {
 
 }  // namespace
 
+const OptimizerRegistry& optimizer_registry() {
+  using schema::real_field;
+  static const OptimizerRegistry registry("an optimizer", {
+      // name, factory, keys only this optimizer accepts (lr, weight_decay, grad_clip: every one), doc
+      {"adamw",
+       [](const OptimSpec& s, const ParamArena& a) -> std::unique_ptr<Optimizer> { return std::make_unique<AdamW>(s, a); },
+       {real_field("beta1", &OptimSpec::beta1, schema::kUnitOpen), real_field("beta2", &OptimSpec::beta2, schema::kUnitOpen),
+        real_field("eps", &OptimSpec::eps, schema::kPositive)},
+       "Adam with decoupled weight decay (none on norms and biases)"},
+      {"sgd",
+       [](const OptimSpec& s, const ParamArena& a) -> std::unique_ptr<Optimizer> { return std::make_unique<Sgd>(s, a); },
+       {real_field("momentum", &OptimSpec::momentum, schema::kUnitOpen)}, "SGD with heavy-ball momentum"},
+  });
+  return registry;
+}
+
 std::unique_ptr<Optimizer> make_optimizer(const OptimSpec& spec, const ParamArena& arena) {
-  if (spec.type == "adamw") return std::make_unique<AdamW>(spec, arena);
-  if (spec.type == "sgd") return std::make_unique<Sgd>(spec, arena);
-  fail_collective(fmt::format("optim.type: '{}' is not one of adamw, sgd", spec.type));
+  const OptimizerRegistry& r = optimizer_registry();
+  const auto* entry = r.find(spec.type);
+  if (!entry) fail_collective(r.not_one_of("optim.type", spec.type));
+  return entry->factory(spec, arena);
 }
 
 void scale_grads(ParamArena& arena, float factor) {

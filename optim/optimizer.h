@@ -1,7 +1,9 @@
 // Optimizers over the flat parameter arena: AdamW (decoupled decay, none on norms and biases)
 // and SGD with momentum. They step whatever the arena holds on this rank (with expert
 // parallelism: only the local experts, so expert optimizer state lives with its shard).
-// Gradient sync and clipping happen before step(); see parallel/sharding_strategy.h.
+// Gradient sync and clipping happen before step(); see parallel/sharding_strategy.h. Chosen by
+// optim.type through one Registry (optimizer.cpp), each entry with its own keys (adamw: beta1,
+// beta2, eps; sgd: momentum).
 // Tests: tests/optim_test.cpp (against hand-computed updates).
 #pragma once
 #include <memory>
@@ -9,6 +11,7 @@
 
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
+#include "runtime/core/registry.h"
 
 namespace moempi {
 
@@ -24,7 +27,13 @@ class Optimizer {
   int64_t t_ = 0;
 };
 
-// Chooses by optim.type (adamw | sgd); collective error naming the path otherwise.
+using OptimizerFactory = std::unique_ptr<Optimizer> (*)(const OptimSpec& spec, const ParamArena& arena);
+using OptimizerRegistry = Registry<OptimizerFactory>;
+
+// optim.type -> optimizer, in registration order, with each optimizer's own keys.
+const OptimizerRegistry& optimizer_registry();
+
+// Chooses by optim.type; collective error naming the path and the registered names otherwise.
 std::unique_ptr<Optimizer> make_optimizer(const OptimSpec& spec, const ParamArena& arena);
 
 // Multiplies every gradient in the arena by `factor` (global-norm clipping applies

@@ -8,32 +8,33 @@
 #include "runtime/core/error.h"
 
 namespace moempi {
-namespace {
 
-using Factory = std::unique_ptr<Dispatcher> (*)(const DispatchSpec&, const ProcessGroups&);
-
-struct Entry {
-  const char* name;
-  Factory make;
-};
-
-const Entry kDispatchers[] = {
-    {"local", [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-       MOEMPI_CHECK_ALL(g.ep_size == 1,
-                        "moe.dispatch.type 'local' needs parallel.ep = 1 (got {}); use 'auto' or 'flat'",
-                        g.ep_size);
-       return std::make_unique<LocalDispatcher>();
-     }},
-    {"flat", [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-       return std::make_unique<FlatDispatcher>(g, FlatExchange::kTyped);
-     }},
-    {"flat_packed", [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-       return std::make_unique<FlatDispatcher>(g, FlatExchange::kPacked);
-     }},
-    {"auto", nullptr},  // resolved by resolve_dispatcher
-};
-
-}  // namespace
+const DispatcherRegistry& dispatcher_registry() {
+  static const DispatcherRegistry registry(
+      "a dispatcher",
+      {
+          {"local",
+           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             MOEMPI_CHECK_ALL(g.ep_size == 1,
+                              "moe.dispatch.type 'local' needs parallel.ep = 1 (got {}); use 'auto' or 'flat'",
+                              g.ep_size);
+             return std::make_unique<LocalDispatcher>();
+           },
+           {}, "reference, no communication (parallel.ep = 1)"},
+          {"flat",
+           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             return std::make_unique<FlatDispatcher>(g, FlatExchange::kTyped);
+           },
+           {}, "one MPI_Alltoallw of rows per direction over the ep group, regrouped by MPI datatypes"},
+          {"flat_packed",
+           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             return std::make_unique<FlatDispatcher>(g, FlatExchange::kPacked);
+           },
+           {}, "memcpy pack, one MPI_Alltoallv of rows per direction, memcpy regroup"},
+          {"auto", nullptr, {}, "local for parallel.ep 1, shm within a node, flat across nodes"},
+      });
+  return registry;
+}
 
 Placement make_placement(int num_experts, const ProcessGroups& groups) {
   MOEMPI_CHECK_ALL(num_experts >= 1 && num_experts % groups.ep_size == 0,
@@ -42,11 +43,7 @@ Placement make_placement(int num_experts, const ProcessGroups& groups) {
   return Placement::contiguous(num_experts, groups.ep_size, groups.ep.rank());
 }
 
-std::vector<std::string> dispatcher_names() {
-  std::vector<std::string> names;
-  for (const Entry& e : kDispatchers) names.emplace_back(e.name);
-  return names;
-}
+std::vector<std::string> dispatcher_names() { return dispatcher_registry().names(); }
 
 DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
   if (spec.type != "auto") return {spec.type, ""};
@@ -56,11 +53,9 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
 }
 
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
-  const std::string name = resolve_dispatcher(spec, groups).name;
-  for (const Entry& e : kDispatchers)
-    if (name == e.name && e.make) return e.make(spec, groups);
-  fail_collective(fmt::format("moe.dispatch.type ('{}') is not a dispatcher; allowed: {}", spec.type,
-                              fmt::join(dispatcher_names(), ", ")));
+  const DispatcherRegistry& registry = dispatcher_registry();
+  registry.at("moe.dispatch.type", spec.type);  // unknown names: one message listing the registry
+  return registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
 }
 
 }  // namespace moempi

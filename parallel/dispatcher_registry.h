@@ -1,5 +1,6 @@
-// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | auto. A new dispatcher is a
-// new file plus one line in the table in dispatcher_registry.cpp (STYLE.md habit 3).
+// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | auto, one Registry
+// (runtime/core/registry.h) whose entries carry their own keys (the job spec's schema reads them).
+// A new dispatcher is a new file plus one line in the table in dispatcher_registry.cpp.
 // `auto` (the default) resolves by layout: local for an ep group of one rank, shm for an ep group
 // within one node, flat otherwise. Test: tests/dispatcher_mpitest.cpp (Registry.*).
 #pragma once
@@ -10,6 +11,7 @@
 #include "comm/process_groups.h"
 #include "parallel/dispatcher.h"
 #include "parallel/placement.h"
+#include "runtime/core/registry.h"
 
 namespace moempi {
 
@@ -29,6 +31,12 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
 // moe.dispatch.type, the value and the allowed values if the name is unknown, or if the layout
 // does not suit it. Not communicating.
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
+
+// The table: factories build over groups.ep and do not communicate; `auto` has no factory (it
+// resolves to another entry first).
+using DispatcherFactory = std::unique_ptr<Dispatcher> (*)(const DispatchSpec& spec, const ProcessGroups& groups);
+using DispatcherRegistry = Registry<DispatcherFactory>;
+const DispatcherRegistry& dispatcher_registry();
 
 // Registered names, in registration order.
 std::vector<std::string> dispatcher_names();

@@ -1,3 +1,4 @@
+// The sharding strategies and their registry (parallel.strategy). Test: tests/train_mpitest.cpp.
 #include "parallel/sharding_strategy.h"
 
 #include <algorithm>
@@ -61,11 +62,23 @@ class ExpertParallel final : public ShardingStrategy {
 
 }  // namespace
 
+const ShardingRegistry& sharding_strategy_registry() {
+  static const ShardingRegistry registry("a sharding strategy", {
+      // name, factory, keys only this strategy accepts, one-line doc
+      {"dp", [](const ProcessGroups& g) -> std::unique_ptr<ShardingStrategy> { return std::make_unique<DataParallel>(g); },
+       {}, "every rank holds every parameter; gradients summed over the world"},
+      {"ep", [](const ProcessGroups& g) -> std::unique_ptr<ShardingStrategy> { return std::make_unique<ExpertParallel>(g); },
+       {}, "experts split over the ep group; expert gradients summed over expert_dp"},
+  });
+  return registry;
+}
+
 std::unique_ptr<ShardingStrategy> make_sharding_strategy(const ParallelSpec& spec,
                                                          const ProcessGroups& groups) {
-  if (spec.strategy == "dp") return std::make_unique<DataParallel>(groups);
-  if (spec.strategy == "ep") return std::make_unique<ExpertParallel>(groups);
-  fail_collective(fmt::format("parallel.strategy: '{}' is not one of dp, ep", spec.strategy));
+  const ShardingRegistry& r = sharding_strategy_registry();
+  const auto* entry = r.find(spec.strategy);
+  if (!entry) fail_collective(r.not_one_of("parallel.strategy", spec.strategy));
+  return entry->factory(groups);
 }
 
 }  // namespace moempi

@@ -3,8 +3,9 @@
 //   dp: every rank holds every parameter; all gradients are summed over the world.
 //   ep: experts split over the ep group; dense grads summed over the world, expert grads over
 //       expert_dp (the replicas of one expert shard).
-// Every rank reaches every collective here in the same order. Tests: tests/train_mpitest.cpp
-// (each strategy trains the same losses as one rank).
+// Chosen by parallel.strategy through one Registry (sharding_strategy.cpp): a new strategy is a
+// new class plus one line in that table. Every rank reaches every collective here in the same
+// order. Tests: tests/train_mpitest.cpp (each strategy trains the same losses as one rank).
 #pragma once
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 #include "comm/process_groups.h"
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
+#include "runtime/core/registry.h"
 
 namespace moempi {
 
@@ -25,7 +27,13 @@ class ShardingStrategy {
   virtual double grad_norm(ParamArena& arena) = 0;
 };
 
-// Chooses by parallel.strategy (dp | ep); collective error naming the path otherwise.
+using ShardingFactory = std::unique_ptr<ShardingStrategy> (*)(const ProcessGroups& groups);
+using ShardingRegistry = Registry<ShardingFactory>;
+
+// parallel.strategy -> strategy, in registration order.
+const ShardingRegistry& sharding_strategy_registry();
+
+// Chooses by parallel.strategy; collective error naming the path and the registered names otherwise.
 std::unique_ptr<ShardingStrategy> make_sharding_strategy(const ParallelSpec& spec,
                                                          const ProcessGroups& groups);
 

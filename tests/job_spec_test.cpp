@@ -1,6 +1,7 @@
 // Tests of runtime/job_spec: every class of config error is one CollectiveError naming the YAML
 // path, the value, what is allowed and where it came from (file:line:column or the --set);
-// overrides; the YAML round trip; configs/tiny.yaml and configs/small.yaml load and validate.
+// overrides; keys owned by another type; the YAML round trip (only the chosen types' keys);
+// name lists that come from the registries; configs/tiny.yaml and configs/small.yaml load and validate.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -13,9 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "models/moe/balancing_pass.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
+#include "parallel/sharding_strategy.h"
 #include "runtime/core/error.h"
-#include "tests/test_util.h"
+#include "runtime/data/data_source.h"
 #include "runtime/job_spec.h"
+#include "tests/test_util.h"
 
 namespace moempi {
 namespace {
@@ -28,14 +34,15 @@ std::string load_error(const std::string& yaml, const std::vector<std::string>& 
   return error_of([&] { load_job_spec_from_string(yaml, overrides, "x.yaml"); });
 }
 
-// The repo root: $MOEMPI_SOURCE_DIR, else the nearest ancestor of the cwd holding configs/tiny.yaml.
+// The repo root: $MOEMPI_SOURCE_DIR if set, else the source dir CMake compiled in (tests/CMakeLists.txt),
+// so the test passes from any cwd and with the build directory outside the source tree.
 fs::path source_dir() {
-  if (const char* env = std::getenv("MOEMPI_SOURCE_DIR")) return env;
-  for (fs::path p = fs::current_path(); !p.empty(); p = p.parent_path()) {
-    if (fs::exists(p / "configs" / "tiny.yaml")) return p;
-    if (p == p.parent_path()) break;
-  }
+  if (const char* env = std::getenv("MOEMPI_SOURCE_DIR"); env && *env) return env;
+#ifdef MOEMPI_SOURCE_DIR
+  return MOEMPI_SOURCE_DIR;
+#else
   return {};
+#endif
 }
 
 class TempDir {
@@ -114,7 +121,7 @@ TEST(JobSpecErrors, UnknownSectionAndNestedKeys) {
                    "allowed: type, warmup_steps, min_lr_ratio"});
   expect_contains(load_error("moe:\n  balancing:\n    - type: aux_loss\n      alpha: 0.1\n"),
                   {"x.yaml:4:7: moe.balancing.0.alpha: unknown key 'alpha' in section moe.balancing.0",
-                   "allowed: type, coeff, update_rate, update"});
+                   "allowed: type, coeff)"});
 }
 
 TEST(JobSpecErrors, DuplicateKeyAndSyntaxError) {
@@ -163,7 +170,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"moe:\n  every_n_layers: 0\n", {"moe.every_n_layers: expected an integer >= 1, got 0"}},
         BadValueCase{"moe:\n  capacity_factor: -1\n", {"moe.capacity_factor: expected a number >= 0, got -1"}},
         BadValueCase{"moe:\n  balancing: {type: aux_loss}\n",
-                     {"moe.balancing: expected a list of maps with keys type, coeff, update_rate, update, got a map"}},
+                     {"moe.balancing: expected a list of maps with keys type, coeff, got a map"}},
         BadValueCase{"moe:\n  balancing:\n    - coeff: 0.1\n",
                      {"x.yaml:3:7: moe.balancing.0.type: missing; expected one of aux_loss, z_loss"}},
         BadValueCase{"model: 5\n", {"x.yaml:1:8: model: expected a map with keys vocab_size, d_model", "got '5'"}},
@@ -191,8 +198,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"data:\n  type: csv\n", {"data.type: 'csv' is not one of synthetic, text, tokens"}},
         BadValueCase{"moe:\n  balancing:\n    - type: bias\n",
                      {"x.yaml:3:13: moe.balancing.0.type: 'bias' is not one of aux_loss, z_loss"}},
+        // update_rate / update were carried for a pass that does not exist yet: no longer keys.
         BadValueCase{"moe:\n  balancing:\n    - {type: aux_loss, update: linear}\n",
-                     {"moe.balancing.0.update: 'linear' is not one of sign, proportional"}}));
+                     {"moe.balancing.0.update: unknown key 'update'", "(allowed: type, coeff)"}}));
 
 // --- impossible combinations -------------------------------------------------------------------------
 
@@ -218,7 +226,7 @@ INSTANTIATE_TEST_SUITE_P(
                      {"parallel.ep (2) must be 1 with parallel.strategy dp"}},
         BadValueCase{"moe: {num_experts: 63, top_k: 2, dispatch: {type: flat}}\nparallel: {strategy: ep, ep: 8}\n",
                      {"moe.num_experts (63) is not divisible by parallel.ep (8)"}},
-        BadValueCase{"parallel: {strategy: ep, ep: 2}\n",
+        BadValueCase{"parallel: {strategy: ep, ep: 2}\nmoe: {dispatch: {type: local}}\n",
                      {"moe.dispatch.type local cannot reach experts on other ranks", "set moe.dispatch.type: flat"}}));
 
 TEST(JobSpecErrors, ValidateCatchesProgrammaticSpecs) {
@@ -282,7 +290,7 @@ moe:
 TEST(JobSpecOverrides, SetLeavesListEntriesSectionsAndLists) {
   const JobSpec s = load_job_spec_from_string(
       kBase, {"optim.lr=3e-4", "moe.balancing.0.coeff=0.02", "moe.balancing.1.type=z_loss", "model.norm=rmsnorm",
-              "moe.dispatch={type: flat}", "job.name=other", "data.path=", "moe.normalize_topk=false"});
+              "moe.dispatch={type: flat}", "job.name=other", "moe.normalize_topk=false"});
   EXPECT_EQ(s.optim.lr, 3e-4f);
   ASSERT_EQ(s.moe.balancing.size(), 2u);
   EXPECT_EQ(s.moe.balancing[0].coeff, 0.02f);
@@ -336,10 +344,11 @@ JobSpec everything_changed() {
   s.moe.num_shared_experts = 1;
   s.moe.every_n_layers = 2;
   s.moe.capacity_factor = 1.25f;
-  s.moe.balancing = {{"aux_loss", 0.0123f, 3e-4f, "proportional"}, {"z_loss", 1e-3f, 1e-3f, "sign"}};
-  s.moe.dispatch.type = "flat";
+  s.moe.balancing = {{"aux_loss", 0.0123f}, {"z_loss", 1e-3f}};
+  s.moe.dispatch = {"shm", {1.5f}};
   s.parallel = {"ep", 3, 6};
-  s.optim = {"sgd", 3e-4f, 0.1f, 0.8f, 0.999f, 1e-6f, 0.85f, 0.7f, {"warmup_linear", 17, 0.05f}};
+  // adamw: its own keys changed, sgd's momentum left at its default (it is not printed).
+  s.optim = {"adamw", 3e-4f, 0.1f, 0.8f, 0.999f, 1e-6f, OptimSpec().momentum, 0.7f, {"warmup_linear", 17, 0.05f}};
   s.data = {"tokens", "data/my shards: v2", 0.1f};
   s.train = {321, 5, 3, 7};
   s.eval = {25, 2};
@@ -364,8 +373,8 @@ TEST(JobSpecRoundTrip, EveryFieldSurvivesPrintAndLoad) {
   EXPECT_EQ(r.moe.capacity_factor, s.moe.capacity_factor);
   ASSERT_EQ(r.moe.balancing.size(), 2u);
   EXPECT_EQ(r.moe.balancing[0].coeff, s.moe.balancing[0].coeff);
-  EXPECT_EQ(r.moe.balancing[0].update_rate, s.moe.balancing[0].update_rate);
-  EXPECT_EQ(r.moe.balancing[0].update, "proportional");
+  EXPECT_EQ(r.moe.dispatch.type, "shm");
+  EXPECT_EQ(r.moe.dispatch.shm.headroom, 1.5f);
   EXPECT_EQ(r.parallel.ranks_per_node, 6);
   EXPECT_EQ(r.optim.lr, s.optim.lr);
   EXPECT_EQ(r.optim.eps, s.optim.eps);
@@ -377,8 +386,8 @@ TEST(JobSpecRoundTrip, EveryFieldSurvivesPrintAndLoad) {
   EXPECT_EQ(r.comm.timeout_s, 12.5);
   // Printed with every field, defaults included.
   expect_contains(job_spec_to_yaml(JobSpec()),
-                  {"balancing:", "ranks_per_node: 0", "timeout_s: 600", "min_lr_ratio: 0.1", "interval: 0"});
-  expect_contains(yaml, {"update_rate: 0.0003", "update: sign", "path: \"data/my shards: v2\""});
+                  {"balancing:", "ranks_per_node: 0", "timeout_s: 600", "beta1: 0.9", "interval: 0"});
+  expect_contains(yaml, {"headroom: 1.5", "beta1: 0.8", "warmup_steps: 17", "path: \"data/my shards: v2\""});
 }
 
 TEST(JobSpecRoundTrip, AwkwardFloatsAndStrings) {
@@ -387,6 +396,7 @@ TEST(JobSpecRoundTrip, AwkwardFloatsAndStrings) {
   s.optim.eps = 1.17549435e-38f;  // smallest normal float
   s.model.init_std = 1e-7f;
   s.job.run_dir = "null";         // strings that YAML would otherwise read as other things
+  s.data.type = "text";           // data.path is a key of text and tokens only
   s.data.path = "true";
   s.comm.timeout_s = 0.1 + 0.2;
   const JobSpec r = load_job_spec_from_string(job_spec_to_yaml(s));
@@ -464,6 +474,194 @@ TEST(JobSpecConfigs, EveryShippedConfigLoadsAndValidatesAtItsSmallestWorld) {
     ++seen;
   }
   EXPECT_GE(seen, 2);
+}
+
+// --- typed sections: keys owned by a type ---------------------------------------------------------------
+
+TEST(JobSpecTypedKeys, WrongTypeKeyInTheFileNamesItsOwner) {
+  expect_contains(load_error("moe:\n  dispatch:\n    type: flat\n    headroom: 1.5\n"),
+                  {"x.yaml:4:15: moe.dispatch.headroom: belongs to moe.dispatch.type shm, but moe.dispatch.type "
+                   "is flat; remove it or set the type to shm"});
+  expect_contains(load_error("optim: {type: sgd, beta1: 0.8}\n"),
+                  {"x.yaml:1:27: optim.beta1: belongs to optim.type adamw, but optim.type is sgd; remove it or "
+                   "set the type to adamw"});
+  expect_contains(load_error("optim:\n  momentum: 0.5\n"),  // the default type is adamw
+                  {"x.yaml:2:13: optim.momentum: belongs to optim.type sgd, but optim.type is adamw"});
+  // Exactly one error, even with several misplaced keys: the first in schema order.
+  const std::string two = load_error("optim: {type: sgd, beta1: 0.8, eps: 1e-6}\n");
+  EXPECT_EQ(two.find("optim.eps"), std::string::npos) << two;
+  // The right type accepts them.
+  const JobSpec s = load_job_spec_from_string("moe: {dispatch: {type: shm, headroom: 1.5}}\noptim: {type: sgd, momentum: 0.5}\n");
+  EXPECT_EQ(s.moe.dispatch.shm.headroom, 1.5f);
+  EXPECT_EQ(s.optim.momentum, 0.5f);
+  // Range of a type's own key.
+  expect_contains(load_error("moe: {dispatch: {type: shm, headroom: 0.5}}\n"),
+                  {"x.yaml:1:39: moe.dispatch.headroom: expected a number >= 1, got 0.5"});
+}
+
+TEST(JobSpecTypedKeys, WrongTypeKeyBySetNamesTheSet) {
+  expect_contains(load_error(kBase, {"moe.dispatch.headroom=2"}),
+                  {"--set moe.dispatch.headroom=2: moe.dispatch.headroom: belongs to moe.dispatch.type shm, but "
+                   "moe.dispatch.type is auto; remove it or set the type to shm"});
+  expect_contains(load_error(kBase, {"optim.type=sgd", "optim.eps=1e-6"}),
+                  {"--set optim.eps=1e-6: optim.eps: belongs to optim.type adamw, but optim.type is sgd"});
+}
+
+TEST(JobSpecTypedKeys, OwnershipIsCheckedAfterEveryOverride) {
+  // The type may be set after the key, by --set or over the file.
+  const JobSpec a = load_job_spec_from_string(kBase, {"optim.momentum=0.5", "optim.type=sgd"});
+  EXPECT_EQ(a.optim.type, "sgd");
+  EXPECT_EQ(a.optim.momentum, 0.5f);
+  const JobSpec b = load_job_spec_from_string("moe: {dispatch: {headroom: 2}}\n", {"moe.dispatch.type=shm"});
+  EXPECT_EQ(b.moe.dispatch.shm.headroom, 2.0f);
+  // A later type change makes an earlier key misplaced; the message points at where the key came from.
+  expect_contains(load_error("optim: {beta1: 0.5}\n", {"optim.type=sgd"}),
+                  {"x.yaml:1:16: optim.beta1: belongs to optim.type adamw, but optim.type is sgd"});
+  // Replacing the whole section forgets the keys it replaced.
+  EXPECT_EQ(load_job_spec_from_string("optim: {beta1: 0.5}\n", {"optim={type: sgd}"}).optim.type, "sgd");
+  // Balancing entries are typed sections too.
+  EXPECT_EQ(load_job_spec_from_string(kBase, {"moe.balancing.1={type: z_loss, coeff: 0.1}"}).moe.balancing[1].coeff, 0.1f);
+}
+
+TEST(JobSpecTypedKeys, KeyOwnedBySeveralTypes) {
+  for (const char* type : {"warmup_cosine", "warmup_linear"}) {
+    const JobSpec s = load_job_spec_from_string(
+        fmt::format("optim: {{schedule: {{type: {}, warmup_steps: 3, min_lr_ratio: 0.2}}}}\n", type));
+    EXPECT_EQ(s.optim.schedule.warmup_steps, 3);
+    EXPECT_EQ(s.optim.schedule.min_lr_ratio, 0.2f);
+  }
+  expect_contains(load_error("optim: {schedule: {warmup_steps: 3}}\n"),
+                  {"optim.schedule.warmup_steps: belongs to optim.schedule.type warmup_cosine or warmup_linear, "
+                   "but optim.schedule.type is constant; remove it or set the type to warmup_cosine or warmup_linear"});
+  for (const char* type : {"text", "tokens"})
+    EXPECT_EQ(load_job_spec_from_string(fmt::format("data: {{type: {}, path: a.bin}}\n", type)).data.path, "a.bin");
+  expect_contains(load_error(kBase, {"data.path=corpus.txt"}),
+                  {"--set data.path=corpus.txt: data.path: belongs to data.type text or tokens, but data.type is "
+                   "synthetic"});
+}
+
+TEST(JobSpecTypedKeys, UnknownKeyOfNoTypeListsEveryKey) {
+  expect_contains(load_error("optim:\n  betaa: 0.9\n"),
+                  {"x.yaml:2:3: optim.betaa: unknown key 'betaa' in section optim",
+                   "(allowed: type, lr, weight_decay, grad_clip, beta1, beta2, eps, momentum, schedule)",
+                   "did you mean 'beta1'?"});
+  expect_contains(load_error("moe: {dispatch: {headrom: 2}}\n"),
+                  {"moe.dispatch.headrom: unknown key 'headrom'", "(allowed: type, headroom)"});
+}
+
+TEST(JobSpecTypedKeys, ResolvedSpecPrintsOnlyTheChosenTypesKeysAndRoundTrips) {
+  JobSpec s;
+  s.optim.type = "sgd";
+  s.optim.momentum = 0.7f;
+  s.optim.schedule = {"warmup_cosine", 5, 0.3f};
+  s.data.type = "tokens";
+  s.data.path = "shards";
+  s.moe.dispatch = {"shm", {1.75f}};
+  s.job.run_dir = "runs/job";
+  validate_job_spec(s);
+  const std::string yaml = job_spec_to_yaml(s);
+  expect_contains(yaml, {"momentum: 0.7", "warmup_steps: 5", "min_lr_ratio: 0.3", "path: \"shards\"", "headroom: 1.75"});
+  for (const char* absent : {"beta1", "beta2", "\n  eps:"}) EXPECT_EQ(yaml.find(absent), std::string::npos) << absent;
+  const JobSpec r = load_job_spec_from_string(yaml, {}, "resolved");
+  EXPECT_EQ(job_spec_to_yaml(r), yaml);
+  EXPECT_EQ(r.optim.type, "sgd");
+  EXPECT_EQ(r.optim.momentum, 0.7f);
+  EXPECT_EQ(r.optim.schedule.warmup_steps, 5);
+  EXPECT_EQ(r.data.path, "shards");
+  EXPECT_EQ(r.moe.dispatch.shm.headroom, 1.75f);
+
+  // The defaults: adamw, constant schedule, synthetic data, auto dispatch.
+  const std::string d = job_spec_to_yaml(load_job_spec_from_string(""));
+  for (const char* absent : {"momentum", "warmup_steps", "min_lr_ratio", "path:", "headroom", "update"})
+    EXPECT_EQ(d.find(absent), std::string::npos) << absent << " in\n" << d;
+  expect_contains(d, {"type: auto", "beta1: 0.9", "type: constant", "type: synthetic"});
+  EXPECT_EQ(job_spec_to_yaml(load_job_spec_from_string(d)), d);
+}
+
+TEST(JobSpecTypedKeys, AutoDispatchAcceptsAnyEpLocalNeedsEp1) {
+  JobSpec s;
+  s.parallel.strategy = "ep";
+  s.parallel.ep = 4;
+  EXPECT_EQ(s.moe.dispatch.type, "auto");
+  validate_for_world(s, 4);
+  s.moe.dispatch.type = "local";
+  expect_contains(error_of([&] { validate_for_world(s, 4); }), {"moe.dispatch.type local cannot reach experts"});
+}
+
+// --- name lists come from the registries -------------------------------------------------------------
+
+TEST(Registry, ErrorListsAreTheRegistryNames) {
+  using schema::join;
+  expect_contains(load_error("optim: {type: x}\n"), {"optim.type: 'x' is not one of " + join(optimizer_registry().names())});
+  expect_contains(load_error("optim: {schedule: {type: x}}\n"),
+                  {"optim.schedule.type: 'x' is not one of " + join(lr_schedule_registry().names())});
+  expect_contains(load_error("data: {type: x}\n"), {"data.type: 'x' is not one of " + join(data_source_registry().names())});
+  expect_contains(load_error("parallel: {strategy: x}\n"),
+                  {"parallel.strategy: 'x' is not one of " + join(sharding_strategy_registry().names())});
+  expect_contains(load_error("moe: {balancing: [{type: x}]}\n"),
+                  {"moe.balancing.0.type: 'x' is not one of " + join(balancing_pass_registry().names())});
+  expect_contains(load_error("moe: {dispatch: {type: x}}\n"), {"moe.dispatch.type: 'x' is not one of local, flat, flat_packed"});
+  // The factories use the same lists.
+  expect_contains(error_of([] { make_balancing_pass({.type = "x", .coeff = 0.1f}, "moe.balancing.2"); }),
+                  {balancing_pass_registry().not_a("moe.balancing.2.type", "x")});
+  EXPECT_EQ(balancing_pass_registry().not_a("moe.balancing.2.type", "x"),
+            "moe.balancing.2.type ('x') is not a balancing pass; allowed: " + join(balancing_pass_types()));
+  OptimSpec o;
+  o.schedule.type = "x";
+  expect_contains(error_of([&] { LrSchedule(o, 10); }), {lr_schedule_registry().not_one_of("optim.schedule.type", "x")});
+  DataSpec data;
+  data.type = "x";
+  expect_contains(error_of([&] { make_data_source(data, ModelSpec(), 1); }),
+                  {"data.type: 'x' is not one of " + join(data_source_registry().names())});
+}
+
+// A family outside moempi's: the template and the engine alone (registration order, find, owned
+// keys, a key owned by two types, ownership errors, printing).
+struct ToySpec {
+  std::string type = "a";
+  int common = 1;
+  int only_b = 2;
+  int b_and_c = 3;
+};
+
+TEST(Registry, TemplateKeepsOrderAndItsEntriesOwnTheirKeys) {
+  using ToyRegistry = Registry<int (*)()>;
+  const ToyRegistry toys("a toy", {
+      {"c", [] { return 3; }, {schema::int_field("b_and_c", &ToySpec::b_and_c, 0)}, "third letter"},
+      {"a", [] { return 1; }, {}, "first letter"},
+      {"b", [] { return 2; },
+       {schema::int_field("only_b", &ToySpec::only_b, 0), schema::int_field("b_and_c", &ToySpec::b_and_c, 0)}, ""},
+  });
+  EXPECT_EQ(toys.names(), (std::vector<std::string>{"c", "a", "b"}));
+  ASSERT_NE(toys.find("b"), nullptr);
+  EXPECT_EQ(toys.find("b")->factory(), 2);
+  EXPECT_EQ(toys.find("d"), nullptr);
+  EXPECT_EQ(toys.not_a("toy.type", "d"), "toy.type ('d') is not a toy; allowed: c, a, b");
+  expect_contains(error_of([&] { toys.at("toy.type", "d"); }), {"toy.type ('d') is not a toy; allowed: c, a, b"});
+
+  const auto choices = toys.choices();
+  const schema::Schema s = schema::typed_schema(schema::choice_field("type", &ToySpec::type, schema::names_of(choices)),
+                                                {schema::int_field("common", &ToySpec::common, 0)}, choices);
+  EXPECT_EQ(s.keys(), (std::vector<std::string>{"type", "common", "b_and_c", "only_b"}));
+  EXPECT_EQ(s.find("b_and_c")->owners, (std::vector<std::string>{"c", "b"}));
+  auto load = [&](const std::string& yaml) {
+    ToySpec t;
+    schema::Locations locs;
+    schema::parse_map(s, &t, YAML::Load(yaml), "toy", {.file = "t.yaml", .override_text = ""}, locs,
+                      YAML::Mark::null_mark());
+    schema::check_owners(s, &t, "toy", locs);
+    return t;
+  };
+  EXPECT_EQ(load("{type: c, b_and_c: 7}").b_and_c, 7);
+  EXPECT_EQ(load("{type: b, only_b: 8, common: 9}").only_b, 8);
+  expect_contains(error_of([&] { load("{type: c, only_b: 8}"); }),
+                  {"toy.only_b: belongs to toy.type b, but toy.type is c; remove it or set the type to b"});
+  expect_contains(error_of([&] { load("{type: a, b_and_c: 8}"); }), {"belongs to toy.type c or b"});
+  YAML::Emitter e;
+  ToySpec printed;
+  printed.type = "b";
+  schema::emit_map(s, &printed, e);
+  EXPECT_EQ(std::string(e.c_str()), "type: b\ncommon: 1\nb_and_c: 3\nonly_b: 2");
 }
 
 TEST(JobSpec, EnumNames) {

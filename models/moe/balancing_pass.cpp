@@ -1,51 +1,29 @@
 // The BalancingPass registry: `moe.balancing.<i>.type` -> a pass. Adding a pass = its own file
-// defining make_<type>(spec, path, env) + one X(<type>) line below.
-// Test: tests/moe_test.cpp (BalancingRegistry.*).
+// defining make_<type>(spec, path, env) (declared in balancing_pass.h) + one line in the table.
+// Keys every pass takes (type, coeff) are in the job spec's schema; a pass's own keys go in its line.
+// Test: tests/moe_test.cpp (BalancingRegistry.*), tests/job_spec_test.cpp (Registry*).
 #include "models/moe/balancing_pass.h"
 
 #include <fmt/format.h>
 
 #include "runtime/core/error.h"
 
-// One line per pass: the YAML name, which is also the factory's suffix.
-#define MOEMPI_BALANCING_PASSES(X) \
-  X(aux_loss)                      \
-  X(z_loss)
-
 namespace moempi {
 
-using BalancingFactory = std::unique_ptr<BalancingPass> (*)(const BalancingSpec&,
-                                                           const std::string& path,
-                                                           const BalancingEnv&);
-#define MOEMPI_DECLARE_PASS(type)                                                          \
-  std::unique_ptr<BalancingPass> make_##type(const BalancingSpec&, const std::string& path, \
-                                             const BalancingEnv&);
-MOEMPI_BALANCING_PASSES(MOEMPI_DECLARE_PASS)
-#undef MOEMPI_DECLARE_PASS
-
-namespace {
-struct Entry {
-  const char* type;
-  BalancingFactory make;
-};
-#define MOEMPI_ENTRY(type) Entry{#type, &make_##type},
-const Entry kRegistry[] = {MOEMPI_BALANCING_PASSES(MOEMPI_ENTRY)};
-#undef MOEMPI_ENTRY
-}  // namespace
-
-std::vector<std::string> balancing_pass_types() {
-  std::vector<std::string> out;
-  for (const auto& e : kRegistry) out.emplace_back(e.type);
-  return out;
+const BalancingRegistry& balancing_pass_registry() {
+  static const BalancingRegistry registry("a balancing pass", {
+      // name, factory, keys only this pass accepts, one-line doc
+      {"aux_loss", &make_aux_loss, {}, "Switch-style auxiliary loss alpha * E * sum_i f_i P_i per micro-batch"},
+      {"z_loss", &make_z_loss, {}, "router z-loss alpha * mean_t logsumexp(logits_t)^2 (ST-MoE)"},
+  });
+  return registry;
 }
 
-std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec,
-                                                   const std::string& path,
+std::vector<std::string> balancing_pass_types() { return balancing_pass_registry().names(); }
+
+std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec, const std::string& path,
                                                    const BalancingEnv& env) {
-  for (const auto& e : kRegistry)
-    if (spec.type == e.type) return e.make(spec, path, env);
-  fail_collective(fmt::format("{}.type ('{}') is not a balancing pass; allowed: {}", path,
-                              spec.type, fmt::join(balancing_pass_types(), ", ")));
+  return balancing_pass_registry().at(path + ".type", spec.type).factory(spec, path, env);
 }
 
 std::vector<std::unique_ptr<BalancingPass>> make_balancing_passes(

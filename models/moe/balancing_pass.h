@@ -1,6 +1,6 @@
 // BalancingPass: the load-balancing terms of one MoE router (ALGORITHMS.md 2), chosen by name
-// from `moe.balancing.<i>.type` through one registry (balancing_pass.cpp). A new pass is a new
-// file plus one line in that registry; the router and the layer never change.
+// from `moe.balancing.<i>.type` through one Registry (balancing_pass.cpp). A new pass is a new
+// file (its factory) plus one line in that registry; the router and the layer never change.
 // Contract: every pass matches its formula on hand-computed cases and its gradient matches finite
 // differences with routing held fixed (tests/moe_test.cpp).
 #pragma once
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "runtime/core/config.h"
+#include "runtime/core/registry.h"
 
 namespace moempi {
 
@@ -51,8 +52,19 @@ class BalancingPass {
   virtual void on_step_end() {}
 };
 
-// The registry. `path` is the YAML path of the spec, e.g. "moe.balancing.1"; an unknown type is
-// a collective error naming `<path>.type`, the value and the allowed values.
+using BalancingFactory = std::unique_ptr<BalancingPass> (*)(const BalancingSpec& spec, const std::string& path,
+                                                           const BalancingEnv& env);
+using BalancingRegistry = Registry<BalancingFactory>;
+
+// The passes, each defined in its own file (`path` is the YAML path of the spec, for messages).
+std::unique_ptr<BalancingPass> make_aux_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_z_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
+
+// moe.balancing.<i>.type -> pass, in registration order, with each pass's own keys.
+const BalancingRegistry& balancing_pass_registry();
+
+// The pass spec.type names. `path` is the YAML path of the spec, e.g. "moe.balancing.1"; an
+// unknown type is a collective error naming `<path>.type`, the value and the registered names.
 std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec,
                                                    const std::string& path = "moe.balancing.0",
                                                    const BalancingEnv& env = {});

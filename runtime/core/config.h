@@ -29,17 +29,22 @@ struct ModelSpec {
   float init_std = 0.02f;
 };
 
+// Keys of one type only (a typed section) are registered with that type's registry entry; the
+// structs below hold the union, and the schema accepts, checks and prints only the chosen type's.
 struct BalancingSpec {
-  std::string type;       // aux_loss | z_loss (later: seq_aux_loss, global_batch_aux_loss, loss_free_bias)
-  float coeff = 0.01f;    // loss coefficient (alpha)
-  float update_rate = 1e-3f;      // loss_free_bias: u
-  std::string update = "sign";    // loss_free_bias: sign | proportional
+  std::string type;       // a name from balancing_pass_registry() (models/moe/balancing_pass.cpp)
+  float coeff = 0.01f;    // loss coefficient (alpha); every type
 };
 
 enum class ScoreFn { kSoftmax, kSigmoid };
 
+struct ShmDispatchSpec {
+  float headroom = 1.25f;  // moe.dispatch.headroom (>= 1): shared-window slack over the expected rows
+};
+
 struct DispatchSpec {
-  std::string type = "auto";  // auto | local | flat | flat_packed (the dispatcher registry)
+  std::string type = "auto";  // a dispatcher name; auto picks by layout
+  ShmDispatchSpec shm{};      // keys owned by type shm
 };
 
 struct MoeSpec {
@@ -56,31 +61,31 @@ struct MoeSpec {
 };
 
 struct ParallelSpec {
-  std::string strategy = "dp";  // dp | ep
+  std::string strategy = "dp";  // a name from sharding_strategy_registry(): dp | ep
   int ep = 1;                   // ranks that split the experts (0 = all ranks); dp = world / ep
   int ranks_per_node = 0;       // 0 = real nodes (MPI_COMM_TYPE_SHARED); >0 = virtual nodes
 };
 
 struct ScheduleSpec {
-  std::string type = "constant";  // constant | warmup_cosine | warmup_linear
-  int warmup_steps = 0;
-  float min_lr_ratio = 0.1f;      // final lr = lr * min_lr_ratio (cosine / linear)
+  std::string type = "constant";  // a name from lr_schedule_registry(): constant | warmup_cosine | warmup_linear
+  int warmup_steps = 0;           // warmup_cosine, warmup_linear
+  float min_lr_ratio = 0.1f;      // warmup_cosine, warmup_linear: final lr = lr * min_lr_ratio
 };
 
 struct OptimSpec {
-  std::string type = "adamw";  // adamw | sgd
+  std::string type = "adamw";  // a name from optimizer_registry(): adamw | sgd
   float lr = 1e-3f;
   float weight_decay = 0.0f;
-  float beta1 = 0.9f;
-  float beta2 = 0.95f;
-  float eps = 1e-8f;
+  float beta1 = 0.9f;          // adamw
+  float beta2 = 0.95f;         // adamw
+  float eps = 1e-8f;           // adamw
   float momentum = 0.9f;       // sgd
   float grad_clip = 1.0f;      // global-norm clip; 0 = off
   ScheduleSpec schedule;
 };
 
 struct DataSpec {
-  std::string type = "synthetic";  // synthetic | text | tokens
+  std::string type = "synthetic";  // a name from data_source_registry(): synthetic | text | tokens
   std::string path;                // text: a file; tokens: a shard file or a directory of *.bin shards
   float val_fraction = 0.05f;      // share of sequences held out for validation
 };

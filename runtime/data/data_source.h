@@ -1,5 +1,5 @@
-// Where training sequences come from: one interface, three sources chosen by data.type
-// (synthetic | text | tokens). Guarantee: get() is a pure function of (spec, seed, split, global
+// Where training sequences come from: one interface, three sources chosen by data.type through
+// one Registry (data_source.cpp: synthetic | text | tokens; text and tokens own data.path). Guarantee: get() is a pure function of (spec, seed, split, global
 // sequence index), so any rank at any world size reads the same sequence for the same index.
 // Tests: tests/data_test.cpp.
 #pragma once
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/core/config.h"
+#include "runtime/core/registry.h"
 
 namespace moempi {
 
@@ -45,6 +46,13 @@ class DataSource {
   // Distinct sequences per epoch of `split`; 0 = unbounded (synthetic).
   virtual int64_t sequences_per_epoch(Split split) const { return 0; }
 };
+
+using DataSourceFactory = std::unique_ptr<DataSource> (*)(const DataSpec& data, const ModelSpec& model,
+                                                         uint64_t seed);
+using DataSourceRegistry = Registry<DataSourceFactory>;
+
+// data.type -> source, in registration order, with each source's own keys.
+const DataSourceRegistry& data_source_registry();
 
 // The source named by data.type, opened and validated (collective errors name the file, the byte
 // offset and the YAML path at fault). `seed` is job.seed.
