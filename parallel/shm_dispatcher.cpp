@@ -58,6 +58,7 @@ class ShmPlan final : public DispatchPlan {
   std::vector<int64_t> next_row;       // (E) scratch
   std::vector<int64_t> region_bytes;   // (P) bytes of one region of each rank's segment
   std::vector<int64_t> segment_bytes;  // (P) bytes each rank needs (three regions)
+  std::vector<char> peer_used;         // (P) scratch
   // (T*K) where each slot's rows live, in this process's address space; nullptr when dropped.
   std::vector<float*> x_slot, y_slot, dy_slot;
   // Traffic per direction: rows this rank stores into peers' segments (dispatch,
@@ -73,15 +74,18 @@ ShmDispatcher::ShmDispatcher(const ProcessGroups& groups, float headroom)
   const Communicator host = Communicator::split_shared(groups.ep, groups.ep.rank(), "ep_host");
   int64_t worst[3] = {groups.ep_num_nodes(), host.size() < groups.ep.size() ? 1 : 0, groups.node.size()};
   allreduce(worst, 3, ReduceOp::kMax, groups.world);
-  const std::string nodes_kind = groups.virtual_nodes ? "virtual nodes, parallel.ranks_per_node" : "real nodes";
+  const std::string layout =
+      groups.virtual_nodes
+          ? fmt::format("parallel.ep = {}, parallel.ranks_per_node = {}", groups.ep_size, worst[2])
+          : fmt::format("parallel.ep = {}, nodes of up to {} ranks", groups.ep_size, worst[2]);
   MOEMPI_CHECK_ALL(worst[0] == 1,
-                   "moe.dispatch.type shm needs the ep group within one node, but it spans {} nodes "
-                   "(parallel.ep = {}, {} ranks per node, {}); use flat or auto",
-                   worst[0], groups.ep_size, worst[2], nodes_kind);
+                   "moe.dispatch.type shm needs the ep group within one node, but it spans {} nodes ({}); "
+                   "use flat or auto",
+                   worst[0], layout);
   MOEMPI_CHECK_ALL(worst[1] == 0,
-                   "moe.dispatch.type shm needs the ep group on one host (shared memory), but its {} "
-                   "ranks are on several hosts (parallel.ep = {}, {} ranks per node, {}); use flat or auto",
-                   groups.ep_size, groups.ep_size, worst[2], nodes_kind);
+                   "moe.dispatch.type shm needs the ep group on one host (shared memory), but its ranks "
+                   "are on several hosts ({}); use flat or auto",
+                   layout);
 }
 
 std::unique_ptr<DispatchPlan> ShmDispatcher::new_plan() const { return std::make_unique<ShmPlan>(); }
@@ -168,7 +172,7 @@ void ShmDispatcher::plan(DispatchPlan& plan_base, const Routing& routing, const 
   p.y_slot.assign(TK, nullptr);
   p.dy_slot.assign(TK, nullptr);
   p.next_row = p.base_row;
-  std::vector<char> peer_used(P, 0);
+  p.peer_used.assign(P, 0);
   p.rows_out = p.peers_out = 0;
   for (int64_t s = 0; s < TK; ++s) {
     const int e = p.topk_ids_TK_[s];
@@ -180,8 +184,8 @@ void ShmDispatcher::plan(DispatchPlan& plan_base, const Routing& routing, const 
     p.dy_slot[s] = region(r, 2) + at;
     if (r != me) {
       ++p.rows_out;
-      p.peers_out += !peer_used[r];
-      peer_used[r] = 1;
+      p.peers_out += !p.peer_used[r];
+      p.peer_used[r] = 1;
     }
   }
   (void)x_TD;

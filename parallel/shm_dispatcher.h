@@ -28,6 +28,8 @@ class ShmDispatcher final : public Dispatcher {
   // dispatcher. `headroom` (>= 1) is the growth factor of the plans' shared segments.
   ShmDispatcher(const ProcessGroups& groups, float headroom = 1.25f);
   std::string name() const override { return "shm"; }
+  // Not collective; the plan's window is made by its first plan(). Destroying a plan that has been
+  // planned is collective over ep (MPI_Win_free): every rank destroys its plans in the same order.
   std::unique_ptr<DispatchPlan> new_plan() const override;
 
   // Collective over ep: one MPI_Allgather of E+1 int64 per rank (counts per global expert and D);

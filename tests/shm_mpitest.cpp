@@ -486,7 +486,7 @@ TEST(ShmErrors, EpGroupSpanningVirtualNodesIsACollectiveError) {
   const ProcessGroups groups = ProcessGroups::build(spec);
   const std::string msg = test_util::error_of([&] { ShmDispatcher shm(groups, 1.25f); });
   test_util::expect_contains(msg, {"moe.dispatch.type shm", fmt::format("spans {} nodes", W),
-                                   fmt::format("parallel.ep = {}", W), "ranks_per_node", "use flat or auto"});
+                                   fmt::format("parallel.ep = {}", W), "parallel.ranks_per_node = 1", "use flat or auto"});
 }
 
 TEST(ShmErrors, OneSpanningGroupFailsEveryRank) {
