@@ -7,8 +7,8 @@
 //  - ShmStress: 200 steps of two interleaved layers with random per-rank delays in every phase and
 //    changing sizes (ranks with zero rows, growth of T and D), checked every step;
 //  - ShmErrors: an ep group spanning (virtual) nodes is a collective error on every rank.
-// Every rank generates every rank's problem (a pure function of world rank, step and layer), so the
-// reference needs no communication.
+// Every rank builds every rank's problem (tests/dispatch_problem.h: a pure function of world rank
+// and round), so the reference needs no communication.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,10 +21,12 @@
 #include "comm/process_groups.h"
 #include "comm/shm_window.h"
 #include "parallel/dispatcher.h"
+#include "parallel/local_dispatcher.h"
 #include "parallel/placement.h"
 #include "parallel/shm_dispatcher.h"
 #include "runtime/core/error.h"
 #include "runtime/core/rng.h"
+#include "tests/dispatch_problem.h"
 #include "tests/test_util.h"
 
 namespace moempi {
@@ -103,181 +105,91 @@ TEST(ShmWindow, StoresIntoPeersAreVisibleAfterFenceAcrossReallocations) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Problems, toy experts and the reference.
+// Running a layer through a dispatcher, and what to compare.
 
-// One rank's micro-batch of one layer.
-struct Problem {
-  int T = 0, K = 1;
-  std::vector<int32_t> topk;  // (T*K)
-  std::vector<float> probs;   // (T*K)
-  std::vector<float> x;       // (T, D)
-  std::vector<float> dout;    // (T, D)
-  std::vector<float> dx0;     // (T, D) what dx_TD holds before dispatch_backward adds to it
-};
-
-// pattern: balanced | zero_rank | hot_expert | dropped | all_dropped | empty
-Problem make_problem(const std::string& pattern, int K, int T, int world_rank, uint64_t seed, int D) {
-  Problem p;
-  p.K = K;
-  p.T = T;
-  const int zero_rank = std::min(1, world_size() - 1);
-  if (pattern == "empty" || (pattern == "zero_rank" && world_rank == zero_rank)) p.T = 0;
-  Rng rng(seed, world_rank, 0, Rng::stream_of(pattern));
-  const size_t TK = static_cast<size_t>(p.T) * K;
-  p.topk.resize(TK);
-  p.probs.resize(TK);
-  for (int t = 0; t < p.T; ++t) {
-    int32_t* ids = &p.topk[static_cast<size_t>(t) * K];
-    for (int k = 0; k < K; ++k) {
-      int e;
-      do {
-        e = (k == 0 && pattern == "hot_expert" && rng.uniform() < 0.8f) ? 7
-                                                                         : static_cast<int>(rng.below(kExperts));
-      } while (std::find(ids, ids + k, e) != ids + k);
-      ids[k] = e;
-    }
-  }
-  for (size_t s = 0; s < TK; ++s) {
-    if (pattern == "all_dropped" || (pattern == "dropped" && rng.uniform() < 0.3f)) p.topk[s] = -1;
-    p.probs[s] = 0.05f + rng.uniform();
-  }
-  const size_t TD = static_cast<size_t>(p.T) * D;
-  p.x.resize(TD), p.dout.resize(TD), p.dx0.resize(TD);
-  payload_fill(p.x.data(), TD, seed + 1, world_rank, 0);
-  payload_fill(p.dout.data(), TD, seed + 2, world_rank, 1);
-  payload_fill(p.dx0.data(), TD, seed + 3, world_rank, 2);
-  return p;
-}
-
-// Toy experts on the plan's rows, grouped by local expert: y = a_e x + b_e; dx = a_e dy - x / 64.
-void experts_forward(DispatchPlan& plan) {
-  const int D = plan.width();
-  int64_t row = 0;
-  for (size_t l = 0; l < plan.local_experts().size(); ++l) {
-    const int e = plan.local_experts()[l];
-    for (int64_t i = 0; i < plan.rows_per_local_expert()[l]; ++i, ++row) {
-      const float* x = plan.x_RD() + row * D;
-      float* y = plan.y_RD() + row * D;
-      for (int d = 0; d < D; ++d) y[d] = x[d] * (1.0f + 0.0625f * e) + 0.03125f * e;
-    }
-  }
-}
-
-void experts_backward(DispatchPlan& plan) {
-  const int D = plan.width();
-  int64_t row = 0;
-  for (size_t l = 0; l < plan.local_experts().size(); ++l) {
-    const int e = plan.local_experts()[l];
-    for (int64_t i = 0; i < plan.rows_per_local_expert()[l]; ++i, ++row) {
-      const float* x = plan.x_RD() + row * D;
-      const float* dy = plan.dy_RD() + row * D;
-      float* dx = plan.dx_RD() + row * D;
-      for (int d = 0; d < D; ++d) dx[d] = dy[d] * (1.0f + 0.0625f * e) - x[d] * 0.015625f;
-    }
-  }
-}
+using test_util::DispatchProblem;
+using test_util::make_dispatch_problem;
 
 // What one rank observes of one layer: expert-side rows and token-side results.
 struct Result {
   std::vector<int> local_experts;
   std::vector<int64_t> rows_per_local_expert;
-  std::vector<float> x_RD, dy_RD;       // (R, D)
-  std::vector<float> out, dprobs, dx;   // (T, D), (T*K), (T, D)
-
-  // Rows of global expert e, when this is a reference result holding every expert.
-  std::pair<int64_t, int64_t> rows_of(int e) const {
-    int64_t first = 0;
-    for (size_t l = 0; l < local_experts.size(); ++l) {
-      if (local_experts[l] == e) return {first, rows_per_local_expert[l]};
-      first += rows_per_local_expert[l];
-    }
-    return {0, 0};
-  }
+  std::vector<float> x_RD, dy_RD;      // (R, D), as the plan holds them after the backward half
+  std::vector<float> out, dprobs, dx;  // (T, D), (T*K), (T, D); dx starts at x
 };
 
-// The forward half and the backward half of one layer through a dispatcher, as the MoE layer runs
-// them (other layers may run in between).
-void run_forward(Dispatcher& d, DispatchPlan& plan, const Problem& p, int D, const Placement& placement,
+void run_experts_forward(DispatchPlan& plan) {
+  int64_t at = 0;
+  const int D = plan.width();
+  for (size_t le = 0; le < plan.local_experts().size(); ++le) {
+    const int64_t n = plan.rows_per_local_expert()[le];
+    test_util::expert_rows_forward(plan.y_RD() + at * D, plan.x_RD() + at * D, n, D, plan.local_experts()[le]);
+    at += n;
+  }
+}
+
+void run_experts_backward(DispatchPlan& plan) {
+  int64_t at = 0;
+  const int D = plan.width();
+  for (size_t le = 0; le < plan.local_experts().size(); ++le) {
+    const int64_t n = plan.rows_per_local_expert()[le];
+    test_util::expert_rows_backward(plan.dx_RD() + at * D, plan.dy_RD() + at * D, plan.x_RD() + at * D, n, D,
+                                    plan.local_experts()[le]);
+    at += n;
+  }
+}
+
+// The forward half and the backward half of one layer, as the MoE layer runs them (other layers'
+// halves may run in between).
+void run_forward(Dispatcher& d, DispatchPlan& plan, const DispatchProblem& p, const Placement& placement,
                  Result& r) {
-  d.plan(plan, Routing{p.topk.data(), p.probs.data(), p.T, p.K}, p.x.data(), D, placement);
+  d.plan(plan, Routing{p.topk.data(), p.probs.data(), p.T, p.K}, p.x.data(), p.D, placement);
   d.dispatch(plan, p.x.data());
-  experts_forward(plan);
-  r.out.assign(static_cast<size_t>(p.T) * D, -1.0f);
+  run_experts_forward(plan);
+  r.out.assign(static_cast<size_t>(p.T) * p.D, -7.0f);
   d.combine(plan, r.out.data());
 }
 
-void run_backward(Dispatcher& d, DispatchPlan& plan, const Problem& p, Result& r) {
-  const int D = plan.width();
-  r.dprobs.assign(static_cast<size_t>(p.T) * p.K, -1.0f);
+void run_backward(Dispatcher& d, DispatchPlan& plan, const DispatchProblem& p, Result& r) {
+  r.dprobs.assign(p.topk.size(), -7.0f);
   d.combine_backward(plan, p.dout.data(), r.dprobs.data());
-  experts_backward(plan);
-  r.dx = p.dx0;
+  run_experts_backward(plan);
+  r.dx = p.x;
   d.dispatch_backward(plan, r.dx.data());
   r.local_experts = plan.local_experts();
   r.rows_per_local_expert = plan.rows_per_local_expert();
-  const size_t n = static_cast<size_t>(plan.rows()) * D;
+  const size_t n = static_cast<size_t>(plan.rows()) * p.D;
   r.x_RD.assign(plan.x_RD(), plan.x_RD() + n);
   r.dy_RD.assign(plan.dy_RD(), plan.dy_RD() + n);
 }
 
-// The reference: `local` (all experts on one rank, no communication) on one rank's problem.
-Result reference(const Problem& p, int D) {
-  // TODO(rebase): LocalDispatcher of contract v2.
+// The reference: `local` (every expert on this rank, no communication) on one rank's problem.
+Result local_reference(const DispatchProblem& p) {
+  LocalDispatcher local;
+  auto plan = local.new_plan();
   Result r;
-  const int K = p.K;
-  const int64_t TK = static_cast<int64_t>(p.T) * K;
-  std::vector<int64_t> counts;
-  count_slots(p.topk.data(), TK, kExperts, counts);
-  std::vector<int64_t> next(kExperts, 0);
-  for (int e = 1; e < kExperts; ++e) next[e] = next[e - 1] + counts[e - 1];
-  const int64_t R = next[kExperts - 1] + counts[kExperts - 1];
-  std::vector<float> x(R * D), y(R * D), dy(R * D);
-  std::vector<const float*> rows(TK, nullptr);
-  std::vector<int64_t> row_of(TK, -1);
-  for (int64_t s = 0; s < TK; ++s)
-    if (p.topk[s] >= 0) row_of[s] = next[p.topk[s]]++;
-  for (int64_t s = 0; s < TK; ++s) {
-    if (row_of[s] < 0) continue;
-    const int e = p.topk[s];
-    std::memcpy(&x[row_of[s] * D], &p.x[(s / K) * D], sizeof(float) * D);
-    for (int d = 0; d < D; ++d) y[row_of[s] * D + d] = x[row_of[s] * D + d] * (1.0f + 0.0625f * e) + 0.03125f * e;
-    rows[s] = &y[row_of[s] * D];
-  }
-  r.out.resize(static_cast<size_t>(p.T) * D);
-  weighted_sum_rows(r.out.data(), rows.data(), p.probs.data(), p.T, K, D);
-  r.dprobs.resize(TK);
-  for (int64_t s = 0; s < TK; ++s) {
-    r.dprobs[s] = rows[s] ? dot_row(&p.dout[(s / K) * D], rows[s], D) : 0.0f;
-    if (rows[s]) scale_row(&dy[row_of[s] * D], &p.dout[(s / K) * D], p.probs[s], D);
-  }
-  for (int64_t s = 0; s < TK; ++s) {
-    if (row_of[s] < 0) continue;
-    const int e = p.topk[s];
-    for (int d = 0; d < D; ++d)
-      y[row_of[s] * D + d] = dy[row_of[s] * D + d] * (1.0f + 0.0625f * e) - x[row_of[s] * D + d] * 0.015625f;
-  }
-  r.dx = p.dx0;
-  add_slot_rows(r.dx.data(), rows.data(), p.T, K, D);
-  for (int e = 0; e < kExperts; ++e) r.local_experts.push_back(e);
-  r.rows_per_local_expert = counts;
-  r.x_RD = std::move(x);
-  r.dy_RD = std::move(dy);
+  run_forward(local, *plan, p, Placement::contiguous(kExperts, 1, 0), r);
+  run_backward(local, *plan, p, r);
   return r;
 }
 
-// Expected expert-side rows on ep rank m: by local expert, then source rank, then slot order.
-std::vector<float> expected_rows(const std::vector<Result>& refs, const Placement& placement, int m,
-                                 bool dy, int D, std::vector<int64_t>* rows_per_local_expert) {
+// Expected expert-side rows on ep rank m: by local expert (ascending id), then source ep rank, then
+// slot; x rows (x_t) or dy rows (p_tk · dout_t, the product scale_row computes).
+std::vector<float> expected_rows(const std::vector<DispatchProblem>& group, const Placement& pl, int m, bool dy,
+                                 std::vector<int64_t>* rows_per_local_expert) {
   std::vector<float> out;
   rows_per_local_expert->clear();
-  for (int e : placement.experts_on(m)) {
+  for (int e : pl.experts_on(m)) {
     int64_t n = 0;
-    for (int q = 0; q < placement.group_size(); ++q) {
-      if (placement.destination(e, q) != m) continue;
-      const auto [first, count] = refs[q].rows_of(e);
-      const std::vector<float>& src = dy ? refs[q].dy_RD : refs[q].x_RD;
-      out.insert(out.end(), src.begin() + first * D, src.begin() + (first + count) * D);
-      n += count;
+    for (int q = 0; q < static_cast<int>(group.size()); ++q) {
+      const DispatchProblem& p = group[q];
+      if (pl.destination(e, q) != m) continue;
+      for (size_t s = 0; s < p.topk.size(); ++s) {
+        if (p.topk[s] != e) continue;
+        const float* src = (dy ? p.dout.data() : p.x.data()) + (s / p.K) * p.D;
+        for (int d = 0; d < p.D; ++d) out.push_back(dy ? p.probs[s] * src[d] : src[d]);
+        ++n;
+      }
     }
     rows_per_local_expert->push_back(n);
   }
@@ -292,19 +204,19 @@ int64_t differing(const std::vector<float>& a, const std::vector<float>& b) {
   return n;
 }
 
-// #wrong of one rank's result against the references of its ep group (and a description).
-int64_t check_against_reference(const Result& got, const std::vector<Result>& refs, const Placement& placement,
-                                int D, std::string* what) {
+// #wrong of ep rank m's result (all of out, dprobs, dx, x_RD, dy_RD and the row layout) against
+// `local` on its own problem and the rows its group sends it; `what` says where.
+int64_t check_against_local(const Result& got, const std::vector<DispatchProblem>& group, const Placement& placement,
+                            std::string* what) {
   const int m = placement.rank();
+  const Result want = local_reference(group[m]);
   std::vector<int64_t> want_rows;
-  const std::vector<float> want_x = expected_rows(refs, placement, m, false, D, &want_rows);
-  const std::vector<float> want_dy = expected_rows(refs, placement, m, true, D, &want_rows);
-  const int64_t wrong[6] = {differing(got.out, refs[m].out), differing(got.dprobs, refs[m].dprobs),
-                            differing(got.dx, refs[m].dx), differing(got.x_RD, want_x),
-                            differing(got.dy_RD, want_dy),
-                            got.rows_per_local_expert == want_rows && got.local_experts == placement.local_experts()
-                                ? 0
-                                : 1};
+  const std::vector<float> want_x = expected_rows(group, placement, m, false, &want_rows);
+  const std::vector<float> want_dy = expected_rows(group, placement, m, true, &want_rows);
+  const int64_t wrong[6] = {
+      differing(got.out, want.out), differing(got.dprobs, want.dprobs), differing(got.dx, want.dx),
+      differing(got.x_RD, want_x),  differing(got.dy_RD, want_dy),
+      got.rows_per_local_expert == want_rows && got.local_experts == placement.local_experts() ? 0 : 1};
   *what = fmt::format("#wrong out {} dprobs {} dx {} x_RD {} dy_RD {} layout {}", wrong[0], wrong[1], wrong[2],
                       wrong[3], wrong[4], wrong[5]);
   int64_t total = 0;
@@ -324,11 +236,11 @@ Placement replicated_placement(int P, int rank) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Contract: equal to `local`, bit for bit.
+// Contract: equal to `local`, bit for bit, on one plan re-planned with other widths.
 
 struct Case {
   int ep;
-  std::string pattern;
+  std::string pattern;  // balanced | zero_rank | hot_expert | dropped | all_dropped | empty
   int K;
   bool replicas = false;
   bool virtual_nodes = false;  // parallel.ranks_per_node = ep: each ep group is its own node
@@ -343,41 +255,41 @@ void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
 
 class ShmVsLocal : public ::testing::TestWithParam<Case> {};
 
-TEST_P(ShmVsLocal, EqualsLocalReferenceBitForBit) {
+TEST_P(ShmVsLocal, EqualsLocalBitForBit) {
   const Case c = GetParam();
-  if (world_size() % c.ep != 0) GTEST_SKIP() << "ep " << c.ep << " does not divide W " << world_size();
+  const int W = world_size();
+  if (W % c.ep != 0) GTEST_SKIP() << "ep " << c.ep << " does not divide W " << W;
   ParallelSpec spec;
+  spec.strategy = c.ep > 1 ? "ep" : "dp";
   spec.ep = c.ep;
   spec.ranks_per_node = c.virtual_nodes ? c.ep : 0;
   const ProcessGroups groups = ProcessGroups::build(spec);
-  const int m = groups.ep.rank();
+  const int m = groups.ep.rank(), group0 = groups.ep_group() * c.ep;
   const Placement placement = c.replicas ? replicated_placement(c.ep, m) : Placement::contiguous(kExperts, c.ep, m);
   ShmDispatcher shm(groups, 1.25f);
   EXPECT_EQ(shm.name(), "shm");
   auto plan = shm.new_plan();
 
-  // Three rounds on one plan: growth of T and D, then a shrink (the window is reused and must not
-  // leak rows of an earlier round).
+  // Three rounds on one plan: growth of T and D, then a smaller D (the window is reused and must
+  // not leak rows of an earlier round).
   const int widths[3] = {5, 16, 3};
   int64_t want_rows = 0, want_bytes = 0;
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     const int D = widths[round];
-    std::vector<Problem> problems;
-    std::vector<Result> refs;
-    for (int q = 0; q < c.ep; ++q) {
-      const int wr = groups.ep_group() * c.ep + q;
-      problems.push_back(make_problem(c.pattern, c.K, 29 + 7 * wr + 5 * round, wr, 1000 + round, D));
-      refs.push_back(reference(problems.back(), D));
-    }
+    std::vector<DispatchProblem> group;
+    for (int q = 0; q < c.ep; ++q)
+      group.push_back(make_dispatch_problem(c.pattern, kExperts, c.K, D, group0 + q, W, round));
     Result got;
-    run_forward(shm, *plan, problems[m], D, placement, got);
-    run_backward(shm, *plan, problems[m], got);
+    run_forward(shm, *plan, group[m], placement, got);
+    run_backward(shm, *plan, group[m], got);
     std::string what;
-    EXPECT_EQ(check_against_reference(got, refs, placement, D, &what), 0) << what;
+    EXPECT_EQ(check_against_local(got, group, placement, &what), 0) << what;
+    // Each direction moves the rows of slots routed to another rank: dispatch and combine_backward
+    // store this rank's, combine and dispatch_backward have peers load the ones it received.
     int64_t out = 0, in = 0;
     for (int q = 0; q < c.ep; ++q)
-      for (int32_t e : problems[q].topk) {
+      for (int32_t e : group[q].topk) {
         if (e < 0) continue;
         const int dst = placement.destination(e, q);
         out += q == m && dst != m;
@@ -386,8 +298,6 @@ TEST_P(ShmVsLocal, EqualsLocalReferenceBitForBit) {
     want_rows += 2 * (out + in);
     want_bytes += 2 * (out + in) * D * static_cast<int64_t>(sizeof(float));
   }
-  // Traffic: each direction moves the rows of slots routed to another rank (dispatch and
-  // combine_backward store them, combine and dispatch_backward load the mirror ones), all intra-node.
   const DispatchStats& st = shm.stats();
   EXPECT_EQ(st.rows, want_rows);
   EXPECT_EQ(st.bytes_intra, want_bytes);
@@ -419,9 +329,25 @@ INSTANTIATE_TEST_SUITE_P(Layouts, ShmVsLocal, ::testing::ValuesIn(all_cases()),
 // Stress: two layers per step (forward 0, 1, backward 1, 0) on their own plans, random delays in
 // every phase on every rank, sizes changing every step, every step checked.
 
+// Rank q's problem of (step, layer): the shared generator's problem cut to a random T (zero on
+// about a fifth of the draws); its largest T grows with the step.
+DispatchProblem stress_problem(int step, int layer, int q, int W, int D) {
+  DispatchProblem p = make_dispatch_problem(step % 4 == 2 ? "dropped" : "balanced", kExperts, 2, D, q, W,
+                                            2 * step + layer);
+  Rng rng(step, q, layer, 5);
+  const int T = rng.uniform() < 0.2f ? 0 : static_cast<int>(rng.below(p.T + 1));
+  p.T = T;
+  p.topk.resize(static_cast<size_t>(T) * p.K);
+  p.probs.resize(p.topk.size());
+  p.x.resize(static_cast<size_t>(T) * D);
+  p.dout.resize(p.x.size());
+  return p;
+}
+
 TEST(ShmStress, TwoHundredStepsRandomDelaysChangingSizes) {
   const int W = world_size();
   ParallelSpec spec;
+  spec.strategy = W > 1 ? "ep" : "dp";
   spec.ep = W;
   const ProcessGroups groups = ProcessGroups::build(spec);
   const int m = groups.ep.rank();
@@ -434,36 +360,23 @@ TEST(ShmStress, TwoHundredStepsRandomDelaysChangingSizes) {
     ~Reset() { ShmDispatcher::set_test_delay({}); }
   } reset;
 
-  constexpr int kLayers = 2, kSteps = 200, K = 2;
+  constexpr int kLayers = 2, kSteps = 200;
   std::unique_ptr<DispatchPlan> plans[kLayers] = {shm.new_plan(), shm.new_plan()};
   int64_t wrong_total = 0;
   int first_bad_step = -1;
   std::string first_bad;
   for (int step = 0; step < kSteps; ++step) {
     const int D = 4 + 4 * (step / 50);  // grows every 50 steps
-    const Placement placement =
-        step % 3 == 1 ? replicated_placement(W, m) : Placement::contiguous(kExperts, W, m);
-    std::vector<Problem> problems[kLayers];
-    std::vector<Result> refs[kLayers];
+    const Placement placement = step % 3 == 1 ? replicated_placement(W, m) : Placement::contiguous(kExperts, W, m);
+    std::vector<DispatchProblem> group[kLayers];
     Result got[kLayers];
     for (int layer = 0; layer < kLayers; ++layer)
-      for (int q = 0; q < W; ++q) {
-        // Same draw on every rank: T of rank q at (step, layer); zero rows often, a spike sometimes.
-        Rng size_rng(step, q, layer, 5);
-        const float u = size_rng.uniform();
-        const int T = u < 0.2f ? 0 : (u > 0.97f ? 150 + static_cast<int>(size_rng.below(100))
-                                                : static_cast<int>(size_rng.below(40)));
-        problems[layer].push_back(make_problem(step % 4 == 2 ? "dropped" : "balanced", K, T, q,
-                                               5000 + 10 * step + layer, D));
-        refs[layer].push_back(reference(problems[layer].back(), D));
-      }
-    for (int layer = 0; layer < kLayers; ++layer)
-      run_forward(shm, *plans[layer], problems[layer][m], D, placement, got[layer]);
-    for (int layer = kLayers - 1; layer >= 0; --layer)
-      run_backward(shm, *plans[layer], problems[layer][m], got[layer]);
+      for (int q = 0; q < W; ++q) group[layer].push_back(stress_problem(step, layer, q, W, D));
+    for (int layer = 0; layer < kLayers; ++layer) run_forward(shm, *plans[layer], group[layer][m], placement, got[layer]);
+    for (int layer = kLayers - 1; layer >= 0; --layer) run_backward(shm, *plans[layer], group[layer][m], got[layer]);
     for (int layer = 0; layer < kLayers; ++layer) {
       std::string what;
-      const int64_t wrong = check_against_reference(got[layer], refs[layer], placement, D, &what);
+      const int64_t wrong = check_against_local(got[layer], group[layer], placement, &what);
       wrong_total += wrong;
       if (wrong && first_bad_step < 0) {
         first_bad_step = step;
