@@ -44,11 +44,9 @@ void test_pause() {
 
 int64_t round_up_64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 
-}  // namespace
-
 // Per-micro-batch state of one layer: the window and where every slot's rows live.
 class ShmPlan final : public DispatchPlan {
-  friend class ShmDispatcher;  // reads and sets the base's protected fields
+  friend class ::moempi::ShmDispatcher;  // reads and sets the base's protected fields
 
  public:  // file-local type: its state is the dispatcher's
   std::unique_ptr<ShmWindow> window;  // created by the first plan()
@@ -65,6 +63,8 @@ class ShmPlan final : public DispatchPlan {
   // combine_backward), and rows of its own segment that peers load (combine, dispatch_backward).
   int64_t rows_out = 0, rows_in = 0, peers_out = 0, peers_in = 0;
 };
+
+}  // namespace
 
 ShmDispatcher::ShmDispatcher(const ProcessGroups& groups, float headroom)
     : ep_(groups.ep.view()), headroom_(headroom) {
