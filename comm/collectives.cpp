@@ -76,6 +76,12 @@ void alltoall_i64(const int64_t* send, int64_t* recv, int per_peer, const Commun
       MPI_Alltoall(send, per_peer, MPI_INT64_T, recv, per_peer, MPI_INT64_T, group.comm()));
 }
 
+void allgather_i64(const int64_t* send, int64_t* recv, int per_rank, const Communicator& group) {
+  watchdog::Pending pending("MPI_Allgather", group.name().c_str());
+  MOEMPI_MPI_CHECK(
+      MPI_Allgather(send, per_rank, MPI_INT64_T, recv, per_rank, MPI_INT64_T, group.comm()));
+}
+
 void alltoallv_float(const float* send, std::span<const int64_t> send_counts,
                      std::span<const int64_t> send_displs, float* recv,
                      std::span<const int64_t> recv_counts, std::span<const int64_t> recv_displs,

@@ -32,6 +32,11 @@ void reduce(double* data, int64_t count, ReduceOp op, int root, const Communicat
 // group.size() * per_peer values, peer p's block at p * per_peer. Used for count exchanges.
 void alltoall_i64(const int64_t* send, int64_t* recv, int per_peer, const Communicator& group);
 
+// MPI_Allgather over `group` of `per_rank` int64 values from every rank: recv holds
+// group.size() * per_rank values, rank p's block at p * per_rank. Used for count exchanges that
+// every rank needs whole (the shm dispatcher's plan).
+void allgather_i64(const int64_t* send, int64_t* recv, int per_rank, const Communicator& group);
+
 // MPI_Alltoallv of floats over `group`. Counts and displacements are in floats, int64, one per
 // peer (size group.size()). Open MPI 4.1 takes int: if any count or displacement on ANY rank
 // exceeds INT_MAX, every rank throws CollectiveError. That check costs one MPI_Allreduce of one
