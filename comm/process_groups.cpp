@@ -59,6 +59,9 @@ ProcessGroups ProcessGroups::build(const ParallelSpec& spec, MPI_Comm base) {
                                  g.ep.comm()));
   g.ep_node = Communicator::split(g.ep, g.node_index, g.ep.rank(), "ep_node");
   g.ep_inter = Communicator::split(g.ep, g.ep_node.rank(), g.node_index, "ep_inter");
+  int within = g.ep_within_node() ? 1 : 0;  // decisions that pick a transport must agree world-wide
+  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &within, 1, MPI_INT, MPI_MIN, g.world.comm()));
+  g.every_ep_within_node = within == 1;
   return g;
 }
 

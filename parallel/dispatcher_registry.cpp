@@ -5,6 +5,7 @@
 
 #include "parallel/flat_dispatcher.h"
 #include "parallel/local_dispatcher.h"
+#include "parallel/shm_dispatcher.h"
 #include "runtime/core/error.h"
 
 namespace moempi {
@@ -31,6 +32,13 @@ const DispatcherRegistry& dispatcher_registry() {
              return std::make_unique<FlatDispatcher>(g, FlatExchange::kPacked);
            },
            {}, "memcpy pack, one MPI_Alltoallv of rows per direction, memcpy regroup"},
+          {"shm",
+           [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             return std::make_unique<ShmDispatcher>(g, s.shm.headroom);
+           },
+           {schema::lift(&DispatchSpec::shm,
+                         schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))},
+           "single copy per row through an MPI-3 shared-memory window; the ep group within one node"},
           {"auto", nullptr, {}, "local for parallel.ep 1, shm within a node, flat across nodes"},
       });
   return registry;
@@ -48,8 +56,11 @@ std::vector<std::string> dispatcher_names() { return dispatcher_registry().names
 DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
   if (spec.type != "auto") return {spec.type, ""};
   if (groups.ep_size == 1) return {"local", "parallel.ep is 1: no expert leaves its rank"};
-  return {"flat", fmt::format("the ep group of {} ranks spans {} node(s)", groups.ep_size,
-                              groups.ep_num_nodes())};
+  if (groups.every_ep_within_node)
+    return {"shm", fmt::format("every ep group ({} ranks) is on one node: single copy per row through "
+                               "shared memory", groups.ep_size)};
+  return {"flat", fmt::format("the ep groups ({} ranks each) do not all lie within one node (this rank's "
+                              "spans {})", groups.ep_size, groups.ep_num_nodes())};
 }
 
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {

@@ -1,4 +1,4 @@
-// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | auto, one Registry
+// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | shm | auto, one Registry
 // (runtime/core/registry.h) whose entries carry their own keys (the job spec's schema reads them).
 // A new dispatcher is a new file plus one line in the table in dispatcher_registry.cpp.
 // `auto` (the default) resolves by layout: local for an ep group of one rank, shm for an ep group
@@ -20,7 +20,7 @@ namespace moempi {
 Placement make_placement(int num_experts, const ProcessGroups& groups);
 
 // The dispatcher `auto` stands for on this layout, and why (for the start-up line); any other
-// name is returned as it is, with an empty reason. Not communicating.
+// name is returned as it is, with an empty reason. Not communicating; the same on every rank.
 struct DispatcherChoice {
   std::string name;
   std::string reason;
@@ -29,7 +29,8 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
 
 // Builds the dispatcher spec.type names (auto resolved) over groups.ep. Collective error naming
 // moe.dispatch.type, the value and the allowed values if the name is unknown, or if the layout
-// does not suit it. Not communicating.
+// does not suit it. Collective over the world (shm checks its layout with one allreduce); every
+// rank calls it with the same spec.
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
 
 // The table: factories build over groups.ep and do not communicate; `auto` has no factory (it
