@@ -22,21 +22,11 @@
 namespace moempi::bench {
 namespace {
 
-// What the timed to_experts does, for the table header.
-std::string exchange_description(const std::string& dispatcher) {
-  if (dispatcher == "flat")
-    return "flat = one MPI_Alltoallw whose row datatypes gather and place rows (own rows: memcpy)";
-  if (dispatcher == "flat_packed")
-    return "flat_packed = memcpy pack, one MPI_Alltoallv of rows, memcpy regroup (own rows: memcpy)";
-  if (dispatcher == "local") return "local = memcpy permutation, no communication (1 rank only)";
-  return dispatcher + " = see parallel/" + dispatcher + "_dispatcher.h";
-}
-
 struct AlltoallOptions {
   std::string min_size = "1K", max_size = "16M";
   double factor = 2.0;
   TimingFlags timing;
-  std::string dispatcher = "flat";
+  std::string dispatcher = "auto";
   int experts_per_rank = 2;
   uint64_t seed = 1;
 };
@@ -66,20 +56,20 @@ int run_alltoall(const AlltoallOptions& o) {
   table.print_header({
       fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
                   "warmup {}, iters {}, check {}",
-                  W, o.dispatcher, W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
+                  W, dispatcher->name(), W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
       "moempi path = the dispatcher's plan (count exchange) + dispatch (rows to experts), where",
-      "  " + exchange_description(o.dispatcher),
+      fmt::format("  {} = {}", dispatcher->name(), dispatcher_registry().find(dispatcher->name())->doc),
       "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
       "size = bytes to each peer (incl. self); time = median over iterations per rank, then",
       "  min/avg/max over ranks; algbw = size*W / max; busbw = algbw*(W-1)/W; ratio = max/raw",
       "copy = the copy limit: one core's memcpy of the bytes a rank receives (size*W), slowest rank",
-      fmt::format("CPU: {} | dispatcher {}", cpu_model(), dispatcher->name()),
+      fmt::format("CPU: {}", cpu_model()),
   });
 
   nlohmann::json doc = {{"benchmark", "alltoall"},
                         {"cpu", cpu_model()},
                         {"ranks", W},
-                        {"dispatcher", o.dispatcher},
+                        {"dispatcher", dispatcher->name()},
                         {"experts_per_rank", El},
                         {"iters", o.timing.iters},
                         {"warmup", o.timing.warmup},
@@ -189,7 +179,7 @@ void add_alltoall_command(CLI::App& bench, int& exit_code) {
   cmd->add_option("-e,--maxbytes", o->max_size, "largest size, bytes per peer")->capture_default_str();
   cmd->add_option("-f,--stepfactor", o->factor, "size multiplier between steps")->capture_default_str();
   add_timing_flags(*cmd, o->timing);
-  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher whose exchange is timed (moe.dispatch.type)")
+  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher whose exchange is timed (moe.dispatch.type: a registered name or auto)")
       ->capture_default_str();
   cmd->add_option("--experts-per-rank", o->experts_per_rank, "local experts per rank (regroup fan-out)")
       ->capture_default_str();

@@ -34,7 +34,7 @@ struct DispatchOptions {
   std::vector<std::string> patterns;  // empty = all
   double zipf_s = 1.2;
   TimingFlags timing;
-  std::string dispatcher = "flat";
+  std::string dispatcher = "auto";
   uint64_t seed = 1;
 };
 
@@ -123,11 +123,9 @@ int run_dispatch(const DispatchOptions& o) {
   table.print_header({
       fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
                   "E {} ({} per rank), k {}, warmup {}, iters {}",
-                  W, o.dispatcher, o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
-      fmt::format("moempi = plan (count exchange) + dispatch + combine (weighted sum) per "
-                  "round, dispatcher '{}'{}", dispatcher->name(),
-                  o.dispatcher == "flat" ? " (MPI_Alltoallw over row datatypes, built per plan)"
-                  : o.dispatcher == "flat_packed" ? " (memcpy pack + MPI_Alltoallv + memcpy regroup)" : ""),
+                  W, dispatcher->name(), o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
+      fmt::format("moempi = plan (count exchange) + dispatch + combine (weighted sum) per round; {} = {}",
+                  dispatcher->name(), dispatcher_registry().find(dispatcher->name())->doc),
       "raw = MPI_Alltoallv of the same bytes there and back, packed; the two alternate round by round",
       "rows = routed rows summed over ranks; max_in = most rows one rank's experts receive;",
       "MB = bytes per direction summed over ranks; time = median over iterations per rank, then",
@@ -224,7 +222,7 @@ int run_dispatch(const DispatchOptions& o) {
         const auto& ids = routings[r];
         dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
         const int64_t R = plan->rows();
-        std::fill(plan->x_RD(), plan->x_RD() + R * D, -1.0f);
+        // No poisoning of x_RD here: with shm, peers may already be writing it (dispatcher.h).
         dispatcher->dispatch(*plan, x.data());
         const float* xr = plan->x_RD();
         float* y = plan->y_RD();
@@ -326,7 +324,7 @@ void add_dispatch_command(CLI::App& bench, int& exit_code) {
       ->check(CLI::IsMember(kPatterns));
   cmd->add_option("--zipf-s", o->zipf_s, "Zipf exponent for --pattern zipf")->capture_default_str();
   add_timing_flags(*cmd, o->timing);
-  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher to time (moe.dispatch.type)")->capture_default_str();
+  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher to time (moe.dispatch.type: a registered name or auto)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "routing and payload seed")->capture_default_str();
   cmd->callback([o, &exit_code] { exit_code = run_dispatch(*o); });
 }

@@ -162,6 +162,32 @@ void alltoallv_rows(const float* send, const int* send_counts, const int* send_d
                                  recv_displs, row.type(), group.comm()));
 }
 
+void RowBlockExchange::start(const std::vector<RowBlock>& sends, const std::vector<RowBlock>& recvs,
+                             const RowType& row, const Communicator& group) {
+  MOEMPI_CHECK_ONE(requests_.empty(), "row block exchange over '{}' started twice", group.name());
+  group_ = &group;
+  requests_.reserve(sends.size() + recvs.size());
+  for (const RowBlock& b : recvs) {
+    MOEMPI_CHECK_ONE(b.count > 0 && b.count <= INT_MAX, "row block of {} rows from peer {}", b.count, b.peer);
+    requests_.push_back(MPI_REQUEST_NULL);
+    MOEMPI_MPI_CHECK(MPI_Irecv(b.rows, static_cast<int>(b.count), row.type(), b.peer, b.tag, group.comm(),
+                               &requests_.back()));
+  }
+  for (const RowBlock& b : sends) {
+    MOEMPI_CHECK_ONE(b.count > 0 && b.count <= INT_MAX, "row block of {} rows to peer {}", b.count, b.peer);
+    requests_.push_back(MPI_REQUEST_NULL);
+    MOEMPI_MPI_CHECK(MPI_Isend(b.rows, static_cast<int>(b.count), row.type(), b.peer, b.tag, group.comm(),
+                               &requests_.back()));
+  }
+}
+
+void RowBlockExchange::wait() {
+  if (requests_.empty()) return;
+  watchdog::Pending pending("MPI_Waitall (row blocks)", group_->name().c_str());
+  MOEMPI_MPI_CHECK(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE));
+  requests_.clear();
+}
+
 PeerLayouts::~PeerLayouts() { reset(0); }
 
 PeerLayouts::PeerLayouts(PeerLayouts&& other) noexcept

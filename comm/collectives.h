@@ -119,6 +119,32 @@ class PeerLayouts {
 void alltoallw_rows(const float* send, const PeerLayouts& send_layout, float* recv,
                     const PeerLayouts& recv_layout, const Communicator& group);
 
+// A run of contiguous rows to or from one peer of a group (point-to-point exchange below).
+struct RowBlock {
+  int peer = 0;         // rank in the group
+  int tag = 0;          // matches the peer's block of the same tag
+  float* rows = nullptr;
+  int64_t count = 0;    // rows; > 0 (empty blocks are not posted)
+};
+
+// Point-to-point exchange over `group`: start() posts every receive block (MPI_Irecv), then every
+// send block (MPI_Isend); wait() waits for all of them. Each block is one contiguous message of
+// rows of row.width() floats, so MPI can move it with a single copy on shared memory (CMA) or
+// straight from the user buffer on a network; work between start() and wait() overlaps the
+// transfer (send buffers must stay untouched, receive buffers unread, until wait() returns). Both
+// sides know the counts (a count exchange came first); each (peer, tag) pair occurs at most once
+// per direction. Every rank that names a peer must post the matching block.
+class RowBlockExchange {
+ public:
+  void start(const std::vector<RowBlock>& sends, const std::vector<RowBlock>& recvs, const RowType& row,
+             const Communicator& group);
+  void wait();  // blocking; watched by the collective watchdog
+
+ private:
+  std::vector<MPI_Request> requests_;
+  const Communicator* group_ = nullptr;
+};
+
 // MPI_Barrier over `group`.
 void barrier(const Communicator& group);
 

@@ -21,6 +21,10 @@
 //   ... experts backward: read P.dy_RD(), P.x_RD(), write P.dx_RD() (it reuses y's storage) ...
 //   dispatch_backward(P, dx_TD)         collective: ADDS Σ_k dx_tk into dx_TD (k ascending)
 //
+// Buffer ownership: x_RD and dy_RD belong to the dispatcher from plan() until dispatch() /
+// combine_backward() return (a shared-memory transport lets peers write them in that window), so
+// callers only read them; y_RD and dx_RD belong to the experts between dispatch() and combine() /
+// between combine_backward() and dispatch_backward().
 // Every method marked collective is called by every rank of the dispatcher's group in the same
 // order, with zero rows where a rank has nothing (DESIGN.md "Communication rules").
 // Contract test: every registered dispatcher equals `local` (tests/dispatcher_mpitest.cpp, MPI at

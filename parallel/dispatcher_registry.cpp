@@ -26,12 +26,17 @@ const DispatcherRegistry& dispatcher_registry() {
            [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
              return std::make_unique<FlatDispatcher>(g, FlatExchange::kTyped);
            },
-           {}, "one MPI_Alltoallw of rows per direction over the ep group, regrouped by MPI datatypes"},
+           {}, "one MPI_Alltoallw of rows per direction over the ep group, rows placed by MPI datatypes"},
           {"flat_packed",
            [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
              return std::make_unique<FlatDispatcher>(g, FlatExchange::kPacked);
            },
            {}, "memcpy pack, one MPI_Alltoallv of rows per direction, memcpy regroup"},
+          {"flat_blocks",
+           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             return std::make_unique<FlatDispatcher>(g, FlatExchange::kBlocks);
+           },
+           {}, "one contiguous MPI message per (peer, local expert) block, received in place"},
           {"shm",
            [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
              return std::make_unique<ShmDispatcher>(g, s.shm.headroom);

@@ -31,6 +31,15 @@ struct FlatDispatcher::Plan final : DispatchPlan {
   std::vector<int64_t> exch_send, exch_recv;
   FloatBuffer src_side;               // (src_rows, D) packed sends / rows back (y kept for dprobs)
   std::vector<const float*> slot_rows;
+  // Blocks: (peer, local expert at the expert side) runs of rows, as row offsets.
+  struct Block {
+    int peer, tag;
+    int64_t first, count;
+  };
+  std::vector<Block> src_blocks;  // in src_side: what goes to / comes back from each peer
+  std::vector<Block> exp_blocks;  // in the expert buffers: what comes from / goes back to each peer
+  std::vector<RowBlock> sends, recvs;  // scratch
+  RowBlockExchange inflight;           // blocks started and not yet waited for
   RowType row;
   PeerLayouts token_layout;   // typed dispatch: x[t] of each slot sent to each peer
   PeerLayouts src_layout;     // one run per peer in src_side
@@ -48,6 +57,20 @@ struct FlatDispatcher::Plan final : DispatchPlan {
 
 namespace {
 FlatDispatcher::Plan& as_flat(DispatchPlan& p) { return static_cast<FlatDispatcher::Plan&>(p); }
+
+// Starts the blocks of one direction (p.inflight.wait() completes them): `from` blocks of `send_base` to `to` blocks of `recv_base`.
+void exchange_blocks(FlatDispatcher::Plan& p, const std::vector<FlatDispatcher::Plan::Block>& from,
+                     const float* send_base, const std::vector<FlatDispatcher::Plan::Block>& to, float* recv_base,
+                     const Communicator& ep) {
+  const int D = p.width();
+  p.sends.clear();
+  p.recvs.clear();
+  for (const FlatDispatcher::Plan::Block& b : from)
+    p.sends.push_back({b.peer, b.tag, const_cast<float*>(send_base) + b.first * D, b.count});
+  for (const FlatDispatcher::Plan::Block& b : to) p.recvs.push_back({b.peer, b.tag, recv_base + b.first * D, b.count});
+  p.inflight.start(p.sends, p.recvs, p.row, ep);
+}
+
 }  // namespace
 
 FlatDispatcher::FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange)
@@ -59,6 +82,15 @@ FlatDispatcher::FlatDispatcher(const ProcessGroups& groups, FlatExchange exchang
 }
 
 std::unique_ptr<DispatchPlan> FlatDispatcher::new_plan() const { return std::make_unique<Plan>(); }
+
+std::string FlatDispatcher::name() const {
+  switch (exchange_) {
+    case FlatExchange::kBlocks: return "flat_blocks";
+    case FlatExchange::kTyped: return "flat";
+    case FlatExchange::kPacked: return "flat_packed";
+  }
+  return "flat";
+}
 
 void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
                           const Placement& placement) {
@@ -171,6 +203,21 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
   p.use_own_buffers();
 
   p.row.reset(D);
+  if (exchange_ == FlatExchange::kBlocks) {
+    p.src_blocks.clear();
+    p.exp_blocks.clear();
+    for (int q = 0; q < P; ++q) {
+      if (q == me_) continue;
+      for (int li = 0; li < L; ++li) {
+        const int64_t n = p.key_begin[q * L + li + 1] - p.key_begin[q * L + li];
+        if (n) p.src_blocks.push_back({q, li, p.peer_row[q] + p.key_begin[q * L + li] - p.key_begin[q * L], n});
+      }
+      for (int le = 0; le < El; ++le) {
+        const int64_t n = p.recv_rows[q * L + le];
+        if (n) p.exp_blocks.push_back({q, le, p.out_row[le * P + q], n});
+      }
+    }
+  }
   if (exchange_ == FlatExchange::kTyped) {
     p.token_layout.reset(P);
     p.src_layout.reset(P);
@@ -203,19 +250,27 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
 
 void FlatDispatcher::count_traffic(const Plan& p, bool to_experts) {
   const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * p.D_;
+  auto add = [&](int q, int64_t rows, int64_t messages) {
+    const bool intra = node_of_rank_[q] == node_of_rank_[me_];
+    stats_.rows += rows;
+    (intra ? stats_.bytes_intra : stats_.bytes_inter) += rows * row_bytes;
+    (intra ? stats_.messages_intra : stats_.messages_inter) += messages;
+  };
+  if (exchange_ == FlatExchange::kBlocks) {  // one message per block
+    for (const Plan::Block& b : to_experts ? p.src_blocks : p.exp_blocks) add(b.peer, b.count, 1);
+    return;
+  }
   for (int q = 0; q < P_; ++q) {
     const int64_t n = to_experts ? p.src_counts[q] : p.exp_counts[q];
-    if (n == 0) continue;
-    stats_.rows += n;
-    const bool intra = node_of_rank_[q] == node_of_rank_[me_];
-    (intra ? stats_.bytes_intra : stats_.bytes_inter) += n * row_bytes;
-    (intra ? stats_.messages_intra : stats_.messages_inter) += 1;
+    if (n) add(q, n, 1);
   }
 }
 
 // src_side (rows per peer) -> expert buffer dst_RD in (le, source) blocks; own rows not touched.
+// kBlocks only starts the transfer (finish_exchange() completes it), so own-row work overlaps it.
 void FlatDispatcher::exchange_to_experts(Plan& p, const float* src_rows, float* dst_RD) {
   count_traffic(p, true);
+  if (exchange_ == FlatExchange::kBlocks) return exchange_blocks(p, p.src_blocks, src_rows, p.exp_blocks, dst_RD, ep_);
   if (exchange_ == FlatExchange::kTyped) {
     alltoallw_rows(src_rows, p.src_layout, dst_RD, p.expert_layout, ep_);
     return;
@@ -235,9 +290,11 @@ void FlatDispatcher::exchange_to_experts(Plan& p, const float* src_rows, float* 
   }
 }
 
-// Expert buffer src_RD -> src_side rows per peer (the mirror); own rows stay in src_RD.
+// Expert buffer src_RD -> src_side rows per peer (the mirror); own rows stay in src_RD. kBlocks
+// only starts the transfer.
 void FlatDispatcher::exchange_from_experts(Plan& p, const float* src_RD, float* dst_rows) {
   count_traffic(p, false);
+  if (exchange_ == FlatExchange::kBlocks) return exchange_blocks(p, p.exp_blocks, src_RD, p.src_blocks, dst_rows, ep_);
   if (exchange_ == FlatExchange::kTyped) {
     alltoallw_rows(src_RD, p.expert_layout, dst_rows, p.src_layout, ep_);
     return;
@@ -262,17 +319,21 @@ void FlatDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
   Plan& p = as_flat(base);
   const int D = p.D_, K = p.K_, L = p.L;
   const size_t row_bytes = sizeof(float) * D;
-  // Own rows straight to their expert rows.
-  for (int li = 0; li < p.El; ++li) {
-    float* out = p.x_RD_ + p.out_row[li * P_ + me_] * D;
-    for (int64_t i = p.key_begin[me_ * L + li]; i < p.key_begin[me_ * L + li + 1]; ++i, out += D)
-      std::memcpy(out, x_TD + p.slot_of_sorted[i] / K * D, row_bytes);
-  }
-  if (exchange_ == FlatExchange::kTyped) {
+  auto copy_own_rows = [&] {  // own rows straight to their expert rows
+    for (int li = 0; li < p.El; ++li) {
+      float* out = p.x_RD_ + p.out_row[li * P_ + me_] * D;
+      for (int64_t i = p.key_begin[me_ * L + li]; i < p.key_begin[me_ * L + li + 1]; ++i, out += D)
+        std::memcpy(out, x_TD + p.slot_of_sorted[i] / K * D, row_bytes);
+    }
+  };
+  if (exchange_ == FlatExchange::kTyped) {  // MPI gathers the token rows itself
+    copy_own_rows();
     count_traffic(p, true);
     alltoallw_rows(x_TD, p.token_layout, p.x_RD_, p.expert_layout, ep_);
     return;
   }
+  // Blocks and packed: gather the remote rows into src_side (contiguous per peer), exchange, and
+  // copy the own rows while the blocks are in flight.
   for (int q = 0; q < P_; ++q) {
     if (q == me_) continue;
     float* out = p.src_side.data() + p.peer_row[q] * D;
@@ -280,12 +341,15 @@ void FlatDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
       std::memcpy(out, x_TD + p.slot_of_sorted[i] / K * D, row_bytes);
   }
   exchange_to_experts(p, p.src_side.data(), p.x_RD_);
+  copy_own_rows();
+  p.inflight.wait();
 }
 
 void FlatDispatcher::combine(DispatchPlan& base, float* out_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.y_RD_, p.src_side.data());  // y rows back; kept for dprobs
+  p.inflight.wait();
   p.point_slots_at(p.y_RD_);
   weighted_sum_rows(out_TD, p.slot_rows.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
@@ -295,32 +359,37 @@ void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, 
   Plan& p = as_flat(base);
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
-  // dprobs from the y rows this rank holds (its own expert rows, and the rows that came back in
-  // combine); dy = p·dout written over them (remote) or straight into dy_RD (own), so the weighting
-  // is the pack.
+  // dprobs from the y rows this rank holds (the rows that came back in combine, and its own expert
+  // rows); dy = p·dout written over them (remote: the weighting is the pack) or straight into
+  // dy_RD (own, while the remote blocks are in flight).
   for (int64_t s = 0; s < slots; ++s) {
     const int64_t v = p.row_of_slot[s];
+    if (v >= 0) continue;
     if (v == -1) {
       dprobs_TK[s] = 0.0f;
       continue;
     }
     const float* g = dout_TD + s / K * D;
-    if (v >= 0) {
-      dprobs_TK[s] = dot_row(g, p.y_RD_ + v * D, D);
-      scale_row(p.dy_RD_ + v * D, g, p.probs_TK_[s], D);
-    } else {
-      float* row = p.src_side.data() + (-(v + 2)) * D;
-      dprobs_TK[s] = dot_row(g, row, D);
-      scale_row(row, g, p.probs_TK_[s], D);
-    }
+    float* row = p.src_side.data() + (-(v + 2)) * D;
+    dprobs_TK[s] = dot_row(g, row, D);
+    scale_row(row, g, p.probs_TK_[s], D);
   }
   exchange_to_experts(p, p.src_side.data(), p.dy_RD_);
+  for (int64_t s = 0; s < slots; ++s) {
+    const int64_t v = p.row_of_slot[s];
+    if (v < 0) continue;
+    const float* g = dout_TD + s / K * D;
+    dprobs_TK[s] = dot_row(g, p.y_RD_ + v * D, D);
+    scale_row(p.dy_RD_ + v * D, g, p.probs_TK_[s], D);
+  }
+  p.inflight.wait();
 }
 
 void FlatDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.dx_RD(), p.src_side.data());
+  p.inflight.wait();
   p.point_slots_at(p.dx_RD());
   add_slot_rows(dx_TD, p.slot_rows.data(), p.T_, p.K_, p.D_);
 }

@@ -1,8 +1,14 @@
 // `flat`: the baseline dispatcher over the EP group (ALGORITHMS.md 3.1): one MPI_Alltoall of int64
 // counts per micro-batch, then one all-to-all of rows per direction, regrouped by local expert.
-// Two exchanges, same result:
-//   kTyped  (`flat`):        MPI_Alltoallw with per-peer datatypes on the expert side, so MPI
-//                            gathers and regroups rows into x_RD/dy_RD itself (no regroup copy);
+// Three exchanges, same result (which is fastest depends on the MPI and the machine: measured in
+// docs/RESULTS.md, so each stays selectable):
+//   kTyped  (`flat`):        MPI_Alltoallw with per-peer datatypes, so MPI gathers the token rows and
+//                            places them by (local expert, source) itself (no pack, no regroup copy);
+//   kBlocks (`flat_blocks`): one contiguous message per (peer, local expert) block, posted at once
+//                            (MPI_Irecv/MPI_Isend): the expert side receives each block straight
+//                            into its place and sends y/dx blocks straight from it, so MPI can use
+//                            its single-copy path (CMA) or send from the user buffer; own rows are
+//                            copied while the blocks are in flight;
 //   kPacked (`flat_packed`): pack with memcpy, MPI_Alltoallv of contiguous rows, regroup with memcpy.
 // The source side always sees contiguous rows per peer in (peer, local expert, slot) order: y rows
 // come back there, stay in the plan for dprobs, and the weighting is fused into the combine pass
@@ -19,14 +25,14 @@
 
 namespace moempi {
 
-enum class FlatExchange { kTyped, kPacked };
+enum class FlatExchange { kBlocks, kTyped, kPacked };
 
 class FlatDispatcher final : public Dispatcher {
  public:
   // Non-owning view of groups.ep (the ProcessGroups must outlive the dispatcher); the node of each
   // ep rank (groups.ep_rank_node) splits the traffic statistics into intra- and inter-node.
   FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange = FlatExchange::kTyped);
-  std::string name() const override { return exchange_ == FlatExchange::kTyped ? "flat" : "flat_packed"; }
+  std::string name() const override;
   std::unique_ptr<DispatchPlan> new_plan() const override;
 
   // Collective over ep: one MPI_Alltoall of (max local experts + 1) int64 per peer.

@@ -61,6 +61,8 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["maxvio"] = m.maxvio;
   j["aux_loss"] = m.aux_loss;
   j["a2a_frac"] = m.a2a_frac;
+  j["a2a_bytes_intra"] = m.a2a_bytes_intra;
+  j["a2a_bytes_inter"] = m.a2a_bytes_inter;
   if (m.dropped_frac) j["dropped_frac"] = *m.dropped_frac;
   j["tokens"] = m.tokens;
   j["maxvio_layers"] = m.maxvio_layers;

@@ -22,7 +22,8 @@ struct StepMetrics {
   double tokens_per_s = 0;
   double mfu = 0;        // fraction
   std::optional<double> dropped_frac;  // with moe.capacity_factor > 0: share of routed slots dropped
-  double a2a_frac = 0;   // share of the step spent in the dispatchers' exchanges (rank 0)
+  double a2a_frac = 0;   // share of the step spent in the dispatcher (rank 0)
+  int64_t a2a_bytes_intra = 0, a2a_bytes_inter = 0;  // rank 0's dispatch bytes to other ranks this step
   double maxvio = 0;     // mean over MoE layers of (max_i c_i - mean c) / mean c, global counts
   double eta_s = 0;
   int64_t tokens = 0;    // tokens seen so far (global)

@@ -86,6 +86,7 @@ class TrainLoop {
       maybe_inject_hang(step + 1);
       const double t0 = now_seconds();
       const double exchange0 = model_->exchange_seconds();
+      const DispatchStats traffic0 = model_->dispatcher().stats();
       model_->arena().zero_grads();
       double loss_sum = 0, aux_sum = 0;
       // Expert loads [layer][expert], then one more entry: slots dropped by capacity.
@@ -129,6 +130,7 @@ class TrainLoop {
       loads.pop_back();
       const double dt = now_seconds() - t0;
       const double exchange_s = model_->exchange_seconds() - exchange0;  // before eval adds to it
+      const DispatchStats traffic = model_->dispatcher().stats();
       elapsed += dt;
       summary.losses.push_back(loss);
       summary.step_seconds.push_back(dt);
@@ -151,6 +153,8 @@ class TrainLoop {
       m.grad_norm = grad_norm;
       m.step_ms = 1e3 * dt;
       m.a2a_frac = exchange_s / dt;
+      m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
+      m.a2a_bytes_inter = traffic.bytes_inter - traffic0.bytes_inter;
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());

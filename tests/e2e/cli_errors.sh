@@ -24,6 +24,12 @@ expect_error "top-1 with renormalisation" "moe.normalize_topk" "no gradient" -- 
   "$MOEMPI" validate configs/tiny.yaml --set moe.top_k=1
 expect_error "unknown override path" "optim.learning_rate" -- \
   "$MOEMPI" validate configs/tiny.yaml --set optim.learning_rate=1
+expect_error "a key of another dispatcher type" "moe.dispatch.headroom" "belongs to moe.dispatch.type shm" \
+  "moe.dispatch.type is flat" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.dispatch.type=flat --set moe.dispatch.headroom=2
+expect_error "shm across (virtual) nodes" "moe.dispatch.type shm" "spans 2 nodes" -- \
+  timeout 120 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml --set moe.dispatch.type=shm \
+  --set parallel.ranks_per_node=1 --set job.run_dir="$TMP/shm_nodes"
 
 # A file readable on some ranks only (a node without it, another working directory) must end
 # every rank cleanly, naming the rank, instead of hanging the others in the next collective.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-rank training through the binary under mpirun: data parallel and expert parallel at 2
-# ranks log the same training and validation losses as one rank with the same global batch (one rank runs the two
-# micro-batches the two ranks split). Tolerance 1e-5 relative over 30 steps (measured: ~1e-8) (fp32 summation
+# ranks (auto = shm, and flat) log the same training and validation losses as one rank with the same
+# global batch (one rank runs the two micro-batches the two ranks split). Tolerance 1e-5 relative over 30 steps (measured: ~1e-8) (fp32 summation
 # order of the gradient all-reduce; tests/train_mpitest.cpp holds the tighter per-step bound).
 source "$(dirname "$0")/lib.bash"
 
@@ -9,6 +9,11 @@ common=(--set train.steps=30 --set train.log_interval=1 --set eval.interval=15 -
 "$MOEMPI" train configs/tiny.yaml "${common[@]}" --set train.grad_accum=2 --set job.run_dir="$TMP/one" > "$TMP/one.log" 2>&1
 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny.yaml "${common[@]}" --set job.run_dir="$TMP/dp" > "$TMP/dp.log" 2>&1
 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml "${common[@]}" --set job.run_dir="$TMP/ep" > "$TMP/ep.log" 2>&1
+"${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml "${common[@]}" --set moe.dispatch.type=flat \
+  --set job.run_dir="$TMP/ep_flat" > "$TMP/ep_flat.log" 2>&1
+# Expert parallel from the single-rank config with nothing but the strategy and ep set (auto).
+"${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny.yaml "${common[@]}" --set parallel.strategy=ep \
+  --set parallel.ep=2 --set job.run_dir="$TMP/ep_set" > "$TMP/ep_set.log" 2>&1
 
 compare() {  # name file key expected-count [reference file]
   local worst
@@ -35,8 +40,22 @@ options=(--set moe.score=sigmoid --set moe.normalize_topk=false --set model.acti
 
 compare "dp at 2 ranks" "$TMP/dp/metrics.jsonl" loss 30
 compare "dp at 2 ranks" "$TMP/dp/metrics.jsonl" val_loss 2
-compare "ep=2 flat all-to-all at 2 ranks" "$TMP/ep/metrics.jsonl" loss 30
-compare "ep=2 flat all-to-all at 2 ranks" "$TMP/ep/metrics.jsonl" val_loss 2
+compare "ep=2 auto (shm) at 2 ranks" "$TMP/ep/metrics.jsonl" loss 30
+compare "ep=2 auto (shm) at 2 ranks" "$TMP/ep/metrics.jsonl" val_loss 2
+compare "ep=2 flat all-to-all at 2 ranks" "$TMP/ep_flat/metrics.jsonl" loss 30
+compare "ep=2 from tiny.yaml with --set strategy and ep only" "$TMP/ep_set/metrics.jsonl" loss 30
+grep -q 'moe.dispatch.type auto: chose shm' "$TMP/ep.log" && pass "auto announces its choice (shm)" \
+  || fail "no auto line in ep log: $(grep -m1 dispatch "$TMP/ep.log")"
+# The transports differ in order of summation nowhere: shm and flat log bit-identical losses.
+if [ "$(jsonl_values "$TMP/ep/metrics.jsonl" loss)" = "$(jsonl_values "$TMP/ep_flat/metrics.jsonl" loss)" ]; then
+  pass "shm and flat: bit-identical losses"
+else
+  fail "shm and flat losses differ"
+fi
+shm_inter=$(jsonl_values "$TMP/ep/metrics.jsonl" a2a_bytes_inter | sort -u)
+shm_intra=$(jsonl_values "$TMP/ep/metrics.jsonl" a2a_bytes_intra | tail -1)
+[ "$shm_inter" = "0" ] && [ "$shm_intra" -gt 0 ] && pass "dispatch bytes: $shm_intra intra-node, 0 inter-node" \
+  || fail "dispatch bytes intra $shm_intra inter $shm_inter"
 compare "every option, ep=2" "$TMP/ep_opt/metrics.jsonl" loss 30 "$TMP/one_opt/metrics.jsonl"
 compare "every option, ep=2" "$TMP/ep_opt/metrics.jsonl" dropped_frac 30 "$TMP/one_opt/metrics.jsonl"
 first=$(jsonl_values "$TMP/ep_opt/metrics.jsonl" loss | head -1); last=$(jsonl_values "$TMP/ep_opt/metrics.jsonl" loss | tail -1)

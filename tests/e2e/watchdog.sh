@@ -4,11 +4,11 @@
 # the job ends with a non-zero exit code well before the outer mpirun --timeout.
 source "$(dirname "$0")/lib.bash"
 
-run_hung() {  # name config expected-op expected-group
+run_hung() {  # name config expected-op expected-group [--set ...]
   local start end code=0
   start=$(date +%s)
   MOEMPI_TEST_HANG=1:3 "${MPIRUN[@]}" -x MOEMPI_TEST_HANG -np 2 "$MOEMPI" train "configs/$2" \
-    --set comm.timeout_s=3 --set job.run_dir="$TMP/$1" > "$TMP/$1.log" 2>&1 || code=$?
+    --set comm.timeout_s=3 --set job.run_dir="$TMP/$1" "${@:5}" > "$TMP/$1.log" 2>&1 || code=$?
   end=$(date +%s)
   if [ "$code" -eq 0 ]; then fail "$1: job with a stuck rank exited 0"; return; fi
   if [ $((end - start)) -gt 60 ]; then fail "$1: took $((end - start)) s to end"; return; fi
@@ -19,5 +19,6 @@ run_hung() {  # name config expected-op expected-group
   fi
 }
 run_hung dp tiny.yaml MPI_Allreduce world
-run_hung ep tiny_ep.yaml MPI_Alltoall ep
+run_hung ep_shm tiny_ep.yaml MPI_Allgather ep                                 # auto = shm on one node
+run_hung ep_flat tiny_ep.yaml MPI_Alltoall ep --set moe.dispatch.type=flat
 finish
