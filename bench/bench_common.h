@@ -102,6 +102,6 @@ struct CopyLimit {
   double seconds = 0;
   double gbps = 0;
 };
-CopyLimit copy_limit(size_t bytes, const TimingFlags& flags);
+CopyLimit copy_limit(size_t bytes, const TimingFlags& flags);  // {0, 0} for 0 bytes
 
 }  // namespace moempi::bench

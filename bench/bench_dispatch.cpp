@@ -294,7 +294,7 @@ int run_dispatch(const DispatchOptions& o) {
     const double ratio = r.max > 0 ? m.max / r.max : 0.0;
     table.print_row({pattern, cell(rows_total), cell(max_in), cell(bytes_dir / 1e6, 1), cell(m.min * 1e6, 1),
                      cell(m.avg * 1e6, 1), cell(m.max * 1e6, 1), cell(r.max * 1e6, 1), cell(raw_busbw, 2),
-                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(m.max / cp.max, 2)});
+                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(cp.max > 0 ? m.max / cp.max : 0.0, 2)});
     doc["rows"].push_back({{"pattern", pattern},
                            {"rows_total", rows_total},
                            {"max_rows_in", max_in},
@@ -304,7 +304,7 @@ int run_dispatch(const DispatchOptions& o) {
                            {"wrong", wrong},
                            {"ratio", ratio},
                            {"copy_us", microseconds_json(cp)},
-                           {"ratio_copy", m.max / cp.max}});
+                           {"ratio_copy", cp.max > 0 ? m.max / cp.max : 0.0}});
   }
   return finish_report(table, doc, all_wrong, o.timing.json, world);
 }

@@ -24,6 +24,7 @@
 #include "comm/collectives.h"
 #include "comm/process_groups.h"
 #include "comm/watchdog.h"
+#include "parallel/dispatcher_registry.h"
 #include "runtime/core/blas.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/log.h"
@@ -155,7 +156,7 @@ int run(const TrainBenchArgs& args) {
   std::vector<OverRanks> phase;
   for (double v : mine) phase.push_back(over_ranks(v, groups.world));
   const OverRanks data_s = over_ranks(data_seconds_per_step(spec, groups.world.rank(), world), groups.world);
-  const double data_bytes_per_rank =
+  const double data_tokens_per_rank =
       static_cast<double>(spec.train.micro_batch) * spec.train.grad_accum * (spec.model.seq_len + 1);
 
   const bool printing = groups.world.rank() == 0;
@@ -172,7 +173,8 @@ int run(const TrainBenchArgs& args) {
               printing);
   std::vector<std::string> header = {
       fmt::format("moempi bench train {} | world {} = dp {} x ep {} | strategy {} | dispatch {}", args.job, world,
-                  groups.dp_size, groups.ep_size, spec.parallel.strategy, spec.moe.dispatch.type),
+                  groups.dp_size, groups.ep_size, spec.parallel.strategy,
+                  resolve_dispatcher(spec.moe.dispatch, groups).name),
       fmt::format("CPU: {} | {} | {} BLAS thread(s) per rank", cpu_model(), blas::kernel_note(), blas::num_threads()),
       fmt::format("{} timed steps after {} warm-up, {} tokens per step, {:.2f} MFLOP per token", args.steps,
                   args.warmup, s.tokens_per_step, s.flops_per_token / 1e6),
@@ -193,8 +195,8 @@ int run(const TrainBenchArgs& args) {
     phase_table.print_row({names[i] == "a2a" ? "moe.a2a" : names[i], cell(1e3 * phase[i].avg, 2), cell(1e3 * phase[i].max, 2),
                            cell(100 * phase[i].avg / phase.back().avg, 1)});
   phase_table.print_comment(fmt::format(
-      "data source, measured apart: {:.2f} ms/step per rank (max over ranks), {:.1f} MB/s, {:.1f}% of the step",
-      1e3 * data_s.max, gbps(data_bytes_per_rank, data_s.max) * 1e3, 100 * data_s.max / phase.back().avg));
+      "data source, measured apart: {:.2f} ms/step per rank (max over ranks), {:.1f} M tokens/s, {:.1f}% of the step",
+      1e3 * data_s.max, data_tokens_per_rank / data_s.max / 1e6, 100 * data_s.max / phase.back().avg));
 
   nlohmann::json doc = {{"job", args.job},
                         {"world", world},

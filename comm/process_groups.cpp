@@ -59,7 +59,10 @@ ProcessGroups ProcessGroups::build(const ParallelSpec& spec, MPI_Comm base) {
                                  g.ep.comm()));
   g.ep_node = Communicator::split(g.ep, g.node_index, g.ep.rank(), "ep_node");
   g.ep_inter = Communicator::split(g.ep, g.ep_node.rank(), g.node_index, "ep_inter");
-  int within = g.ep_within_node() ? 1 : 0;  // decisions that pick a transport must agree world-wide
+  // Shared memory needs one node and one host (virtual nodes can be larger than a host). Decisions
+  // that pick a transport must agree world-wide.
+  const Communicator ep_host = Communicator::split_shared(g.ep, g.ep.rank(), "ep_host");
+  int within = g.ep_within_node() && ep_host.size() == g.ep.size() ? 1 : 0;
   MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &within, 1, MPI_INT, MPI_MIN, g.world.comm()));
   g.every_ep_within_node = within == 1;
   return g;

@@ -22,7 +22,7 @@ struct ProcessGroups {
   Communicator ep_node;    // ranks of this ep group on this rank's node, ordered by ep rank
   Communicator ep_inter;   // ranks of this ep group with this rank's ep_node index, one per node
   std::vector<int> ep_rank_node;  // (ep size) node index of each ep rank
-  bool every_ep_within_node = true;  // every ep group of the world lies within one node (same on all ranks)
+  bool every_ep_within_node = true;  // every ep group lies within one node and one host (same on all ranks)
   int world_rank = 0, world_size = 1;
   int ep_size = 1, dp_size = 1;
   int node_index = 0, num_nodes = 1;

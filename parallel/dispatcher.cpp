@@ -1,11 +1,17 @@
 // The plan base and the combine arithmetic shared by every dispatcher (bit-identical results).
 #include "parallel/dispatcher.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "runtime/core/error.h"
 
 namespace moempi {
+
+Dispatcher::Dispatcher() {
+  static std::atomic<uint64_t> next{1};
+  id_ = next++;
+}
 
 void DispatchStats::add(const DispatchStats& o) {
   seconds += o.seconds;

@@ -113,9 +113,16 @@ class Dispatcher {
   virtual void dispatch_backward(DispatchPlan& plan, float* dx_TD) = 0;
 
   const DispatchStats& stats() const { return stats_; }
+  // Unique per dispatcher object in this process (never reused), so a plan's owner can be told
+  // apart from a new dispatcher that happens to live at the same address.
+  uint64_t id() const { return id_; }
 
  protected:
+  Dispatcher();
   DispatchStats stats_;
+
+ private:
+  uint64_t id_;
 };
 
 // Counts routed slots per global expert into rows_per_expert_E (resized to E, zeroed); an id

@@ -44,7 +44,11 @@ const DispatcherRegistry& dispatcher_registry() {
            {schema::lift(&DispatchSpec::shm,
                          schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))},
            "single copy per row through an MPI-3 shared-memory window; the ep group within one node"},
-          {"auto", nullptr, {}, "local for parallel.ep 1, shm within a node, flat across nodes"},
+          // auto may become shm, so it accepts shm's keys.
+          {"auto", nullptr,
+           {schema::lift(&DispatchSpec::shm,
+                         schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))},
+           "local for parallel.ep 1, shm within a node, flat across nodes"},
       });
   return registry;
 }

@@ -33,8 +33,8 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
 // rank calls it with the same spec.
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
 
-// The table: factories build over groups.ep and do not communicate; `auto` has no factory (it
-// resolves to another entry first).
+// The table: factories build over groups.ep (shm's is collective over the world); `auto` has no
+// factory (it resolves to another entry first).
 using DispatcherFactory = std::unique_ptr<Dispatcher> (*)(const DispatchSpec& spec, const ProcessGroups& groups);
 using DispatcherRegistry = Registry<DispatcherFactory>;
 const DispatcherRegistry& dispatcher_registry();

@@ -96,10 +96,11 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
                           const Placement& placement) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_flat(base);
-  MOEMPI_CHECK_ALL(placement.group_size() == P_ && placement.rank() == me_,
-                   "flat dispatcher: placement (group size {}, rank {}) does not match the ep group "
-                   "'{}' (size {}, rank {})",
-                   placement.group_size(), placement.rank(), ep_.name(), P_, me_);
+  MOEMPI_CHECK_ALL(placement.group_size() == P_,
+                   "flat dispatcher: placement over {} ranks does not match the ep group '{}' of {}",
+                   placement.group_size(), ep_.name(), P_);
+  MOEMPI_CHECK_ONE(placement.rank() == me_, "flat dispatcher: placement for rank {} used on ep rank {}",
+                   placement.rank(), me_);
   p.reset(r, D);
   const int P = P_, L = placement.max_local(), El = placement.num_local();
   const int64_t slots = static_cast<int64_t>(r.T) * r.K;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "runtime/core/error.h"
+#include "runtime/core/timer.h"
 
 namespace moempi {
 namespace {
@@ -30,6 +31,7 @@ std::unique_ptr<DispatchPlan> LocalDispatcher::new_plan() const { return std::ma
 
 void LocalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
                            const Placement& placement) {
+  ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
   MOEMPI_CHECK_ONE(placement.group_size() == 1,
                    "moe.dispatch.type 'local' needs every expert on this rank (a group of 1, got {})",
@@ -54,6 +56,7 @@ void LocalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, i
 }
 
 void LocalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
+  ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
   const int D = p.D_, K = p.K_;
   for (int64_t r = 0; r < p.rows_; ++r)
@@ -61,12 +64,14 @@ void LocalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
 }
 
 void LocalDispatcher::combine(DispatchPlan& base, float* out_TD) {
+  ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
   p.point_slots_at(p.y_RD_);
   weighted_sum_rows(out_TD, p.slot_rows.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
 void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+  ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
@@ -83,6 +88,7 @@ void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD,
 }
 
 void LocalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
+  ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
   p.point_slots_at(p.dx_RD());
   add_slot_rows(dx_TD, p.slot_rows.data(), p.T_, p.K_, p.D_);

@@ -22,7 +22,7 @@ namespace moempi {
 
 class ShmDispatcher final : public Dispatcher {
  public:
-  // Collective over groups.world (one MPI_Allreduce of two ints) and groups.ep (one
+  // Collective over groups.world (one MPI_Allreduce of three int64) and groups.ep (one
   // MPI_Comm_split_type): collective error unless every ep group lies within one (real or
   // virtual) node and on one host. Keeps a view of groups.ep: `groups` must outlive the
   // dispatcher. `headroom` (>= 1) is the growth factor of the plans' shared segments.

@@ -3,7 +3,7 @@
 // pattern, with and without expert replicas and on 2x2 virtual nodes: the expert-side rows (x and
 // dy) and their layout, and the outputs out, dprobs and dx, equal the `local` reference bit for bit
 // (three rounds on one plan with other T and D), and the traffic statistics count exactly the rows
-// that cross ranks. A dispatcher whose layout rules refuse a case (e.g.
+// that cross ranks and their bytes, split by the peer's node. A dispatcher whose layout rules refuse a case (e.g.
 // `local` at ep > 1) must refuse it with a collective error naming moe.dispatch.type, and the case
 // is skipped. Then finite differences through dispatch -> experts -> combine (x and probs), and
 // the registry's errors. Every rank builds every rank's inputs (tests/dispatch_problem.h).
@@ -87,7 +87,7 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
   // Three rounds on one plan: growth of T and D, then a smaller D (buffers are reused and must not
   // leak rows of an earlier round).
   const int widths[3] = {24, 40, 8};
-  int64_t want_rows = 0;
+  int64_t want_rows = 0, want_intra = 0, want_inter = 0;
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     const int D = widths[round];
@@ -101,17 +101,23 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
     EXPECT_EQ(test_util::check_against_local(got, group, placement, &what), 0) << what;
     // Rows that cross ranks: dispatch and combine_backward move the slots this rank routes
     // elsewhere, combine and dispatch_backward the rows its experts received from others.
+    // Bytes go to the intra- or inter-node count by the peer's node.
     for (int q = 0; q < c.ep; ++q)
       for (int32_t e : group[q].topk) {
         if (e < 0) continue;
         const int dst = placement.destination(e, q);
-        want_rows += 2 * ((q == m && dst != m) + (q != m && dst == m));
+        if ((q == m) == (dst == m)) continue;  // not this rank's traffic, or its own row
+        const int peer = q == m ? dst : q;
+        want_rows += 2;
+        const int64_t bytes = 2 * D * static_cast<int64_t>(sizeof(float));
+        (groups.ep_rank_node[peer] == groups.ep_rank_node[m] ? want_intra : want_inter) += bytes;
       }
   }
   const DispatchStats& st = d->stats();
   EXPECT_EQ(st.rows, want_rows);
+  EXPECT_EQ(st.bytes_intra, want_intra);
+  EXPECT_EQ(st.bytes_inter, want_inter);
   EXPECT_GE(st.seconds, 0.0);
-  if (groups.ep_within_node()) EXPECT_EQ(st.bytes_inter, 0);
 }
 
 std::vector<Case> all_cases() {
@@ -227,8 +233,11 @@ TEST(Registry, AutoPicksLocalForOneRankElseByNodes) {
   EXPECT_EQ(s.type, "auto");
   const DispatcherChoice choice = resolve_dispatcher(s, groups);
   EXPECT_FALSE(choice.reason.empty());
-  if (world_size() == 1) EXPECT_EQ(choice.name, "local");
-  if (world_size() > 1) EXPECT_NE(choice.name, "local");
+  if (world_size() == 1) {
+    EXPECT_EQ(choice.name, "local");
+  } else {
+    EXPECT_EQ(choice.name, "shm");  // every ep group on this one host and node
+  }
   EXPECT_EQ(make_dispatcher(s, groups)->name(), choice.name);
   if (world_size() % 2 == 0 && world_size() > 2) {  // ep group over 2 virtual nodes: not within one node
     spec.ranks_per_node = 2;

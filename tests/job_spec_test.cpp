@@ -480,7 +480,7 @@ TEST(JobSpecConfigs, EveryShippedConfigLoadsAndValidatesAtItsSmallestWorld) {
 
 TEST(JobSpecTypedKeys, WrongTypeKeyInTheFileNamesItsOwner) {
   expect_contains(load_error("moe:\n  dispatch:\n    type: flat\n    headroom: 1.5\n"),
-                  {"x.yaml:4:15: moe.dispatch.headroom: belongs to moe.dispatch.type shm, but moe.dispatch.type "
+                  {"x.yaml:4:15: moe.dispatch.headroom: belongs to moe.dispatch.type shm or auto, but moe.dispatch.type "
                    "is flat; remove it or set the type to shm"});
   expect_contains(load_error("optim: {type: sgd, beta1: 0.8}\n"),
                   {"x.yaml:1:27: optim.beta1: belongs to optim.type adamw, but optim.type is sgd; remove it or "
@@ -500,9 +500,11 @@ TEST(JobSpecTypedKeys, WrongTypeKeyInTheFileNamesItsOwner) {
 }
 
 TEST(JobSpecTypedKeys, WrongTypeKeyBySetNamesTheSet) {
-  expect_contains(load_error(kBase, {"moe.dispatch.headroom=2"}),
-                  {"--set moe.dispatch.headroom=2: moe.dispatch.headroom: belongs to moe.dispatch.type shm, but "
-                   "moe.dispatch.type is auto; remove it or set the type to shm"});
+  expect_contains(load_error(kBase, {"moe.dispatch.type=flat_packed", "moe.dispatch.headroom=2"}),
+                  {"--set moe.dispatch.headroom=2: moe.dispatch.headroom: belongs to moe.dispatch.type shm or auto, "
+                   "but moe.dispatch.type is flat_packed; remove it or set the type to shm or auto"});
+  // auto may resolve to shm, so it takes shm's keys (the default type).
+  EXPECT_EQ(load_job_spec_from_string(kBase, {"moe.dispatch.headroom=2"}).moe.dispatch.shm.headroom, 2.0f);
   expect_contains(load_error(kBase, {"optim.type=sgd", "optim.eps=1e-6"}),
                   {"--set optim.eps=1e-6: optim.eps: belongs to optim.type adamw, but optim.type is sgd"});
 }
@@ -572,9 +574,9 @@ TEST(JobSpecTypedKeys, ResolvedSpecPrintsOnlyTheChosenTypesKeysAndRoundTrips) {
 
   // The defaults: adamw, constant schedule, synthetic data, auto dispatch.
   const std::string d = job_spec_to_yaml(load_job_spec_from_string(""));
-  for (const char* absent : {"momentum", "warmup_steps", "min_lr_ratio", "path:", "headroom", "update"})
+  for (const char* absent : {"momentum", "warmup_steps", "min_lr_ratio", "path:", "update"})
     EXPECT_EQ(d.find(absent), std::string::npos) << absent << " in\n" << d;
-  expect_contains(d, {"type: auto", "beta1: 0.9", "type: constant", "type: synthetic"});
+  expect_contains(d, {"type: auto", "headroom: 1.25", "beta1: 0.9", "type: constant", "type: synthetic"});
   EXPECT_EQ(job_spec_to_yaml(load_job_spec_from_string(d)), d);
 }
 

@@ -1,6 +1,6 @@
-// Parallel invariance (DESIGN.md contract): with the same global batch and seed, every sharding
-// strategy, every valid parallel.ep and every dispatcher trains the same model to the same
-// per-step losses as one rank. The one-rank reference runs on rank 0 over MPI_COMM_SELF with all
+// Parallel invariance (DESIGN.md contract): with the same global batch and seed, every registered
+// sharding strategy, every valid parallel.ep and every registered dispatcher trains the same model
+// to the same per-step losses as one rank. The one-rank reference runs on rank 0 over MPI_COMM_SELF with all
 // 12 micro-batches of a step; a W-rank run takes 12/W micro-batches per rank.
 // Tolerance: the first step's loss (same parameters, same data) agrees to 1e-9 relative (only the
 // order of the double-precision loss sum differs); later steps to 2e-5 relative, the fp32
@@ -11,6 +11,9 @@
 #include <cmath>
 
 #include "comm/process_groups.h"
+#include "parallel/dispatcher_registry.h"
+#include "parallel/sharding_strategy.h"
+#include "runtime/core/error.h"
 #include "runtime/job_spec.h"
 #include "runtime/trainer.h"
 
@@ -67,18 +70,27 @@ std::vector<double> single_rank_losses() {
 
 struct Layout {
   std::string strategy;
-  int ep;
+  int ep;  // 0 = every rank
   std::string dispatch;
+  int ranks_per_node = 0;
 };
 
+std::string layout_name(const Layout& l) {
+  return fmt::format("{}_ep{}_{}{}", l.strategy, l.ep ? std::to_string(l.ep) : std::string("W"), l.dispatch,
+                     l.ranks_per_node ? "_vnodes" : "");
+}
+void PrintTo(const Layout& l, std::ostream* os) { *os << layout_name(l); }
+
+// Trains the layout at the world size; the same losses as one rank (tolerances above).
 void expect_same_losses(const Layout& layout) {
   const int W = world_size();
   JobSpec s = invariance_spec();
   s.parallel.strategy = layout.strategy;
   s.parallel.ep = layout.ep;
+  s.parallel.ranks_per_node = layout.ranks_per_node;
   s.moe.dispatch.type = layout.dispatch;
   s.train.grad_accum = kMicroBatchesPerStep / W;
-  validate_for_world(s, W);
+  resolve_for_world(s, W);
   ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
   const auto losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
   const auto ref = single_rank_losses();
@@ -89,36 +101,53 @@ void expect_same_losses(const Layout& layout) {
   EXPECT_LT(ref.back(), ref.front());  // the reference itself learns
 }
 
-TEST(TrainInvariance, DataParallelLocalDispatchMatchesOneRank) { expect_same_losses({"dp", 1, "local"}); }
+// Every registered strategy x every registered dispatcher x every ep (1..4, and all ranks, also
+// over virtual nodes): a new strategy or dispatcher is covered without editing this test. A layout
+// may only be refused where the rules say so (local across ranks, dp with ep > 1, shm across
+// nodes); the refusal must be a collective error naming the key.
+class TrainInvariance : public ::testing::TestWithParam<Layout> {};
 
-// Flat dispatch with the experts split over the whole world (ep = W) and the packed exchange
-// (MPI_Alltoallv of rows): at W > 1 tokens cross ranks in every MoE layer. This replaces
-// {"dp", 1, "flat"}, which never exchanged a token (at ep = 1 every row goes to the rank's own
-// experts and bypasses MPI), and strategy dp only allows ep = 1; the typed exchange at ep = W is
-// the last case of ExpertParallelEveryValidEpMatchesOneRank.
-TEST(TrainInvariance, ExpertParallelOverWorldFlatPackedDispatchMatchesOneRank) {
-  expect_same_losses({"ep", world_size(), "flat_packed"});
-}
-
-TEST(TrainInvariance, ExpertParallelEveryValidEpMatchesOneRank) {
+TEST_P(TrainInvariance, SameLossesAsOneRank) {
+  const Layout l = GetParam();
   const int W = world_size();
-  int tried = 0;
-  for (int ep = 1; ep <= W; ++ep) {
-    if (W % ep != 0) continue;
-    SCOPED_TRACE("ep=" + std::to_string(ep) + " dp=" + std::to_string(W / ep));
-    expect_same_losses({"ep", ep, "flat"});
-    ++tried;
+  const int ep = l.ep ? l.ep : W;
+  if (W % ep != 0) GTEST_SKIP() << "ep " << ep << " does not divide W " << W;
+  if (l.ranks_per_node && (W % l.ranks_per_node != 0 || W == l.ranks_per_node))
+    GTEST_SKIP() << "virtual nodes need a multiple of " << l.ranks_per_node << " ranks above it";
+  const bool spans_nodes = l.ranks_per_node && ep > l.ranks_per_node;
+  const bool refused = (l.strategy == "dp" && ep > 1) || (l.dispatch == "local" && ep > 1) ||
+                       (l.dispatch == "shm" && spans_nodes);
+  try {
+    expect_same_losses(l);
+    EXPECT_FALSE(refused) << "this layout should have been refused";
+  } catch (const CollectiveError& e) {
+    if (!refused) throw;
+    const std::string msg = e.what();
+    EXPECT_TRUE(msg.find("parallel.ep") != std::string::npos || msg.find("moe.dispatch.type") != std::string::npos)
+        << msg;
   }
-  EXPECT_GE(tried, 1);
 }
+
+std::vector<Layout> all_layouts() {
+  std::vector<Layout> out;
+  for (const std::string& strategy : sharding_strategy_registry().names())
+    for (const std::string& dispatch : dispatcher_names()) {
+      for (int ep : {1, 2, 3, 4, 0}) out.push_back({strategy, ep, dispatch});
+      out.push_back({strategy, 0, dispatch, 2});  // 2x2 virtual nodes at 4 ranks
+    }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Registered, TrainInvariance, ::testing::ValuesIn(all_layouts()),
+                         [](const ::testing::TestParamInfo<Layout>& info) { return layout_name(info.param); });
 
 // ep = W flat over virtual nodes of parallel.ranks_per_node ranks: 2 nodes x 2 ranks at 4 ranks
 // (the smallest layout with both intra- and inter-node peers, where hierarchical code paths run),
 // one rank per node at 1, 2 and 3 ranks. Checks that the node and inter-node groups are built as
-// asked and that training over them gives the one-rank losses. Today's flat dispatcher does not
-// read the node groups, so this is the ep = W case again plus the group layout; it becomes a
-// hierarchical-dispatch invariance test when a dispatcher uses groups.node / groups.inter.
-TEST(TrainInvariance, ExpertParallelOverVirtualNodesMatchesOneRank) {
+// asked and that training over them gives the one-rank losses. flat reads the nodes only for its
+// intra/inter-node traffic statistics, so this is the ep = W case again plus the group layout; it
+// becomes a hierarchical-dispatch invariance test when a dispatcher uses groups.ep_node/ep_inter.
+TEST(TrainVirtualNodes, ExpertParallelOverVirtualNodesMatchesOneRank) {
   const int W = world_size();
   const int ranks_per_node = W == 4 ? 2 : 1;
   JobSpec s = invariance_spec();

@@ -59,9 +59,9 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
   const RoutingPlan& routing = router_.plan();
 
   // 2. plan + dispatch (collective), 3. experts, 4. combine: out_t = Σ_k p_tk · y_tk (collective)
-  if (!plan_ || plan_owner_ != &dispatcher) {
+  if (!plan_ || plan_owner_ != dispatcher.id()) {  // a plan is of its dispatcher's kind
     plan_ = dispatcher.new_plan();
-    plan_owner_ = &dispatcher;
+    plan_owner_ = dispatcher.id();
   }
   DispatchPlan& plan = *plan_;
   dispatcher.plan(plan, Routing{routing.topk_ids_NK.data(), routing.probs_NK.data(), N, K}, x_ND_.data(), D,
@@ -82,7 +82,7 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
 void MoeLayer::backward(ParamArena& arena, float* dx_ND, const float* dout_ND, float loss_scale,
                         Dispatcher& dispatcher) {
   const int D = D_, N = N_;
-  MOEMPI_CHECK_ONE(plan_ && plan_owner_ == &dispatcher,
+  MOEMPI_CHECK_ONE(plan_ && plan_owner_ == dispatcher.id(),
                    "layer {}: backward with a dispatcher other than the forward's", layer_);
   DispatchPlan& plan = *plan_;
   MOEMPI_CHECK_ONE(plan.rows() == experts_.rows(),

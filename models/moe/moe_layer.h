@@ -69,7 +69,7 @@ class MoeLayer {
   int N_ = 0;
   FloatBuffer x_ND_;                    // (N, D) copy of the input
   std::unique_ptr<DispatchPlan> plan_;  // this layer's routing plan and expert rows (R, D)
-  const Dispatcher* plan_owner_ = nullptr;
+  uint64_t plan_owner_ = 0;            // Dispatcher::id() of the dispatcher that made plan_
   FloatBuffer dprobs_NK_;               // (N, K)
   FloatBuffer scratch_dx_ND_;           // dispatch backward's target when dx is not wanted
   std::vector<FloatBuffer> shared_pre_NF1_, shared_act_NF_;  // per shared expert

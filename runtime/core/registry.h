@@ -1,5 +1,5 @@
 // Registry<Factory>: the one table behind every "chosen by name" family (balancing passes,
-// sharding strategies, optimizers, LR schedules, data sources; dispatchers next). Each entry is
+// sharding strategies, optimizers, LR schedules, data sources, dispatchers). Each entry is
 // {name, factory, the keys only that type accepts, a one-line doc}, kept in registration order;
 // the job spec's schema reads names and keys from here, and unknown-name errors list names().
 // A new entry is its own file plus one line in its family's table. Tests: tests/job_spec_test.cpp
