@@ -2,8 +2,9 @@
 // counts per micro-batch, then one all-to-all of rows per direction, regrouped by local expert.
 // Three exchanges, same result (which is fastest depends on the MPI and the machine: measured in
 // docs/RESULTS.md, so each stays selectable):
-//   kTyped  (`flat`):        MPI_Alltoallw with per-peer datatypes, so MPI gathers the token rows and
-//                            places them by (local expert, source) itself (no pack, no regroup copy);
+//   kTyped  (`flat`):        MPI_Alltoallw whose per-peer datatypes place rows by (local expert,
+//                            source) on the expert side (no regroup copy); the token rows are gathered
+//                            with memcpy first (MPI's engine was 2x slower on scattered single rows);
 //   kBlocks (`flat_blocks`): one contiguous message per (peer, local expert) block, posted at once
 //                            (MPI_Irecv/MPI_Isend): the expert side receives each block straight
 //                            into its place and sends y/dx blocks straight from it, so MPI can use
