@@ -24,19 +24,19 @@ const DispatcherRegistry& dispatcher_registry() {
            {}, "reference, no communication (parallel.ep = 1)"},
           {"flat",
            [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-             return std::make_unique<FlatDispatcher>(g, FlatExchange::kTyped);
+             return std::make_unique<FlatDispatcher>(g, FlatExchange::kBlocks);
            },
-           {}, "one MPI_Alltoallw of rows per direction over the ep group, rows placed by MPI datatypes"},
+           {}, "one contiguous MPI message per (peer, local expert) block, received in place"},
           {"flat_packed",
            [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
              return std::make_unique<FlatDispatcher>(g, FlatExchange::kPacked);
            },
            {}, "memcpy pack, one MPI_Alltoallv of rows per direction, memcpy regroup"},
-          {"flat_blocks",
+          {"flat_typed",
            [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-             return std::make_unique<FlatDispatcher>(g, FlatExchange::kBlocks);
+             return std::make_unique<FlatDispatcher>(g, FlatExchange::kTyped);
            },
-           {}, "one contiguous MPI message per (peer, local expert) block, received in place"},
+           {}, "one MPI_Alltoallw of rows per direction, rows placed by MPI datatypes"},
           {"shm",
            [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
              return std::make_unique<ShmDispatcher>(g, s.shm.headroom);

@@ -1,4 +1,4 @@
-// Dispatchers by name (moe.dispatch.type): local | flat | flat_blocks | flat_packed | shm | auto, one Registry
+// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | flat_typed | shm | auto, one Registry
 // (runtime/core/registry.h) whose entries carry their own keys (the job spec's schema reads them).
 // A new dispatcher is a new file plus one line in the table in dispatcher_registry.cpp.
 // `auto` (the default) resolves by layout: local for an ep group of one rank, shm for an ep group

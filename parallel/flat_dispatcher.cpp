@@ -84,8 +84,8 @@ std::unique_ptr<DispatchPlan> FlatDispatcher::new_plan() const { return std::mak
 
 std::string FlatDispatcher::name() const {
   switch (exchange_) {
-    case FlatExchange::kBlocks: return "flat_blocks";
-    case FlatExchange::kTyped: return "flat";
+    case FlatExchange::kBlocks: return "flat";
+    case FlatExchange::kTyped: return "flat_typed";
     case FlatExchange::kPacked: return "flat_packed";
   }
   return "flat";

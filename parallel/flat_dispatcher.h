@@ -1,15 +1,16 @@
 // `flat`: the baseline dispatcher over the EP group (ALGORITHMS.md 3.1): one MPI_Alltoall of int64
 // counts per micro-batch, then one all-to-all of rows per direction, regrouped by local expert.
-// Three exchanges, same result (which is fastest depends on the MPI and the machine: measured in
-// docs/RESULTS.md, so each stays selectable):
-//   kTyped  (`flat`):        MPI_Alltoallw whose per-peer datatypes place rows by (local expert,
-//                            source) on the expert side (no regroup copy); the token rows are gathered
-//                            with memcpy first (MPI's engine was 2x slower on scattered single rows);
-//   kBlocks (`flat_blocks`): one contiguous message per (peer, local expert) block, posted at once
+// Three exchanges, same result (docs/RESULTS.md measures them side by side; each stays selectable):
+//   kBlocks (`flat`):        one contiguous message per (peer, local expert) block, posted at once
 //                            (MPI_Irecv/MPI_Isend): the expert side receives each block straight
 //                            into its place and sends y/dx blocks straight from it, so MPI can use
 //                            its single-copy path (CMA) or send from the user buffer; own rows are
-//                            copied while the blocks are in flight;
+//                            copied while the blocks are in flight. No derived datatypes, so it does
+//                            not depend on how well an MPI handles them (Open MPI 4.1's Alltoallw
+//                            over TCP was 1.7-7x slower than raw across emulated nodes);
+//   kTyped  (`flat_typed`):  MPI_Alltoallw whose per-peer datatypes place rows by (local expert,
+//                            source) on the expert side (no regroup copy); token rows are gathered
+//                            with memcpy first (MPI's engine was 2x slower on scattered single rows);
 //   kPacked (`flat_packed`): pack with memcpy, MPI_Alltoallv of contiguous rows, regroup with memcpy.
 // The source side always sees contiguous rows per peer in (peer, local expert, slot) order: y rows
 // come back there, stay in the plan for dprobs, and the weighting is fused into the combine pass
@@ -32,7 +33,7 @@ class FlatDispatcher final : public Dispatcher {
  public:
   // Non-owning view of groups.ep (the ProcessGroups must outlive the dispatcher); the node of each
   // ep rank (groups.ep_rank_node) splits the traffic statistics into intra- and inter-node.
-  FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange = FlatExchange::kTyped);
+  FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange = FlatExchange::kBlocks);
   std::string name() const override;
   std::unique_ptr<DispatchPlan> new_plan() const override;
 
