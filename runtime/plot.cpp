@@ -137,25 +137,23 @@ std::vector<std::string> plot_runs(const PlotOptions& o) {
     return n;
   }();
 
-  // Loss: train lines, validation points.
+  // Every run's training column as lines and its evaluation column as points, one colour per run.
+  auto overlay = [&](int train_col, const std::string& train_label, int eval_col, const std::string& eval_label) {
+    s += "plot ";
+    for (size_t r = 0; r < runs.size(); ++r) {
+      s += fmt::format("$train{} using 1:{} with lines lw 2 lc {} title {}, ", r, train_col, r + 1,
+                       quoted(runs[r].name + " " + train_label));
+      s += fmt::format("$eval{} using 1:{} with linespoints pt 7 dt 2 lc {} title {}{}", r, eval_col, r + 1,
+                       quoted(runs[r].name + " " + eval_label), r + 1 < runs.size() ? ", " : "\n");
+    }
+  };
   png("loss.png");
   s += fmt::format("set title {}\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\nunset logscale\n",
                    quoted("loss: " + names));
-  s += "plot ";
-  for (size_t r = 0; r < runs.size(); ++r) {
-    s += fmt::format("$train{} using 1:2 with lines lw 2 lc {} title {}, ", r, r + 1, quoted(runs[r].name + " train"));
-    s += fmt::format("$eval{} using 1:2 with linespoints pt 7 dt 2 lc {} title {}{}", r, r + 1,
-                     quoted(runs[r].name + " val"), r + 1 < runs.size() ? ", " : "\n");
-  }
-  // MaxVio: batch lines, global (validation) points.
+  overlay(2, "train", 2, "val");
   png("maxvio.png");
   s += fmt::format("set title {}\nset ylabel 'MaxVio = (max load - mean) / mean'\n", quoted("MaxVio: " + names));
-  s += "plot ";
-  for (size_t r = 0; r < runs.size(); ++r) {
-    s += fmt::format("$train{} using 1:3 with lines lw 2 lc {} title {}, ", r, r + 1, quoted(runs[r].name + " batch"));
-    s += fmt::format("$eval{} using 1:3 with linespoints pt 7 dt 2 lc {} title {}{}", r, r + 1,
-                     quoted(runs[r].name + " global (val)"), r + 1 < runs.size() ? ", " : "\n");
-  }
+  overlay(3, "batch", 3, "global (val)");
   // Specialisation: mean over layers (solid) and each layer (thin), normalised.
   png("specialisation.png");
   s += fmt::format("set title {}\nset ylabel 'I(domain; expert) / H(domain)'\n",

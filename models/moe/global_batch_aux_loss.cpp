@@ -9,6 +9,7 @@
 // and one micro-batch it equals aux_loss. Only training forwards count and communicate: an
 // evaluation forward uses the micro-batch's own counts and leaves the buffer alone.
 // Test: tests/moe_test.cpp (GlobalBatchAuxLoss.*), tests/balancing_mpitest.cpp (scope equivalence).
+#include <algorithm>
 #include <memory>
 #include <vector>
 
