@@ -1,4 +1,4 @@
-// Builds world/dp/ep/expert_dp/node/inter with MPI_Comm_split (no per-step communicator
+// Builds world/data/ep/expert_dp/node/inter with MPI_Comm_split (no per-step communicator
 // creation) and renders the rank map gathered to rank 0.
 #include "comm/process_groups.h"
 
@@ -46,7 +46,7 @@ ProcessGroups ProcessGroups::build(const ParallelSpec& spec, MPI_Comm base) {
   const int wr = g.world_rank;
   g.ep = Communicator::split(g.world, wr / g.ep_size, wr, "ep");
   g.expert_dp = Communicator::split(g.world, wr % g.ep_size, wr, "expert_dp");
-  g.dp = Communicator::split(g.world, wr % g.ep_size, wr, "dp");
+  g.data = Communicator::split(g.world, 0, wr, "data");  // every rank reads different data
   NodeLayout nodes = detect_nodes(g.world, spec.ranks_per_node);
   g.node = std::move(nodes.node);
   g.inter = std::move(nodes.inter);

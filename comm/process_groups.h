@@ -1,7 +1,8 @@
 // The named process groups of DESIGN.md "Process groups and placement", built once at start-up.
 // W = dp x ep. ep groups are consecutive world ranks [g*ep, (g+1)*ep) (so they stay inside a
-// node when possible); expert_dp (= dp) joins the ranks with the same world_rank % ep, the
-// replicas of one expert shard. Test: tests/comm_mpitest.cpp (ProcessGroups.*).
+// node when possible); expert_dp joins the ranks with the same world_rank % ep, the replicas of
+// one expert shard (dp_size of them); `data` holds every rank that sees different data (the world
+// today), the scope of global balancing statistics. Test: tests/comm_mpitest.cpp (ProcessGroups.*).
 #pragma once
 #include <string>
 #include <vector>
@@ -13,7 +14,8 @@ namespace moempi {
 
 struct ProcessGroups {
   Communicator world;      // all ranks
-  Communicator dp;         // replicas of one dense/expert shard: same world_rank % ep (== expert_dp)
+  Communicator data;       // all ranks that see different data (today: the world's members, own context);
+                           // global balancing statistics reduce over it, never over expert_dp
   Communicator ep;         // ranks that split the experts: world ranks [g*ep, (g+1)*ep)
   Communicator expert_dp;  // replicas of one expert shard: same world_rank % ep
   Communicator node;       // ranks on one (real or virtual) node
@@ -24,7 +26,7 @@ struct ProcessGroups {
   std::vector<int> ep_rank_node;  // (ep size) node index of each ep rank
   bool every_ep_within_node = true;  // every ep group lies within one node and one host (same on all ranks)
   int world_rank = 0, world_size = 1;
-  int ep_size = 1, dp_size = 1;
+  int ep_size = 1, dp_size = 1;  // dp_size = world / ep = expert_dp.size()
   int node_index = 0, num_nodes = 1;
   bool virtual_nodes = false;
 

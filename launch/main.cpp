@@ -21,6 +21,7 @@
 #include "runtime/core/log.h"
 #include "runtime/data/token_shard.h"
 #include "runtime/job_spec.h"
+#include "runtime/plot.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -73,6 +74,15 @@ int run_encode(const std::string& in_path, const std::string& out_path) {
   return 0;
 }
 
+// `moempi plot RUN_DIR... [-o DIR]`: one process (no MPI communication), PNGs through gnuplot.
+int run_plot(const moempi::PlotOptions& options) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MOEMPI_CHECK_ALL(size == 1, "moempi plot runs on one process; run it without mpirun (world size {})", size);
+  for (const std::string& png : moempi::plot_runs(options)) std::printf("%s\n", png.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -119,6 +129,11 @@ int main(int argc, char** argv) {
   encode->add_option("input", encode_in, "Any file")->required()->check(CLI::ExistingFile);
   encode->add_option("output", encode_out, "Shard to write (.bin)")->required();
 
+  moempi::PlotOptions plot_options;
+  auto* plot = app.add_subcommand("plot", "PNG plots of run directories' metrics.jsonl (needs gnuplot-nox)");
+  plot->add_option("run_dirs", plot_options.run_dirs, "Run directories (job.run_dir), overlaid")->required();
+  plot->add_option("-o,--out", plot_options.out_dir, "Where the PNGs go (default: the first run dir)");
+
   try {
     try {
       app.parse(argc, argv);
@@ -131,6 +146,7 @@ int main(int argc, char** argv) {
     }
     if (*train) exit_code = run_train(job_path, overrides);
     if (*encode) exit_code = run_encode(encode_in, encode_out);
+    if (*plot) exit_code = run_plot(plot_options);
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
     moempi::watchdog::stop();

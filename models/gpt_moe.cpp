@@ -31,7 +31,7 @@ void add_into(float* y, const float* x, size_t n) {
 }  // namespace
 
 GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& placement,
-               std::unique_ptr<Dispatcher> dispatcher)
+               std::unique_ptr<Dispatcher> dispatcher, const BalancingEnv& env)
     : model_(model), moe_(moe), placement_(placement), dispatcher_(std::move(dispatcher)) {
   const int64_t V = model.vocab_size, D = model.d_model, T = model.seq_len, F = model.d_ff;
   const bool ln = model.norm == NormType::kLayerNorm;
@@ -51,7 +51,7 @@ GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& plac
     b.ln2_b = ln ? arena_.add(p + "ln2.b", {D}, ParamKind::kDense, false) : kNoParam;
     b.is_moe = is_moe_layer(moe, l);
     if (b.is_moe) {
-      b.moe = std::make_unique<MoeLayer>(model, moe, l, placement_, arena_);
+      b.moe = std::make_unique<MoeLayer>(model, moe, l, placement_, arena_, env);
     } else {
       b.ffn_w1 = arena_.add(p + "ffn.w1", {D, ffn_in_width(model, F)}, ParamKind::kDense, true);
       b.ffn_b1 = arena_.add(p + "ffn.b1", {ffn_in_width(model, F)}, ParamKind::kDense, false);
@@ -262,8 +262,14 @@ std::vector<MoeLayer*> GptMoe::moe_layers() {
   return out;
 }
 
-void GptMoe::on_step_end() {
-  for (auto* m : moe_layers()) m->on_step_end();
+void GptMoe::add_routing(RoutingStats& stats) {
+  const auto layers = moe_layers();
+  for (size_t l = 0; l < layers.size(); ++l) stats.add(static_cast<int>(l), layers[l]->routing());
+}
+
+void GptMoe::on_step_end(const RoutingStats& global) {
+  const auto layers = moe_layers();
+  for (size_t l = 0; l < layers.size(); ++l) layers[l]->on_step_end(global.counts(static_cast<int>(l)));
 }
 
 int64_t GptMoe::active_params() const {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "models/moe/moe_layer.h"
+#include "models/moe/routing_stats.h"
 #include "parallel/dispatcher.h"
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
@@ -23,8 +24,10 @@ class GptMoe {
  public:
   // Registers every parameter and allocates the arena. One dispatcher serves every MoE layer
   // (each layer keeps its own DispatchPlan); every layer uses `placement` (ep / dp layouts).
+  // env: services for balancing passes that communicate (the trainer installs the data group's
+  // all-reduce; default: one data rank).
   GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& placement,
-         std::unique_ptr<Dispatcher> dispatcher);
+         std::unique_ptr<Dispatcher> dispatcher, const BalancingEnv& env = {});
 
   // Deterministic per global tensor name: the same model on any rank layout.
   void init_params(uint64_t seed);
@@ -40,7 +43,10 @@ class GptMoe {
   ParamArena& arena() { return arena_; }
   const ModelSpec& spec() const { return model_; }
   std::vector<MoeLayer*> moe_layers();
-  void on_step_end();  // balancing passes' step-level updates
+  // Adds the last forward's routing of every MoE layer (call after training forwards only).
+  void add_routing(RoutingStats& stats);
+  // The balancing passes' step-level updates, from the step's counts reduced over all data ranks.
+  void on_step_end(const RoutingStats& global);
 
   // Training FLOPs per token (6 × active matmul params incl. the tied head + 12·L·T·D attention).
   double flops_per_token() const;

@@ -48,7 +48,8 @@ constexpr size_t member_count() {
   static_assert(member_count<T>() == n, #T " changed in config.h: add the field to root_schema() in job_spec.cpp")
 MOEMPI_SCHEMA_COVERS(JobSection, 3);
 MOEMPI_SCHEMA_COVERS(ModelSpec, 9);
-MOEMPI_SCHEMA_COVERS(BalancingSpec, 2);
+MOEMPI_SCHEMA_COVERS(BalancingSpec, 3);
+MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
 MOEMPI_SCHEMA_COVERS(DispatchSpec, 2);
 MOEMPI_SCHEMA_COVERS(MoeSpec, 10);
@@ -103,8 +104,7 @@ const Schema& root_schema() {
   }};
   static const auto balancing_types = balancing_pass_registry().choices();
   static const Schema balancing = typed_schema(
-      required(choice_field("type", &BalancingSpec::type, names_of(balancing_types))),
-      {real_field("coeff", &BalancingSpec::coeff, kNonNegative)}, balancing_types);
+      required(choice_field("type", &BalancingSpec::type, names_of(balancing_types))), {}, balancing_types);
   static const auto dispatch_types = dispatch_choices();
   static const Schema dispatch =
       typed_schema(choice_field("type", &DispatchSpec::type, names_of(dispatch_types)), {}, dispatch_types);

@@ -28,6 +28,11 @@ std::string format_step_line(const StepMetrics& m) {
                       m.lr, m.grad_norm, m.step_ms, tok, 100.0 * m.mfu, m.maxvio,
                       100.0 * m.a2a_frac, format_duration(m.eta_s));
   if (m.dropped_frac) line += fmt::format(" | drop {:.1f}%", 100.0 * *m.dropped_frac);
+  line += fmt::format(" | cv {:.2f}", m.load_cv);
+  if (m.bias_max_abs) line += fmt::format(" | bias {:.2e}", *m.bias_max_abs);
+  if (m.maxvio_global) line += fmt::format(" | maxvio_g {:.2f}", *m.maxvio_global);
+  if (!m.specialisation_norm_layers.empty())
+    line += fmt::format(" | spec {:.2f}", mean_of(m.specialisation_norm_layers));
   return line;
 }
 
@@ -41,6 +46,48 @@ double max_violation(const std::vector<int64_t>& counts) {
   if (total == 0) return 0;
   const double mean = static_cast<double>(total) / counts.size();
   return (mx - mean) / mean;
+}
+
+double load_cv(const std::vector<int64_t>& counts) {
+  if (counts.empty()) return 0;
+  double total = 0;
+  for (int64_t c : counts) total += static_cast<double>(c);
+  if (total == 0) return 0;
+  const double mean = total / counts.size();
+  double var = 0;
+  for (int64_t c : counts) var += (c - mean) * (c - mean);
+  return std::sqrt(var / counts.size()) / mean;
+}
+
+double mean_of(const std::vector<double>& values) {
+  double m = 0;
+  for (double v : values) m += v / values.size();
+  return m;
+}
+
+Specialisation specialisation(const int64_t* joint_DE, int domains, int E) {
+  std::vector<double> pd(domains, 0.0), pe(E, 0.0);
+  double total = 0;
+  for (int d = 0; d < domains; ++d)
+    for (int e = 0; e < E; ++e) {
+      const double n = static_cast<double>(joint_DE[static_cast<size_t>(d) * E + e]);
+      pd[d] += n;
+      pe[e] += n;
+      total += n;
+    }
+  Specialisation s;
+  if (total == 0) return s;
+  for (int d = 0; d < domains; ++d)
+    for (int e = 0; e < E; ++e) {
+      const double n = static_cast<double>(joint_DE[static_cast<size_t>(d) * E + e]);
+      if (n > 0) s.mi_bits += n / total * std::log2(n * total / (pd[d] * pe[e]));
+    }
+  double h = 0;
+  for (double n : pd)
+    if (n > 0) h -= n / total * std::log2(n / total);
+  s.mi_bits = std::max(0.0, s.mi_bits);  // rounding can give -1e-17
+  s.normalised = h > 0 ? s.mi_bits / h : 0.0;
+  return s;
 }
 
 MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::trunc), path_(path) {
@@ -67,6 +114,16 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["tokens"] = m.tokens;
   j["maxvio_layers"] = m.maxvio_layers;
   j["expert_load"] = m.expert_load;
+  j["load_cv"] = m.load_cv;
+  j["load_cv_layers"] = m.load_cv_layers;
+  if (!m.bias.empty()) j["bias"] = m.bias;
+  if (m.bias_max_abs) j["bias_max_abs"] = *m.bias_max_abs;
+  if (m.maxvio_global) {
+    j["maxvio_global"] = *m.maxvio_global;
+    j["maxvio_global_layers"] = m.maxvio_global_layers;
+    j["specialisation"] = m.specialisation_layers;
+    j["specialisation_norm"] = m.specialisation_norm_layers;
+  }
   out_ << j.dump() << '\n';
   out_.flush();
   MOEMPI_CHECK_ONE(out_.good(), "write to metrics file '{}' failed", path_);

@@ -29,6 +29,15 @@ struct StepMetrics {
   int64_t tokens = 0;    // tokens seen so far (global)
   std::vector<double> maxvio_layers;
   std::vector<std::vector<int64_t>> expert_load;  // [moe layer][expert] global routed counts (before capacity drops)
+  double load_cv = 0;                  // mean over MoE layers of std(c) / mean(c), global counts
+  std::vector<double> load_cv_layers;
+  std::vector<std::vector<float>> bias;  // [moe layer][expert] loss_free_bias biases (empty without the pass)
+  std::optional<double> bias_max_abs;    // max |b| over layers and experts (with loss_free_bias)
+  // At evaluations: over every token of the validation pass, per MoE layer.
+  std::optional<double> maxvio_global;             // mean over layers (MaxVio_global, arXiv:2408.15664)
+  std::vector<double> maxvio_global_layers;
+  std::vector<double> specialisation_layers;       // I(domain; chosen expert) in bits
+  std::vector<double> specialisation_norm_layers;  // ÷ H(domain)
 };
 
 // "step 120/2000 | loss 2.4312 | aux 0.0121 | lr 3.0e-04 | gnorm 0.84 | 212 ms | 19.3k tok/s | mfu 41% | maxvio 0.12 | eta 1m23s"
@@ -37,6 +46,19 @@ std::string format_duration(double seconds);
 
 // MaxVio of one layer's counts: (max - mean) / mean, 0 when there are no tokens.
 double max_violation(const std::vector<int64_t>& counts);
+// Coefficient of variation of one layer's counts: population std / mean, 0 when there are no tokens.
+double load_cv(const std::vector<int64_t>& counts);
+// Mean of the values, 0 for none.
+double mean_of(const std::vector<double>& values);
+
+// Mutual information between a token's domain and its chosen experts, from the joint counts of
+// every top-k slot n(d, e) (domains × E): I = Σ p(d,e) log2(p(d,e) / (p(d) p(e))) bits, and its
+// normalised form I / H(domain) (0 when the domain entropy is 0).
+struct Specialisation {
+  double mi_bits = 0;
+  double normalised = 0;
+};
+Specialisation specialisation(const int64_t* joint_DE, int domains, int E);
 
 class MetricsWriter {
  public:

@@ -33,27 +33,24 @@ double allreduce_scalar(double x, const Communicator& comm) {
   return x;
 }
 
-// Global expert loads of the step: [moe layer][expert], summed over micro-batches and ranks.
-std::vector<std::vector<int64_t>> allreduce_loads(std::vector<std::vector<int64_t>> loads,
-                                                  const Communicator& world) {
-  std::vector<int64_t> flat;
-  for (auto& l : loads) flat.insert(flat.end(), l.begin(), l.end());
-  allreduce_sum(flat.data(), static_cast<int64_t>(flat.size()), world);
-  size_t off = 0;
-  for (auto& l : loads) {
-    std::copy(flat.begin() + off, flat.begin() + off + l.size(), l.begin());
-    off += l.size();
-  }
-  return loads;
-}
+// What an evaluation pass measured (collective: reduced over the data ranks): the mean loss and,
+// per MoE layer, the joint counts of (domain of the token, chosen expert) over every top-k slot.
+struct EvalResult {
+  double loss = 0;
+  int domains = 1;
+  std::vector<std::vector<int64_t>> joint_LDE;  // [moe layer] (domains, E)
+};
 
 class TrainLoop {
  public:
   TrainLoop(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options)
       : spec_(spec), g_(groups), opt_(options) {
     dispatch_choice_ = resolve_dispatcher(spec.moe.dispatch, groups);
+    // Passes that reduce counts do it over the data group (every rank that sees different data).
+    BalancingEnv env;
+    env.allreduce_counts_data = [&g = g_](int64_t* counts, int n) { allreduce_sum(counts, n, g.data); };
     model_ = std::make_unique<GptMoe>(spec.model, spec.moe, make_placement(spec.moe.num_experts, groups),
-                                      make_dispatcher(spec.moe.dispatch, groups));
+                                      make_dispatcher(spec.moe.dispatch, groups), env);
     model_->init_params(spec.job.seed);
     // Data files may be missing or unreadable on some ranks only: fail every rank alike.
     agree_on_errors(groups.world, [&] { data_ = make_data_source(spec.data, spec.model, spec.job.seed); });
@@ -89,23 +86,20 @@ class TrainLoop {
       const DispatchStats traffic0 = model_->dispatcher().stats();
       model_->arena().zero_grads();
       double loss_sum = 0, aux_sum = 0;
-      // Expert loads [layer][expert], then one more entry: slots dropped by capacity.
-      std::vector<std::vector<int64_t>> loads(moe_layers.size(),
-                                              std::vector<int64_t>(spec_.moe.num_experts, 0));
-      loads.push_back({0});
+      RoutingStats routing;  // this step's counts, local until the one all-reduce below
+      routing.reset(static_cast<int>(moe_layers.size()), spec_.moe.num_experts);
       for (int a = 0; a < spec_.train.grad_accum; ++a) {
         const int64_t first = ((static_cast<int64_t>(step) * spec_.train.grad_accum + a) * data_ranks_ +
                                g_.world.rank()) * B_;
         data_->get(batch_, Split::kTrain, first, B_);
         loss_sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, true);
         aux_sum += model_->aux_loss();
+        model_->add_routing(routing);  // before capacity drops; training forwards only
         model_->backward(grad_scale);
-        for (size_t l = 0; l < moe_layers.size(); ++l) {
-          const auto& c = moe_layers[l]->routing().selected_per_expert_E;  // before capacity drops
-          for (size_t e = 0; e < c.size(); ++e) loads[l][e] += c[e];
-          loads.back()[0] += moe_layers[l]->dropped_slots();
-        }
       }
+      // One all-reduce of every layer's counts (and dropped slots) over the data ranks: read by
+      // the passes' step end and by the metrics.
+      allreduce_sum(routing.values.data(), static_cast<int64_t>(routing.values.size()), g_.data);
       double grad_norm;
       {
         ScopedTimer t(summary.phase_seconds[kPhaseGradSync]);
@@ -115,7 +109,7 @@ class TrainLoop {
       const float lr = schedule_->lr_at(step);
       {
         ScopedTimer t(summary.phase_seconds[kPhaseOptimizer]);
-        model_->on_step_end();
+        model_->on_step_end(routing);
         scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
         optimizer_->step(model_->arena(), lr);
       }
@@ -125,9 +119,6 @@ class TrainLoop {
       const double aux = allreduce_scalar(aux_sum, g_.world) / denom;
       MOEMPI_CHECK_ALL(std::isfinite(loss), "loss is {} at step {}; lower optim.lr or set optim.grad_clip",
                        loss, step + 1);
-      loads = allreduce_loads(std::move(loads), g_.world);
-      const int64_t dropped = loads.back()[0];
-      loads.pop_back();
       const double dt = now_seconds() - t0;
       const double exchange_s = model_->exchange_seconds() - exchange0;  // before eval adds to it
       const DispatchStats traffic = model_->dispatcher().stats();
@@ -138,8 +129,10 @@ class TrainLoop {
 
       const bool last = step + 1 == steps;
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
+      std::optional<EvalResult> eval;
+      if (eval_now) eval = evaluate();
       std::optional<double> val;
-      if (eval_now) val = evaluate();
+      if (eval) val = eval->loss;
       if (last && val) summary.final_val_loss = val;
       const bool log_now = (step + 1) % spec_.train.log_interval == 0 || step == 0 || last || eval_now;
       if (!log_now) continue;
@@ -160,13 +153,19 @@ class TrainLoop {
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
       m.eta_s = elapsed / (step + 1) * (steps - step - 1);
       m.tokens = summary.tokens_per_step * (step + 1);
-      for (const auto& l : loads) m.maxvio_layers.push_back(max_violation(l));
-      for (double v : m.maxvio_layers) m.maxvio += v / m.maxvio_layers.size();
-      m.expert_load = loads;
+      for (int l = 0; l < routing.layers; ++l) m.expert_load.push_back(routing.layer(l));
+      for (const auto& l : m.expert_load) {
+        m.maxvio_layers.push_back(max_violation(l));
+        m.load_cv_layers.push_back(load_cv(l));
+      }
+      m.maxvio = mean_of(m.maxvio_layers);
+      m.load_cv = mean_of(m.load_cv_layers);
       if (spec_.moe.capacity_factor > 0) {
         const double slots = static_cast<double>(summary.tokens_per_step) * spec_.moe.top_k * moe_layers.size();
-        m.dropped_frac = slots > 0 ? dropped / slots : 0.0;
+        m.dropped_frac = slots > 0 ? routing.dropped() / slots : 0.0;
       }
+      add_bias_metrics(m);
+      if (eval) add_eval_metrics(m, *eval);
       if (g_.world.rank() == 0) {
         if (opt_.log_steps) spdlog::info("{}", format_step_line(m));
         metrics_.write(m);
@@ -192,15 +191,69 @@ class TrainLoop {
   // Collective: global mean validation loss over eval.batches global batches, split over the
   // ranks like training batches, so that the same global batch gives the same validation
   // sequences (and loss) at any world size.
-  double evaluate() {
+  // Also counts, per MoE layer, every top-k slot by (domain of its sequence, expert): the loads
+  // of maxvio_global and the joint table of the specialisation. Nothing here touches the
+  // training RoutingStats or the passes' step state (forwards with training = false).
+  EvalResult evaluate() {
     const int micro_batches = spec_.eval.batches * spec_.train.grad_accum;
+    const auto layers = model_->moe_layers();
+    const int E = spec_.moe.num_experts, Dm = std::max(1, data_->num_domains());
+    std::vector<int64_t> joint(layers.size() * Dm * E, 0);  // (L, domains, E)
     double sum = 0;
     for (int i = 0; i < micro_batches; ++i) {
       const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
       data_->get(batch_, Split::kVal, first, B_);
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
+      for (size_t l = 0; l < layers.size(); ++l) {
+        const RoutingPlan& r = layers[l]->routing();
+        int64_t* j = joint.data() + l * Dm * E;
+        for (int t = 0; t < r.N; ++t) {
+          const int d = std::clamp(batch_.domain_B[t / T_], 0, Dm - 1);
+          for (int k = 0; k < r.K; ++k) ++j[static_cast<size_t>(d) * E + r.selected_NK[static_cast<size_t>(t) * r.K + k]];
+        }
+      }
     }
-    return allreduce_scalar(sum, g_.world) / (static_cast<double>(micro_batches) * data_ranks_);
+    EvalResult out;
+    out.loss = allreduce_scalar(sum, g_.world) / (static_cast<double>(micro_batches) * data_ranks_);
+    allreduce_sum(joint.data(), static_cast<int64_t>(joint.size()), g_.data);
+    out.domains = Dm;
+    for (size_t l = 0; l < layers.size(); ++l)
+      out.joint_LDE.emplace_back(joint.begin() + l * Dm * E, joint.begin() + (l + 1) * Dm * E);
+    return out;
+  }
+
+  // maxvio_global (loads of the whole evaluation pass) and the specialisation, per MoE layer.
+  void add_eval_metrics(StepMetrics& m, const EvalResult& e) const {
+    const int E = spec_.moe.num_experts;
+    std::vector<double> vio, spec_bits, spec_norm;
+    for (const auto& j : e.joint_LDE) {
+      std::vector<int64_t> loads(E, 0);
+      for (int d = 0; d < e.domains; ++d)
+        for (int i = 0; i < E; ++i) loads[i] += j[static_cast<size_t>(d) * E + i];
+      vio.push_back(max_violation(loads));
+      const Specialisation s = specialisation(j.data(), e.domains, E);
+      spec_bits.push_back(s.mi_bits);
+      spec_norm.push_back(s.normalised);
+    }
+    m.maxvio_global_layers = vio;
+    m.maxvio_global = mean_of(vio);
+    m.specialisation_layers = spec_bits;
+    m.specialisation_norm_layers = spec_norm;
+  }
+
+  // loss_free_bias: every layer's biases, read through the passes' state accessor.
+  void add_bias_metrics(StepMetrics& m) const {
+    double max_abs = 0;
+    bool any = false;
+    for (MoeLayer* layer : model_->moe_layers())
+      for (const auto& pass : layer->router().passes())
+        for (const PassTensor& t : pass->state())
+          if (t.name == "bias_E") {
+            m.bias.emplace_back(t.f32.begin(), t.f32.end());
+            for (float b : t.f32) max_abs = std::max(max_abs, static_cast<double>(std::fabs(b)));
+            any = true;
+          }
+    if (any) m.bias_max_abs = max_abs;
   }
 
   void announce(const TrainSummary& s) {

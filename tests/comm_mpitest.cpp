@@ -80,12 +80,13 @@ TEST_P(ProcessGroupsTest, GroupsHaveTheSpecifiedMembers) {
   EXPECT_EQ(g.ep_group(), grp);
   EXPECT_EQ(g.ep.rank(), wr % ep);
   EXPECT_EQ(members(g.ep), world_ranks_where([&](int r) { return r / ep == grp; }));
-  // expert_dp and dp: same world_rank % ep.
+  // expert_dp: same world_rank % ep; data: every rank (all see different data).
   const auto same_shard = world_ranks_where([&](int r) { return r % ep == wr % ep; });
   EXPECT_EQ(members(g.expert_dp), same_shard);
-  EXPECT_EQ(members(g.dp), same_shard);
   EXPECT_EQ(g.expert_dp.rank(), wr / ep);
-  EXPECT_NE(g.dp.comm(), g.expert_dp.comm());  // separate contexts, same members
+  EXPECT_EQ(members(g.data), world_ranks_where([](int) { return true; }));
+  EXPECT_EQ(g.data.rank(), wr);
+  EXPECT_NE(g.data.comm(), g.world.comm());  // separate contexts, same members
 
   if (rpn > 0) {
     EXPECT_TRUE(g.virtual_nodes);
@@ -150,7 +151,7 @@ TEST(ProcessGroups, BuiltOverSelfIsAOneRankJob) {
   EXPECT_EQ(g.world_size, 1);
   EXPECT_EQ(g.world_rank, 0);
   EXPECT_EQ(g.world.comm(), MPI_COMM_SELF);
-  for (const Communicator* c : {&g.dp, &g.ep, &g.expert_dp, &g.node, &g.inter}) {
+  for (const Communicator* c : {&g.data, &g.ep, &g.expert_dp, &g.node, &g.inter}) {
     EXPECT_EQ(c->size(), 1) << c->name();
     EXPECT_EQ(c->rank(), 0) << c->name();
   }

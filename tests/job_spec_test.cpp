@@ -121,7 +121,7 @@ TEST(JobSpecErrors, UnknownSectionAndNestedKeys) {
                    "allowed: type, warmup_steps, min_lr_ratio"});
   expect_contains(load_error("moe:\n  balancing:\n    - type: aux_loss\n      alpha: 0.1\n"),
                   {"x.yaml:4:7: moe.balancing.0.alpha: unknown key 'alpha' in section moe.balancing.0",
-                   "allowed: type, coeff)"});
+                   "allowed: type, coeff, rate, update, freeze_after)"});
 }
 
 TEST(JobSpecErrors, DuplicateKeyAndSyntaxError) {
@@ -170,7 +170,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"moe:\n  every_n_layers: 0\n", {"moe.every_n_layers: expected an integer >= 1, got 0"}},
         BadValueCase{"moe:\n  capacity_factor: -1\n", {"moe.capacity_factor: expected a number >= 0, got -1"}},
         BadValueCase{"moe:\n  balancing: {type: aux_loss}\n",
-                     {"moe.balancing: expected a list of maps with keys type, coeff, got a map"}},
+                     {"moe.balancing: expected a list of maps with keys type, coeff, rate, update, freeze_after, got a map"}},
         BadValueCase{"moe:\n  balancing:\n    - coeff: 0.1\n",
                      {"x.yaml:3:7: moe.balancing.0.type: missing; expected one of aux_loss, z_loss"}},
         BadValueCase{"model: 5\n", {"x.yaml:1:8: model: expected a map with keys vocab_size, d_model", "got '5'"}},
@@ -198,9 +198,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"data:\n  type: csv\n", {"data.type: 'csv' is not one of synthetic, text, tokens"}},
         BadValueCase{"moe:\n  balancing:\n    - type: bias\n",
                      {"x.yaml:3:13: moe.balancing.0.type: 'bias' is not one of aux_loss, z_loss"}},
-        // update_rate / update were carried for a pass that does not exist yet: no longer keys.
-        BadValueCase{"moe:\n  balancing:\n    - {type: aux_loss, update: linear}\n",
-                     {"moe.balancing.0.update: unknown key 'update'", "(allowed: type, coeff)"}}));
+        // update_rate was never a key; update belongs to loss_free_bias only.
+        BadValueCase{"moe:\n  balancing:\n    - {type: loss_free_bias, update_rate: 0.1}\n",
+                     {"moe.balancing.0.update_rate: unknown key 'update_rate'",
+                      "(allowed: type, coeff, rate, update, freeze_after)"}},
+        BadValueCase{"moe:\n  balancing:\n    - {type: loss_free_bias, update: foo}\n",
+                     {"x.yaml:3:38: moe.balancing.0.update: 'foo' is not one of sign, proportional"}},
+        BadValueCase{"moe:\n  balancing:\n    - {type: loss_free_bias, rate: -0.1}\n",
+                     {"moe.balancing.0.rate: expected a number >= 0, got -0.1"}},
+        BadValueCase{"moe:\n  balancing:\n    - {type: loss_free_bias, freeze_after: -1}\n",
+                     {"moe.balancing.0.freeze_after: expected"}}));
 
 // --- impossible combinations -------------------------------------------------------------------------
 
@@ -523,6 +530,35 @@ TEST(JobSpecTypedKeys, OwnershipIsCheckedAfterEveryOverride) {
   EXPECT_EQ(load_job_spec_from_string("optim: {beta1: 0.5}\n", {"optim={type: sgd}"}).optim.type, "sgd");
   // Balancing entries are typed sections too.
   EXPECT_EQ(load_job_spec_from_string(kBase, {"moe.balancing.1={type: z_loss, coeff: 0.1}"}).moe.balancing[1].coeff, 0.1f);
+}
+
+TEST(JobSpecTypedKeys, BalancingPassKeysBelongToTheirPass) {
+  // loss_free_bias owns rate, update, freeze_after; coeff belongs to the loss passes.
+  const JobSpec s = load_job_spec_from_string(
+      "moe:\n  balancing:\n    - {type: global_batch_aux_loss, coeff: 0.02}\n"
+      "    - {type: loss_free_bias, rate: 0.01, update: proportional, freeze_after: 50}\n"
+      "    - {type: seq_aux_loss, coeff: 0.0001}\n");
+  ASSERT_EQ(s.moe.balancing.size(), 3u);
+  EXPECT_EQ(s.moe.balancing[0].coeff, 0.02f);
+  EXPECT_EQ(s.moe.balancing[1].bias.rate, 0.01f);
+  EXPECT_EQ(s.moe.balancing[1].bias.update, BiasUpdate::kProportional);
+  EXPECT_EQ(s.moe.balancing[1].bias.freeze_after, 50);
+  EXPECT_EQ(s.moe.balancing[2].coeff, 0.0001f);
+  // The resolved spec prints each pass's own keys only, and reads back the same.
+  const std::string yaml = job_spec_to_yaml(s);
+  expect_contains(yaml, {"rate: 0.01", "update: proportional", "freeze_after: 50"});
+  const JobSpec r = load_job_spec_from_string(yaml);
+  EXPECT_EQ(r.moe.balancing[1].bias.update, BiasUpdate::kProportional);
+  EXPECT_EQ(r.moe.balancing[1].bias.rate, 0.01f);
+  expect_contains(load_error("moe:\n  balancing:\n    - {type: aux_loss, rate: 0.01}\n"),
+                  {"x.yaml:3:30: moe.balancing.0.rate: belongs to moe.balancing.0.type loss_free_bias, but "
+                   "moe.balancing.0.type is aux_loss; remove it or set the type to loss_free_bias"});
+  expect_contains(load_error("moe:\n  balancing:\n    - {type: loss_free_bias, coeff: 0.01}\n"),
+                  {"moe.balancing.0.coeff: belongs to moe.balancing.0.type aux_loss or z_loss or seq_aux_loss or "
+                   "global_batch_aux_loss, but moe.balancing.0.type is loss_free_bias"});
+  expect_contains(load_error(kBase, {"moe.balancing.0.update=sign"}),
+                  {"--set moe.balancing.0.update=sign: moe.balancing.0.update: belongs to moe.balancing.0.type "
+                   "loss_free_bias"});
 }
 
 TEST(JobSpecTypedKeys, KeyOwnedBySeveralTypes) {

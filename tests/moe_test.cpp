@@ -173,12 +173,13 @@ struct StateBuf {
   std::vector<float> logits, scores;
   std::vector<int32_t> selected;
   std::vector<int64_t> counts;
+  int seq = 0;  // tokens per sequence; 0 = one sequence
   RouterState view(ScoreFn fn) const {
     RouterState s;
     s.N = N;
     s.K = K;
     s.E = E;
-    s.seq_len = N;
+    s.seq_len = seq > 0 ? seq : N;
     s.score_fn = fn;
     s.logits_NE = logits.data();
     s.scores_NE = scores.data();
@@ -235,13 +236,14 @@ TEST(ZLoss, MatchesFormula) {
 }
 
 // d(loss_scale · L)/d(scores or logits) of one pass against central differences in double.
-void check_pass_gradient(const std::string& type, ScoreFn fn) {
-  const int N = 5, K = 2, E = 4;
-  StateBuf b{N, K, E, randn(N * E, 11), {}, {}, {}};
+// seq: tokens per sequence (N = 6 = 3 sequences of 2, or 2 of 3; 0 = one sequence).
+void check_pass_gradient(const std::string& type, ScoreFn fn, int seq = 0) {
+  const int N = 6, K = 2, E = 4;
+  StateBuf b{N, K, E, randn(N * E, 11), {}, {}, {}, seq};
   b.scores = b.logits;
   for (auto& s : b.scores) s = 1.0f / (1.0f + std::exp(-s));  // positive; any scores do
-  b.selected = {0, 1, 1, 2, 0, 3, 0, 1, 2, 0};
-  b.counts = {4, 3, 2, 1};
+  b.selected = {0, 1, 1, 2, 0, 3, 0, 1, 2, 0, 1, 0};
+  b.counts = {5, 4, 2, 1};
   auto pass = pass_of(type, 0.2f);
   const float scale = 0.7f;
   pass->forward(b.view(fn), true);
@@ -270,6 +272,210 @@ void check_pass_gradient(const std::string& type, ScoreFn fn) {
 TEST(AuxLoss, GradientMatchesFiniteDifferences_softmax) { check_pass_gradient("aux_loss", ScoreFn::kSoftmax); }
 TEST(AuxLoss, GradientMatchesFiniteDifferences_sigmoid) { check_pass_gradient("aux_loss", ScoreFn::kSigmoid); }
 TEST(ZLoss, GradientMatchesFiniteDifferences) { check_pass_gradient("z_loss", ScoreFn::kSoftmax); }
+TEST(SeqAuxLoss, GradientMatchesFiniteDifferences_softmax_seq2) {
+  check_pass_gradient("seq_aux_loss", ScoreFn::kSoftmax, 2);
+}
+TEST(SeqAuxLoss, GradientMatchesFiniteDifferences_sigmoid_seq3) {
+  check_pass_gradient("seq_aux_loss", ScoreFn::kSigmoid, 3);
+}
+// Training forwards add the same counts again and again: f̄ stays the same ratio (routing fixed).
+TEST(GlobalBatchAuxLoss, GradientMatchesFiniteDifferences_softmax) {
+  check_pass_gradient("global_batch_aux_loss", ScoreFn::kSoftmax);
+}
+TEST(GlobalBatchAuxLoss, GradientMatchesFiniteDifferences_sigmoid) {
+  check_pass_gradient("global_batch_aux_loss", ScoreFn::kSigmoid);
+}
+
+// Softmax scores of the logits in place.
+void softmax_rows(std::vector<float>& v, int E) {
+  for (size_t t = 0; t < v.size() / E; ++t) {
+    float* s = v.data() + t * E;
+    float sum = 0;
+    for (int i = 0; i < E; ++i) sum += (s[i] = std::exp(s[i]));
+    for (int i = 0; i < E; ++i) s[i] /= sum;
+  }
+}
+
+TEST(SeqAuxLoss, HandComputed_two_sequences) {
+  // K=1, E=2, two sequences of 2 tokens. Sequence 0 picks [0, 0]: f = [1, 0], P0 = (0.7+0.6)/2;
+  // sequence 1 picks [0, 1]: f = [.5, .5], ΣP = 1 → term 1. L = α·(2·0.65 + 2·0.5)/2 = 1.15α.
+  StateBuf b{4, 1, 2, {}, {0.7f, 0.3f, 0.6f, 0.4f, 0.9f, 0.1f, 0.2f, 0.8f}, {0, 0, 0, 1}, {3, 1}, 2};
+  EXPECT_NEAR(pass_of("seq_aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.0115, 1e-8);
+  // The micro-batch aux loss of the same tokens differs: f = [.75, .25], P = [.6, .4] → 2·(.45+.1) = 1.1α.
+  EXPECT_NEAR(pass_of("aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.011, 1e-8);
+  // One sequence: equal to aux_loss.
+  b.seq = 4;
+  EXPECT_NEAR(pass_of("seq_aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.011, 1e-8);
+}
+
+// With one rank (no all-reduce installed) and one micro-batch, global_batch_aux_loss is aux_loss:
+// the same value and the same gradient, bit for bit.
+TEST(GlobalBatchAuxLoss, OneRankOneMicroBatchEqualsAuxLoss_softmax_and_sigmoid) {
+  const int N = 6, K = 2, E = 4;
+  StateBuf b{N, K, E, randn(N * E, 5), {}, {0, 1, 1, 2, 0, 3, 0, 1, 2, 0, 1, 0}, {5, 4, 2, 1}};
+  b.scores = b.logits;
+  softmax_rows(b.scores, E);
+  for (auto fn : {ScoreFn::kSoftmax, ScoreFn::kSigmoid}) {
+    auto aux = pass_of("aux_loss", 0.05f), glob = pass_of("global_batch_aux_loss", 0.05f);
+    EXPECT_EQ(aux->forward(b.view(fn), true), glob->forward(b.view(fn), true));
+    std::vector<float> da(N * E, 0.0f), dg(N * E, 0.0f), dz(N * E, 0.0f);
+    aux->backward(da.data(), dz.data(), b.view(fn), 0.25f);
+    glob->backward(dg.data(), dz.data(), b.view(fn), 0.25f);
+    EXPECT_EQ(da, dg);
+  }
+}
+
+// The running buffer accumulates over the step's training micro-batches (ms-swift #6787 let it
+// fall back to the micro-batch loss), is reset at step end, and evaluation forwards leave it alone.
+TEST(GlobalBatchAuxLoss, BufferAccumulatesOverMicroBatchesAndResetsAtStepEnd) {
+  // K=1, E=2, softmax, the same scores P = [0.5, 0.5]... with different choices per micro-batch.
+  StateBuf mb1{2, 1, 2, {}, {0.8f, 0.2f, 0.6f, 0.4f}, {0, 0}, {2, 0}};  // P = [0.7, 0.3]
+  StateBuf mb2{2, 1, 2, {}, {0.3f, 0.7f, 0.5f, 0.5f}, {1, 1}, {0, 2}};  // P = [0.4, 0.6]
+  auto pass = pass_of("global_batch_aux_loss", 1.0f);
+  // Micro-batch 1: C = [2, 0], f̄ = [1, 0]: L = 2·0.7 = 1.4.
+  EXPECT_NEAR(pass->forward(mb1.view(ScoreFn::kSoftmax), true), 1.4, 1e-7);
+  // Micro-batch 2: C = [2, 2], f̄ = [.5, .5]: L = 2·(.5·.4 + .5·.6) = 1.0 (the micro-batch loss would be 1.2).
+  EXPECT_NEAR(pass->forward(mb2.view(ScoreFn::kSoftmax), true), 1.0, 1e-7);
+  EXPECT_NEAR(pass_of("aux_loss", 1.0f)->forward(mb2.view(ScoreFn::kSoftmax), true), 1.2, 1e-7);
+  // Its gradient uses f̄: α·E·f̄_i/N = 2·0.5/2 = 0.5 for every element.
+  std::vector<float> ds(4, 0.0f), dz(4, 0.0f);
+  pass->backward(ds.data(), dz.data(), mb2.view(ScoreFn::kSoftmax), 1.0f);
+  for (float v : ds) EXPECT_FLOAT_EQ(v, 0.5f);
+  auto buffer = [&] {
+    const auto st = pass->state();
+    EXPECT_EQ(st.size(), 1u);
+    EXPECT_EQ(st[0].name, "counts_E");
+    return std::vector<int64_t>(st[0].i64.begin(), st[0].i64.end());
+  };
+  EXPECT_EQ(buffer(), (std::vector<int64_t>{2, 2}));
+  // Evaluation: its own counts, buffer untouched.
+  EXPECT_NEAR(pass->forward(mb1.view(ScoreFn::kSoftmax), false), 1.4, 1e-7);
+  EXPECT_EQ(buffer(), (std::vector<int64_t>{2, 2}));
+  const int64_t step_counts[2] = {2, 2};
+  pass->on_step_end(step_counts, 2);
+  EXPECT_EQ(buffer(), (std::vector<int64_t>{0, 0}));
+  // Next step starts afresh: micro-batch 2 alone gives f̄ = [0, 1].
+  EXPECT_NEAR(pass->forward(mb2.view(ScoreFn::kSoftmax), true), 1.2, 1e-7);
+}
+
+// The all-reduce the pass is given is called once per training forward, never in evaluation.
+TEST(GlobalBatchAuxLoss, ReducesCountsThroughTheEnvOnlyWhenTraining) {
+  int calls = 0;
+  BalancingEnv env;
+  env.allreduce_counts_data = [&](int64_t* c, int n) {
+    ++calls;
+    for (int i = 0; i < n; ++i) c[i] *= 3;  // as if two more ranks had the same counts
+  };
+  BalancingSpec spec;
+  spec.type = "global_batch_aux_loss";
+  spec.coeff = 1.0f;
+  auto pass = make_balancing_pass(spec, "moe.balancing.0", env);
+  StateBuf mb{2, 1, 2, {}, {0.8f, 0.2f, 0.6f, 0.4f}, {0, 1}, {1, 1}};
+  pass->forward(mb.view(ScoreFn::kSoftmax), true);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(pass->state()[0].i64[0], 3);
+  pass->forward(mb.view(ScoreFn::kSoftmax), false);
+  EXPECT_EQ(calls, 1);
+}
+
+BalancingSpec bias_spec(BiasUpdate update, float rate, int freeze_after = 0) {
+  BalancingSpec spec;
+  spec.type = "loss_free_bias";
+  spec.bias.rate = rate;
+  spec.bias.update = update;
+  spec.bias.freeze_after = freeze_after;
+  return spec;
+}
+std::vector<float> bias_of(BalancingPass& pass) {
+  for (const auto& t : pass.state())
+    if (t.name == "bias_E") return {t.f32.begin(), t.f32.end()};
+  return {};
+}
+
+TEST(LossFreeBias, UpdateMatchesTheRuleOnHandMadeCounts_sign_and_proportional) {
+  // c = [10, 30, 20, 20]: mean 20, e = [10, -10, 0, 0].
+  const int64_t c[4] = {10, 30, 20, 20};
+  auto sign = make_balancing_pass(bias_spec(BiasUpdate::kSign, 1e-3f));
+  sign->on_step_end(c, 4);
+  EXPECT_EQ(bias_of(*sign), (std::vector<float>{1e-3f, -1e-3f, 0.0f, 0.0f}));
+  sign->on_step_end(c, 4);
+  EXPECT_EQ(bias_of(*sign), (std::vector<float>{2e-3f, -2e-3f, 0.0f, 0.0f}));
+  // proportional: u · e_i / mean = 0.01 · [0.5, -0.5, 0, 0]
+  auto prop = make_balancing_pass(bias_spec(BiasUpdate::kProportional, 0.01f));
+  prop->on_step_end(c, 4);
+  EXPECT_EQ(bias_of(*prop), (std::vector<float>{0.005f, -0.005f, 0.0f, 0.0f}));
+  // No tokens: no update.
+  const int64_t none[4] = {0, 0, 0, 0};
+  prop->on_step_end(none, 4);
+  EXPECT_EQ(bias_of(*prop), (std::vector<float>{0.005f, -0.005f, 0.0f, 0.0f}));
+}
+
+TEST(LossFreeBias, FreezeAfterStopsUpdates) {
+  const int64_t c[2] = {1, 3};
+  auto pass = make_balancing_pass(bias_spec(BiasUpdate::kSign, 0.5f, 2));
+  for (int s = 0; s < 5; ++s) pass->on_step_end(c, 2);
+  EXPECT_EQ(bias_of(*pass), (std::vector<float>{1.0f, -1.0f}));  // two updates, then frozen
+  EXPECT_EQ(pass->state()[1].name, "steps");
+  EXPECT_EQ(pass->state()[1].i64[0], 5);
+}
+
+TEST(LossFreeBias, BiasChoosesButAddsNoLossAndNoGradient) {
+  auto pass = make_balancing_pass(bias_spec(BiasUpdate::kSign, 1.0f));
+  const int64_t c[2] = {5, 1};  // expert 0 overloaded: b = [-1, +1]
+  pass->on_step_end(c, 2);
+  std::vector<float> s = {0.9f, 0.1f};
+  pass->adjust_scores(s.data(), 1, 2);
+  EXPECT_FLOAT_EQ(s[0], -0.1f);
+  EXPECT_FLOAT_EQ(s[1], 1.1f);
+  StateBuf b{1, 1, 2, {0.0f, 0.0f}, {0.9f, 0.1f}, {1}, {0, 1}};
+  EXPECT_EQ(pass->forward(b.view(ScoreFn::kSoftmax), true), 0.0);
+  std::vector<float> ds(2, 0.0f), dz(2, 0.0f);
+  pass->backward(ds.data(), dz.data(), b.view(ScoreFn::kSoftmax), 1.0f);
+  EXPECT_EQ(ds, (std::vector<float>(2, 0.0f)));
+  EXPECT_EQ(dz, (std::vector<float>(2, 0.0f)));
+}
+
+// Router gradients with and without loss_free_bias are identical bit for bit whenever the bias
+// leaves the choice unchanged (it never enters the combine weights or a loss).
+TEST(LossFreeBias, RouterGradientsIdenticalWithAndWithoutIt_softmax_and_sigmoid) {
+  for (auto fn : {ScoreFn::kSoftmax, ScoreFn::kSigmoid}) {
+    MoeSpec moe = small_moe(fn, true, 2, 0.0f, 0);
+    const int N = 8, D = 4, E = 4;
+    BalancingSpec aux;
+    aux.type = "aux_loss";
+    aux.coeff = 0.1f;
+    std::vector<std::unique_ptr<BalancingPass>> plain, biased;
+    plain.push_back(make_balancing_pass(aux));
+    biased.push_back(make_balancing_pass(aux));
+    biased.push_back(make_balancing_pass(bias_spec(BiasUpdate::kSign, 1e-4f)));
+    const int64_t c[4] = {9, 3, 1, 3};
+    biased[1]->on_step_end(c, 4);
+    Router a(moe, D, std::move(plain)), b(moe, D, std::move(biased));
+    const auto x = randn(N * D, 21), w = randn(D * E, 22), dprobs = randn(N * 2, 23);
+    a.forward(x.data(), w.data(), N, N, true);
+    b.forward(x.data(), w.data(), N, N, true);
+    ASSERT_EQ(a.plan().selected_NK, b.plan().selected_NK);  // the tiny bias did not change the choice
+    std::vector<float> dxa(N * D, 0.0f), dxb(N * D, 0.0f), dwa(D * E, 0.0f), dwb(D * E, 0.0f);
+    a.backward(dxa.data(), dwa.data(), dprobs.data(), x.data(), w.data(), 0.5f);
+    b.backward(dxb.data(), dwb.data(), dprobs.data(), x.data(), w.data(), 0.5f);
+    EXPECT_EQ(dxa, dxb);
+    EXPECT_EQ(dwa, dwb);
+    EXPECT_EQ(a.balancing_loss(), b.balancing_loss());
+  }
+}
+
+TEST(BalancingRegistry, EveryPassIsRegisteredWithItsOwnKeys) {
+  EXPECT_EQ(balancing_pass_types(), (std::vector<std::string>{"aux_loss", "z_loss", "seq_aux_loss",
+                                                               "global_batch_aux_loss", "loss_free_bias"}));
+  for (const auto& e : balancing_pass_registry().entries()) {
+    std::vector<std::string> keys;
+    for (const auto& k : e.keys) keys.push_back(k.key);
+    if (e.name == "loss_free_bias")
+      EXPECT_EQ(keys, (std::vector<std::string>{"rate", "update", "freeze_after"}));
+    else
+      EXPECT_EQ(keys, (std::vector<std::string>{"coeff"})) << e.name;
+  }
+}
 
 TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
   std::vector<BalancingSpec> specs(2);

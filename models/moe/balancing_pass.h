@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,9 +29,17 @@ struct RouterState {
 
 // Services a pass may need from outside models/ (no MPI type here: the trainer installs them).
 struct BalancingEnv {
-  // Collective over the data-parallel group (all ranks that see different data): sums n int64
-  // counts in place (MPI_SUM). Empty = one data-parallel rank, nothing to reduce.
-  std::function<void(int64_t* counts, int n)> allreduce_counts_dp;
+  // Collective over ProcessGroups::data (all ranks that see different data; the world today,
+  // never expert_dp): sums n int64 counts in place (MPI_SUM). Empty = one data rank.
+  std::function<void(int64_t* counts, int n)> allreduce_counts_data;
+};
+
+// One named piece of a pass's step-spanning state (biases, count buffers), as a view into the
+// pass. Checkpoints save and restore these by name without knowing the pass type.
+struct PassTensor {
+  std::string name;              // e.g. "bias", "counts_E"
+  std::span<float> f32 = {};     // exactly one of f32 / i64 is non-empty
+  std::span<int64_t> i64 = {};
 };
 
 class BalancingPass {
@@ -48,8 +57,12 @@ class BalancingPass {
   // (both (N, E), never nullptr), for the state of the last forward.
   virtual void backward(float* dscores_NE, float* dlogits_NE, const RouterState& state,
                         float loss_scale) {}
-  // After the last micro-batch of an optimizer step (bias update, buffer reset).
-  virtual void on_step_end() {}
+  // After the last micro-batch of an optimizer step (bias update, buffer reset), on every rank
+  // with the same argument: this layer's top-k selections before drops, summed over the step's
+  // training micro-batches and over all data ranks (RoutingStats; counts_E has E entries).
+  virtual void on_step_end(const int64_t* counts_E, int E) {}
+  // The pass's step-spanning state, as views (empty for stateless passes).
+  virtual std::vector<PassTensor> state() { return {}; }
 };
 
 using BalancingFactory = std::unique_ptr<BalancingPass> (*)(const BalancingSpec& spec, const std::string& path,
@@ -59,6 +72,10 @@ using BalancingRegistry = Registry<BalancingFactory>;
 // The passes, each defined in its own file (`path` is the YAML path of the spec, for messages).
 std::unique_ptr<BalancingPass> make_aux_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
 std::unique_ptr<BalancingPass> make_z_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_seq_aux_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_global_batch_aux_loss(const BalancingSpec&, const std::string& path,
+                                                          const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_loss_free_bias(const BalancingSpec&, const std::string& path, const BalancingEnv&);
 
 // moe.balancing.<i>.type -> pass, in registration order, with each pass's own keys.
 const BalancingRegistry& balancing_pass_registry();

@@ -47,7 +47,8 @@ class MoeLayer {
   // (E) global-id counts of the last forward on this rank, after drops.
   const std::vector<int64_t>& tokens_per_expert() const { return router_.plan().tokens_per_expert_E; }
   int64_t dropped_slots() const { return router_.plan().dropped_slots; }
-  void on_step_end() { router_.on_step_end(); }
+  // counts_E: this layer's step counts over all data ranks (RoutingStats::counts).
+  void on_step_end(const int64_t* counts_E) { router_.on_step_end(counts_E); }
 
   const Router& router() const { return router_; }
   const RoutingPlan& routing() const { return router_.plan(); }

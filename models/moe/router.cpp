@@ -46,8 +46,8 @@ double Router::balancing_loss() const {
   return sum;
 }
 
-void Router::on_step_end() {
-  for (auto& p : passes_) p->on_step_end();
+void Router::on_step_end(const int64_t* counts_E) {
+  for (auto& p : passes_) p->on_step_end(counts_E, moe_.num_experts);
 }
 
 void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, bool training) {

@@ -42,7 +42,8 @@ class Router {
   // dL/dW_r into dw_DE, including loss_scale times the balancing losses' gradients.
   void backward(float* dx_ND, float* dw_DE, const float* dprobs_NK, const float* x_ND,
                 const float* w_DE, float loss_scale);
-  void on_step_end();
+  // counts_E: this layer's step counts over all data ranks (RoutingStats), to every pass.
+  void on_step_end(const int64_t* counts_E);
 
   const RoutingPlan& plan() const { return plan_; }
   RouterState state() const;

@@ -31,9 +31,18 @@ struct ModelSpec {
 
 // Keys of one type only (a typed section) are registered with that type's registry entry; the
 // structs below hold the union, and the schema accepts, checks and prints only the chosen type's.
+enum class BiasUpdate { kSign, kProportional };
+
+struct LossFreeBiasSpec {
+  float rate = 1e-3f;                    // moe.balancing.<i>.rate (u, >= 0)
+  BiasUpdate update = BiasUpdate::kSign;  // moe.balancing.<i>.update: sign | proportional
+  int freeze_after = 0;                  // moe.balancing.<i>.freeze_after: no update after this many steps; 0 = never
+};
+
 struct BalancingSpec {
   std::string type;       // a name from balancing_pass_registry() (models/moe/balancing_pass.cpp)
-  float coeff = 0.01f;    // loss coefficient (alpha); every type
+  float coeff = 0.01f;    // loss coefficient (alpha); the loss passes
+  LossFreeBiasSpec bias{};  // keys owned by type loss_free_bias
 };
 
 enum class ScoreFn { kSoftmax, kSigmoid };

@@ -27,6 +27,18 @@ expect_error "unknown override path" "optim.learning_rate" -- \
 expect_error "a key of another dispatcher type" "moe.dispatch.headroom" "belongs to moe.dispatch.type shm" \
   "moe.dispatch.type is flat" -- \
   "$MOEMPI" validate configs/tiny.yaml --set moe.dispatch.type=flat --set moe.dispatch.headroom=2
+# Bad balancing pass specs: one message naming moe.balancing.<i>.<key>, the value and what is allowed.
+expect_error "unknown balancing pass" "moe.balancing.0.type" "'bias'" "global_batch_aux_loss" "loss_free_bias" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.balancing.0.type=bias
+expect_error "negative bias rate" "moe.balancing.1.rate" "-0.001" ">= 0" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set "moe.balancing.1={type: loss_free_bias, rate: -0.001}"
+expect_error "unknown key inside a pass" "moe.balancing.0.alpha" "unknown key 'alpha'" "coeff" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.balancing.0.alpha=0.1
+expect_error "bias update rule" "moe.balancing.1.update" "'foo'" "sign, proportional" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set "moe.balancing.1={type: loss_free_bias, update: foo}"
+expect_error "a key of another pass" "moe.balancing.0.rate" "belongs to moe.balancing.0.type loss_free_bias" \
+  "moe.balancing.0.type is aux_loss" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set moe.balancing.0.rate=0.01
 expect_error "shm across (virtual) nodes" "moe.dispatch.type shm" "spans 2 nodes" -- \
   timeout 120 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml --set moe.dispatch.type=shm \
   --set parallel.ranks_per_node=1 --set job.run_dir="$TMP/shm_nodes"

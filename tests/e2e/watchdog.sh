@@ -18,7 +18,7 @@ run_hung() {  # name config expected-op expected-group [--set ...]
     fail "$1: no watchdog report naming $3 on $4: $(tail -5 "$TMP/$1.log")"
   fi
 }
-run_hung dp tiny.yaml MPI_Allreduce world
+run_hung dp tiny.yaml MPI_Allreduce data   # the step's RoutingStats, the first collective after the micro-batches
 run_hung ep_shm tiny_ep.yaml MPI_Allgather ep                                 # auto = shm on one node
 run_hung ep_flat tiny_ep.yaml MPI_Alltoall ep --set moe.dispatch.type=flat
 finish
