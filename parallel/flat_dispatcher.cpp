@@ -41,6 +41,7 @@ struct FlatDispatcher::Plan final : DispatchPlan {
   std::vector<RowBlock> sends, recvs;  // scratch
   RowBlockExchange inflight;           // blocks started and not yet waited for
   RowType row;
+  PeerLayouts token_layout;   // typed dispatch: x[t] of each slot sent to each peer
   PeerLayouts src_layout;     // one run per peer in src_side
   PeerLayouts expert_layout;  // runs (le, p) in the expert buffers, per source p
 
@@ -219,14 +220,19 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
     }
   }
   if (exchange_ == FlatExchange::kTyped) {
+    p.token_layout.reset(P);
     p.src_layout.reset(P);
     p.expert_layout.reset(P);
-    std::vector<int64_t> first(El), count(El);
+    std::vector<int64_t> rows, first(El), count(El);
     for (int q = 0; q < P; ++q) {
       const int64_t b = p.key_begin[q * L], n = p.key_begin[(q + 1) * L] - b;
       if (q == me_ || n == 0) {
+        p.token_layout.set_empty(q);
         p.src_layout.set_empty(q);
       } else {
+        rows.resize(n);
+        for (int64_t i = 0; i < n; ++i) rows[i] = p.slot_of_sorted[b + i] / r.K;
+        p.token_layout.set_rows(q, rows.data(), n, p.row);
         const int64_t f = p.peer_row[q];
         p.src_layout.set_runs(q, &f, &n, 1, p.row);
       }
@@ -321,8 +327,14 @@ void FlatDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
         std::memcpy(out, x_TD + p.slot_of_sorted[i] / K * D, row_bytes);
     }
   };
-  // Gather the remote rows into src_side (contiguous per peer: a memcpy loop beats MPI's datatype
-  // engine on scattered single rows), exchange, and copy the own rows (while blocks are in flight).
+  if (exchange_ == FlatExchange::kTyped) {  // MPI gathers the token rows itself
+    copy_own_rows();
+    count_traffic(p, true);
+    alltoallw_rows(x_TD, p.token_layout, p.x_RD_, p.expert_layout, ep_);
+    return;
+  }
+  // Blocks and packed: gather the remote rows into src_side (contiguous per peer), exchange, and
+  // copy the own rows while the blocks are in flight.
   for (int q = 0; q < P_; ++q) {
     if (q == me_) continue;
     float* out = p.src_side.data() + p.peer_row[q] * D;

@@ -8,9 +8,8 @@
 //                            copied while the blocks are in flight. No derived datatypes, so it does
 //                            not depend on how well an MPI handles them (Open MPI 4.1's Alltoallw
 //                            over TCP was 1.7-7x slower than raw across emulated nodes);
-//   kTyped  (`flat_typed`):  MPI_Alltoallw whose per-peer datatypes place rows by (local expert,
-//                            source) on the expert side (no regroup copy); token rows are gathered
-//                            with memcpy first (MPI's engine was 2x slower on scattered single rows);
+//   kTyped  (`flat_typed`):  MPI_Alltoallw with per-peer datatypes, so MPI gathers the token rows and
+//                            places them by (local expert, source) itself (no pack, no regroup copy);
 //   kPacked (`flat_packed`): pack with memcpy, MPI_Alltoallv of contiguous rows, regroup with memcpy.
 // The source side always sees contiguous rows per peer in (peer, local expert, slot) order: y rows
 // come back there, stay in the plan for dprobs, and the weighting is fused into the combine pass
