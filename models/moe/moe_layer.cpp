@@ -50,12 +50,11 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
                        Dispatcher& dispatcher, const Placement& placement, bool training) {
   const int D = D_, K = K_;
   N_ = N;
-  x_ND_.resize((size_t)N * D);
-  if (N) std::memcpy(x_ND_.data(), x_ND, sizeof(float) * (size_t)N * D);
+  x_ND_ = x_ND;  // the caller keeps it until backward (no copy)
 
   // 1. route
   const int seq_len = (seq_len_ > 0 && N % seq_len_ == 0) ? seq_len_ : N;
-  router_.forward(x_ND_.data(), arena.param(router_w_), N, seq_len, training);
+  router_.forward(x_ND_, arena.param(router_w_), N, seq_len, training);
   const RoutingPlan& routing = router_.plan();
 
   // 2. plan + dispatch (collective), 3. experts, 4. combine: out_t = Σ_k p_tk · y_tk (collective)
@@ -64,16 +63,16 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
     plan_owner_ = dispatcher.id();
   }
   DispatchPlan& plan = *plan_;
-  dispatcher.plan(plan, Routing{routing.topk_ids_NK.data(), routing.probs_NK.data(), N, K}, x_ND_.data(), D,
+  dispatcher.plan(plan, Routing{routing.topk_ids_NK.data(), routing.probs_NK.data(), N, K}, x_ND_, D,
                   placement);
-  dispatcher.dispatch(plan, x_ND_.data());
+  dispatcher.dispatch(plan, x_ND_);
   experts_.forward(arena, plan.y_RD(), plan.x_RD(), plan.rows_per_local_expert());
   dispatcher.combine(plan, out_ND);
   // 6. + shared experts, on every token
   for (size_t j = 0; j < shared_w1_.size(); ++j) {
     shared_pre_NF1_[j].resize((size_t)N * F1_);
     shared_act_NF_[j].resize((size_t)N * F_);
-    expert_ffn_forward(out_ND, shared_pre_NF1_[j].data(), shared_act_NF_[j].data(), x_ND_.data(),
+    expert_ffn_forward(out_ND, shared_pre_NF1_[j].data(), shared_act_NF_[j].data(), x_ND_,
                        arena.param(shared_w1_[j]), arena.param(shared_w2_[j]), N, D, F_, act_,
                        /*accumulate_y=*/true);
   }
@@ -102,7 +101,7 @@ void MoeLayer::backward(ParamArena& arena, float* dx_ND, const float* dout_ND, f
   }
 
   // Router: dprobs (and the balancing losses) -> scores -> logits -> W_r, x.
-  router_.backward(dx_ND, arena.grad(router_w_), dprobs_NK_.data(), x_ND_.data(),
+  router_.backward(dx_ND, arena.grad(router_w_), dprobs_NK_.data(), x_ND_,
                    arena.param(router_w_), loss_scale);
 
   // Shared experts see dout directly.
@@ -112,7 +111,7 @@ void MoeLayer::backward(ParamArena& arena, float* dx_ND, const float* dout_ND, f
   }
   for (size_t j = 0; j < shared_w1_.size(); ++j)
     expert_ffn_backward(dx_ND, arena.grad(shared_w1_[j]), arena.grad(shared_w2_[j]),
-                        dact_NF_.data(), dpre_NF1_.data(), dout_ND, x_ND_.data(),
+                        dact_NF_.data(), dpre_NF1_.data(), dout_ND, x_ND_,
                         shared_pre_NF1_[j].data(), shared_act_NF_[j].data(),
                         arena.param(shared_w1_[j]), arena.param(shared_w2_[j]), N, D, F_, act_,
                         /*accumulate_dx=*/true);

@@ -32,8 +32,10 @@ class MoeLayer {
   // init_std²), w2 of every FFN scaled by 1/sqrt(2·n_layers) (GPT-2 residual projections).
   void init_params(ParamArena& arena, uint64_t seed, float init_std);
 
-  // Collective over the dispatcher's EP group. Overwrites out_ND. Keeps what backward needs
-  // (a copy of x and this layer's DispatchPlan). Passes update step state only if training.
+  // Collective over the dispatcher's EP group. Overwrites out_ND (which must not alias x_ND). Keeps
+  // what backward needs: this layer's DispatchPlan and a pointer to x_ND, which the caller leaves
+  // unchanged until backward (GptMoe keeps each block's normed input). Passes update step state
+  // only if training.
   // `placement` (this step's; same local experts as at construction) stays alive until backward.
   void forward(ParamArena& arena, float* out_ND, const float* x_ND, int N, Dispatcher& dispatcher,
                const Placement& placement, bool training);
@@ -68,7 +70,7 @@ class MoeLayer {
   GroupedExperts experts_;
 
   int N_ = 0;
-  FloatBuffer x_ND_;                    // (N, D) copy of the input
+  const float* x_ND_ = nullptr;         // (N, D) the caller's input, alive until backward
   std::unique_ptr<DispatchPlan> plan_;  // this layer's routing plan and expert rows (R, D)
   uint64_t plan_owner_ = 0;            // Dispatcher::id() of the dispatcher that made plan_
   FloatBuffer dprobs_NK_;               // (N, K)
