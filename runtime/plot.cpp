@@ -59,22 +59,39 @@ Run read_run(const std::string& dir) {
     } catch (const nlohmann::json::exception& e) {
       fail_collective(fmt::format("moempi plot: {}:{}: not JSON ({})", path, line_no, e.what()));
     }
-    MOEMPI_CHECK_ALL(j.contains("step") && j.contains("loss"), "moempi plot: {}:{}: no step or loss", path, line_no);
+    MOEMPI_CHECK_ALL(j.contains("step") && j["step"].is_number() && j.contains("loss") && j["loss"].is_number(),
+                     "moempi plot: {}:{}: no numeric step or loss", path, line_no);
     Record r;
-    r.step = j["step"].get<int>();
-    r.loss = j["loss"].get<double>();
-    r.maxvio = j.value("maxvio", 0.0);
-    if (j.contains("val_loss")) r.val_loss = j["val_loss"].get<double>();
-    if (j.contains("maxvio_global")) r.maxvio_global = j["maxvio_global"].get<double>();
-    if (j.contains("specialisation_norm")) r.spec_norm = j["specialisation_norm"].get<std::vector<double>>();
-    if (j.contains("expert_load")) r.expert_load = j["expert_load"].get<std::vector<std::vector<double>>>();
+    // A value that is not a number (null: non-finite when written) counts as missing.
+    auto number = [&](const char* key) -> std::optional<double> {
+      if (!j.contains(key) || !j[key].is_number()) return std::nullopt;
+      return j[key].get<double>();
+    };
+    try {
+      r.step = j["step"].get<int>();
+      r.loss = j["loss"].get<double>();
+      r.maxvio = number("maxvio").value_or(0.0);
+      r.val_loss = number("val_loss");
+      r.maxvio_global = number("maxvio_global");
+      if (j.contains("specialisation_norm")) r.spec_norm = j["specialisation_norm"].get<std::vector<double>>();
+      if (j.contains("expert_load")) r.expert_load = j["expert_load"].get<std::vector<std::vector<double>>>();
+    } catch (const nlohmann::json::exception& e) {
+      fail_collective(fmt::format("moempi plot: {}:{}: unexpected value ({})", path, line_no, e.what()));
+    }
     run.records.push_back(std::move(r));
   }
   MOEMPI_CHECK_ALL(!run.records.empty(), "moempi plot: {} is empty", path);
   return run;
 }
 
-// gnuplot string literal (single quotes: only ' needs doubling).
+// A shell word: single quotes, each ' written as '\''.
+std::string shell_quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// gnuplot string literal (single quotes: only ' needs doubling; names never hold line breaks).
 std::string quoted(const std::string& s) {
   std::string out = "'";
   for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
@@ -87,7 +104,7 @@ std::string find_gnuplot(const PlotOptions& o) {
   if (exe.empty()) exe = "gnuplot";
   const bool found = exe.find('/') != std::string::npos
                          ? access(exe.c_str(), X_OK) == 0
-                         : std::system(fmt::format("command -v {} > /dev/null 2>&1", exe).c_str()) == 0;
+                         : std::system(fmt::format("command -v {} > /dev/null 2>&1", shell_quoted(exe)).c_str()) == 0;
   MOEMPI_CHECK_ALL(found,
                    "moempi plot needs gnuplot ('{}' not found): install the Debian package gnuplot-nox "
                    "(apt-get install gnuplot-nox, or launch/setup.sh build)", exe);
@@ -98,8 +115,19 @@ std::string find_gnuplot(const PlotOptions& o) {
 
 std::vector<std::string> plot_runs(const PlotOptions& o) {
   MOEMPI_CHECK_ALL(!o.run_dirs.empty(), "moempi plot: give at least one run directory");
+  auto no_line_breaks = [](const std::string& what, const std::string& v) {
+    MOEMPI_CHECK_ALL(v.find_first_of("\r\n") == std::string::npos, "moempi plot: {} has a line break: '{}'",
+                     what, v);
+  };
   std::vector<Run> runs;
-  for (const auto& d : o.run_dirs) runs.push_back(read_run(d));
+  for (const auto& d : o.run_dirs) {
+    no_line_breaks("run directory", d);
+    runs.push_back(read_run(d));
+    // Runs of the same name (expA/run, expB/run) get their position as a suffix: one heatmap each.
+    for (size_t i = 0; i + 1 < runs.size(); ++i)
+      if (runs[i].name == runs.back().name) runs.back().name += fmt::format("_{}", runs.size());
+  }
+  no_line_breaks("-o", o.out_dir);
   const std::string gnuplot = find_gnuplot(o);
   const fs::path out = o.out_dir.empty() ? fs::path(o.run_dirs[0]) : fs::path(o.out_dir);
   std::error_code ec;
@@ -138,14 +166,25 @@ std::vector<std::string> plot_runs(const PlotOptions& o) {
   }();
 
   // Every run's training column as lines and its evaluation column as points, one colour per run.
-  auto overlay = [&](int train_col, const std::string& train_label, int eval_col, const std::string& eval_label) {
-    s += "plot ";
-    for (size_t r = 0; r < runs.size(); ++r) {
-      s += fmt::format("$train{} using 1:{} with lines lw 2 lc {} title {}, ", r, train_col, r + 1,
-                       quoted(runs[r].name + " " + train_label));
-      s += fmt::format("$eval{} using 1:{} with linespoints pt 7 dt 2 lc {} title {}{}", r, eval_col, r + 1,
-                       quoted(runs[r].name + " " + eval_label), r + 1 < runs.size() ? ", " : "\n");
+  // A run without evaluations (eval.interval 0) contributes no evaluation term: gnuplot stops on
+  // a plot of empty data.
+  std::vector<bool> has_eval(runs.size(), false), has_spec(runs.size(), false);
+  for (size_t r = 0; r < runs.size(); ++r)
+    for (const Record& rec : runs[r].records) {
+      has_eval[r] = has_eval[r] || rec.val_loss || rec.maxvio_global;
+      has_spec[r] = has_spec[r] || !rec.spec_norm.empty();
     }
+  auto overlay = [&](int train_col, const std::string& train_label, int eval_col, const std::string& eval_label) {
+    std::vector<std::string> terms;
+    for (size_t r = 0; r < runs.size(); ++r) {
+      terms.push_back(fmt::format("$train{} using 1:{} with lines lw 2 lc {} title {}", r, train_col, r + 1,
+                                  quoted(runs[r].name + " " + train_label)));
+      if (has_eval[r])
+        terms.push_back(fmt::format("$eval{} using 1:{} with linespoints pt 7 dt 2 lc {} title {}", r, eval_col,
+                                    r + 1, quoted(runs[r].name + " " + eval_label)));
+    }
+    s += "plot ";
+    for (size_t i = 0; i < terms.size(); ++i) s += terms[i] + (i + 1 < terms.size() ? ", " : "\n");
   };
   png("loss.png");
   s += fmt::format("set title {}\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\nunset logscale\n",
@@ -154,13 +193,11 @@ std::vector<std::string> plot_runs(const PlotOptions& o) {
   png("maxvio.png");
   s += fmt::format("set title {}\nset ylabel 'MaxVio = (max load - mean) / mean'\n", quoted("MaxVio: " + names));
   overlay(3, "batch", 3, "global (val)");
-  // Specialisation: mean over layers (solid) and each layer (thin), normalised.
-  png("specialisation.png");
-  s += fmt::format("set title {}\nset ylabel 'I(domain; expert) / H(domain)'\n",
-                   quoted("expert specialisation by domain (validation): " + names));
-  s += "plot ";
+  // Specialisation: mean over layers (solid) and each layer (thin), normalised; only runs that
+  // measured it (at evaluations), and no figure when none did.
   std::vector<std::string> parts;
   for (size_t r = 0; r < runs.size(); ++r) {
+    if (!has_spec[r]) continue;
     parts.push_back(fmt::format("$eval{} using 1:4 with linespoints lw 2 pt 7 lc {} title {}", r, r + 1,
                                 quoted(runs[r].name + " mean")));
     size_t layers = 0;
@@ -169,7 +206,13 @@ std::vector<std::string> plot_runs(const PlotOptions& o) {
       parts.push_back(fmt::format("$eval{} using 1:{} with lines lw 1 dt {} lc {} title {}", r, 5 + l, 2 + l % 4,
                                   r + 1, quoted(fmt::format("{} layer {}", runs[r].name, l))));
   }
-  for (size_t i = 0; i < parts.size(); ++i) s += parts[i] + (i + 1 < parts.size() ? ", " : "\n");
+  if (!parts.empty()) {
+    png("specialisation.png");
+    s += fmt::format("set title {}\nset ylabel 'I(domain; expert) / H(domain)'\n",
+                     quoted("expert specialisation by domain (validation): " + names));
+    s += "plot ";
+    for (size_t i = 0; i < parts.size(); ++i) s += parts[i] + (i + 1 < parts.size() ? ", " : "\n");
+  }
   // Expert-load heatmaps: x = logged step (by index, labelled with the step), y = layer × expert.
   for (size_t r = 0; r < runs.size(); ++r) {
     const auto& recs = runs[r].records;
@@ -222,7 +265,7 @@ std::vector<std::string> plot_runs(const PlotOptions& o) {
     f << s;
     MOEMPI_CHECK_ALL(f.good(), "moempi plot: cannot write {}", script.string());
   }
-  const std::string cmd = fmt::format("{} {} 2>&1", gnuplot, quoted(script.string()));
+  const std::string cmd = fmt::format("{} {} 2>&1", shell_quoted(gnuplot), shell_quoted(script.string()));
   FILE* pipe = popen(cmd.c_str(), "r");
   MOEMPI_CHECK_ALL(pipe, "moempi plot: cannot start {}", gnuplot);
   std::string messages;

@@ -35,6 +35,21 @@ done
 "$MOEMPI" plot "$TMP/aux" > /dev/null 2>&1 && [ -s "$TMP/aux/loss.png" ] && pass "default -o is the run dir" \
   || fail "no $TMP/aux/loss.png"
 
+# A run without evaluation (no val_loss, no specialisation) plots too, and runs of the same name
+# (two dirs called "noeval") get one heatmap each, into a directory with a quote in its name.
+mkdir -p "$TMP/a" "$TMP/b"
+for d in a b; do
+  "$MOEMPI" train configs/tiny.yaml --set train.steps=6 --set eval.interval=0 --set train.log_interval=2 \
+    --set job.run_dir="$TMP/$d/noeval" > "$TMP/noeval_$d.log" 2>&1 || fail "training noeval: $(tail -3 "$TMP/noeval_$d.log")"
+done
+if out=$("$MOEMPI" plot "$TMP/a/noeval" "$TMP/b/noeval" -o "$TMP/bob's plots" 2>&1) \
+   && [ -s "$TMP/bob's plots/loss.png" ] && [ -s "$TMP/bob's plots/expert_load_noeval.png" ] \
+   && [ -s "$TMP/bob's plots/expert_load_noeval_2.png" ] && [ ! -e "$TMP/bob's plots/specialisation.png" ]; then
+  pass "runs without evaluation, same names, quote in -o: $(echo "$out" | tr '\n' ' ')"
+else
+  fail "no-eval plot: $out $(ls "$TMP/bob's plots" 2>&1)"
+fi
+
 mkdir -p "$TMP/not_a_run"
 expect_error "run dir without metrics.jsonl" "$TMP/not_a_run has no metrics.jsonl" -- \
   "$MOEMPI" plot "$TMP/aux" "$TMP/not_a_run"
