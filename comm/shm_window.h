@@ -3,7 +3,8 @@
 // Guarantees: all members agree on every segment's capacity without extra communication (ensure()
 // takes the same vector on every rank and the capacities only grow, by a headroom factor);
 // synchronisation is MPI only (fence() = MPI_Win_sync + MPI_Barrier + MPI_Win_sync, watchdog-
-// wrapped), never a spin of ours on shared flags (MPI's own progress may poll), so runs with more ranks than cores do not starve.
+// wrapped), never a spin of ours on shared flags (MPI's own progress may poll), so runs with more
+// ranks than cores do not starve.
 // Test: tests/shm_mpitest.cpp (ShmWindow.*).
 #pragma once
 #include <mpi.h>
