@@ -13,15 +13,6 @@ Dispatcher::Dispatcher() {
   id_ = next++;
 }
 
-void DispatchStats::add(const DispatchStats& o) {
-  seconds += o.seconds;
-  rows += o.rows;
-  bytes_intra += o.bytes_intra;
-  bytes_inter += o.bytes_inter;
-  messages_intra += o.messages_intra;
-  messages_inter += o.messages_inter;
-}
-
 void DispatchPlan::reset(const Routing& r, int D) {
   MOEMPI_CHECK_ONE(r.T >= 0 && r.K >= 1 && D >= 1, "dispatch plan: bad shape T={} K={} D={}", r.T, r.K, D);
   T_ = r.T;

@@ -55,7 +55,6 @@ struct DispatchStats {
   int64_t rows = 0;         // rows sent to other ranks
   int64_t bytes_intra = 0, bytes_inter = 0;        // to ranks on this node / on other nodes
   int64_t messages_intra = 0, messages_inter = 0;
-  void add(const DispatchStats& o);
 };
 
 // Per-micro-batch state of one layer. Implementations derive from it; the base holds what every

@@ -23,6 +23,7 @@
 #include "runtime/core/rng.h"
 #include "runtime/metrics.h"
 #include "runtime/trainer.h"
+#include "tests/test_util.h"
 
 namespace moempi {
 namespace {
@@ -32,11 +33,7 @@ int world_rank() {
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
   return r;
 }
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test_util::world_size;
 
 std::vector<float> randn(size_t n, uint64_t stream, float std = 1.0f) {
   Rng r(7, 0, 0, stream);

@@ -20,15 +20,13 @@
 #include "comm/process_groups.h"
 #include "comm/topology.h"
 #include "runtime/core/error.h"
+#include "tests/test_util.h"
 
 namespace moempi {
 namespace {
 
-int world_size() {
-  int w = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test_util::world_size;
+
 int world_rank() {
   int r = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);

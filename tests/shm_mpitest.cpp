@@ -33,11 +33,7 @@ namespace {
 
 constexpr int kExperts = 12;  // divisible by 1, 2, 3, 4
 
-int world_size() {
-  int w = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test_util::world_size;
 
 // ---------------------------------------------------------------------------------------------
 // The window and allgather_i64.
@@ -142,10 +138,7 @@ DispatchProblem stress_problem(int step, int layer, int q, int W, int D) {
 
 TEST(ShmStress, TwoHundredStepsRandomDelaysChangingSizes) {
   const int W = world_size();
-  ParallelSpec spec;
-  spec.strategy = W > 1 ? "ep" : "dp";
-  spec.ep = W;
-  const ProcessGroups groups = ProcessGroups::build(spec);
+  const ProcessGroups groups = ProcessGroups::build(test_util::expert_parallel_over_world());
   const int m = groups.ep.rank();
   ShmDispatcher shm(groups, 1.25f);
   Rng delay_rng(77, groups.world_rank, 0, 0);

@@ -16,6 +16,7 @@
 #include "runtime/core/error.h"
 #include "runtime/job_spec.h"
 #include "runtime/trainer.h"
+#include "tests/test_util.h"
 
 namespace moempi {
 namespace {
@@ -45,11 +46,7 @@ JobSpec invariance_spec() {
   return s;
 }
 
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test_util::world_size;
 
 // Rank 0 trains alone (MPI_COMM_SELF); the losses are broadcast to every rank.
 std::vector<double> single_rank_losses() {
