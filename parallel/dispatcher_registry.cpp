@@ -10,7 +10,19 @@
 
 namespace moempi {
 
+namespace {
+
+template <FlatExchange kExchange>
+std::unique_ptr<Dispatcher> make_flat(const DispatchSpec&, const ProcessGroups& g) {
+  return std::make_unique<FlatDispatcher>(g, kExchange);
+}
+
+}  // namespace
+
 const DispatcherRegistry& dispatcher_registry() {
+  // shm's own keys; auto accepts them too, since it may become shm.
+  static const std::vector<schema::Field> shm_keys = {
+      schema::lift(&DispatchSpec::shm, schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))};
   static const DispatcherRegistry registry(
       "a dispatcher",
       {
@@ -22,33 +34,19 @@ const DispatcherRegistry& dispatcher_registry() {
              return std::make_unique<LocalDispatcher>();
            },
            {}, "reference, no communication (parallel.ep = 1)"},
-          {"flat",
-           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-             return std::make_unique<FlatDispatcher>(g, FlatExchange::kBlocks);
-           },
-           {}, "one contiguous MPI message per (peer, local expert) block, received in place"},
-          {"flat_packed",
-           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-             return std::make_unique<FlatDispatcher>(g, FlatExchange::kPacked);
-           },
-           {}, "memcpy pack, one MPI_Alltoallv of rows per direction, memcpy regroup"},
-          {"flat_typed",
-           [](const DispatchSpec&, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
-             return std::make_unique<FlatDispatcher>(g, FlatExchange::kTyped);
-           },
-           {}, "one MPI_Alltoallw of rows per direction, rows placed by MPI datatypes"},
+          {"flat", make_flat<FlatExchange::kBlocks>, {},
+           "one contiguous MPI message per (peer, local expert) block, received in place"},
+          {"flat_packed", make_flat<FlatExchange::kPacked>, {},
+           "memcpy pack, one MPI_Alltoallv of rows per direction, memcpy regroup"},
+          {"flat_typed", make_flat<FlatExchange::kTyped>, {},
+           "one MPI_Alltoallw of rows per direction, rows placed by MPI datatypes"},
           {"shm",
            [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
              return std::make_unique<ShmDispatcher>(g, s.shm.headroom);
            },
-           {schema::lift(&DispatchSpec::shm,
-                         schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))},
+           shm_keys,
            "single copy per row through an MPI-3 shared-memory window; the ep group within one node"},
-          // auto may become shm, so it accepts shm's keys.
-          {"auto", nullptr,
-           {schema::lift(&DispatchSpec::shm,
-                         schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))},
-           "local for parallel.ep 1, shm within a node, flat across nodes"},
+          {"auto", nullptr, shm_keys, "local for parallel.ep 1, shm within a node, flat across nodes"},
       });
   return registry;
 }
