@@ -47,6 +47,25 @@ void count_slots(const int32_t* topk_ids_TK, int64_t slots, int E, std::vector<i
   }
 }
 
+void SlotRows::point(const float* own_RD, const float* back, int D) {
+  rows_.resize(row_of_slot.size());
+  for (size_t s = 0; s < row_of_slot.size(); ++s) {
+    const int64_t v = row_of_slot[s];
+    rows_[s] = v >= 0 ? own_RD + v * D : v == -1 ? nullptr : back + back_row(v) * D;
+  }
+}
+
+void SlotRows::weighted_sum(float* out_TD, const float* own_RD, const float* back, const float* probs_TK, int T,
+                            int K, int D) {
+  point(own_RD, back, D);
+  weighted_sum_rows(out_TD, rows_.data(), probs_TK, T, K, D);
+}
+
+void SlotRows::add(float* dx_TD, const float* own_RD, const float* back, int T, int K, int D) {
+  point(own_RD, back, D);
+  add_slot_rows(dx_TD, rows_.data(), T, K, D);
+}
+
 void weighted_sum_rows(float* out_TD, const float* const* slot_rows_TK, const float* probs_TK, int T,
                        int K, int D) {
   for (int t = 0; t < T; ++t) {

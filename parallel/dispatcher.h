@@ -124,6 +124,23 @@ class Dispatcher {
   uint64_t id_;
 };
 
+// Where each slot's expert row is, for dispatchers that hold rows in two buffers: this rank's
+// expert rows (own_RD) and rows that came back from other ranks (back). row_of_slot[s] >= 0 is row
+// v of own_RD, -1 a dropped slot, <= -2 row back_row(v) of back. weighted_sum / add run the shared
+// combine arithmetic below over those rows.
+struct SlotRows {
+  std::vector<int64_t> row_of_slot;  // (T*K)
+  static int64_t encode_back(int64_t row) { return -row - 2; }
+  static int64_t back_row(int64_t v) { return -(v + 2); }
+  void weighted_sum(float* out_TD, const float* own_RD, const float* back, const float* probs_TK, int T, int K,
+                    int D);
+  void add(float* dx_TD, const float* own_RD, const float* back, int T, int K, int D);
+
+ private:
+  void point(const float* own_RD, const float* back, int D);
+  std::vector<const float*> rows_;  // (T*K) scratch
+};
+
 // Counts routed slots per global expert into rows_per_expert_E (resized to E, zeroed); an id
 // outside [-1, E) is a local error. Not communicating.
 void count_slots(const int32_t* topk_ids_TK, int64_t slots, int E, std::vector<int64_t>& rows_per_expert_E);

@@ -19,9 +19,9 @@ struct FlatDispatcher::Plan final : DispatchPlan {
   std::vector<int64_t> slot_of_sorted;  // (S)
   std::vector<int64_t> peer_row;      // (P) first row of peer p in src_side (remote peers)
   int64_t src_rows = 0;               // rows this rank sends to other ranks
-  // Where slot s's expert row is on the way back: >= 0 a row of this rank's y_RD (own experts),
-  // <= -2 row -(v+2) of src_side, -1 dropped.
-  std::vector<int64_t> row_of_slot;   // (T*K)
+  // Where slot s's expert row is on the way back: a row of this rank's expert buffers (own
+  // experts) or of src_side (rows that came back from other ranks).
+  SlotRows slots;
   // Expert side.
   std::vector<int64_t> recv_rows;     // (P*L) rows from source p for local expert le
   std::vector<int64_t> out_row;       // (El*P) first row of block (le, p) in x_RD
@@ -30,7 +30,6 @@ struct FlatDispatcher::Plan final : DispatchPlan {
   std::vector<int> src_counts, src_displs, exp_counts, exp_displs;  // (P) rows, remote peers
   std::vector<int64_t> exch_send, exch_recv;
   FloatBuffer src_side;               // (src_rows, D) packed sends / rows back (y kept for dprobs)
-  std::vector<const float*> slot_rows;
   // Blocks: (peer, local expert at the expert side) runs of rows, as row offsets.
   struct Block {
     int peer, tag;
@@ -45,13 +44,6 @@ struct FlatDispatcher::Plan final : DispatchPlan {
   PeerLayouts src_layout;     // one run per peer in src_side
   PeerLayouts expert_layout;  // runs (le, p) in the expert buffers, per source p
 
-  void point_slots_at(const float* own_RD) {
-    slot_rows.resize(row_of_slot.size());
-    for (size_t s = 0; s < row_of_slot.size(); ++s) {
-      const int64_t v = row_of_slot[s];
-      slot_rows[s] = v >= 0 ? own_RD + v * D_ : v == -1 ? nullptr : src_side.data() + (-(v + 2)) * D_;
-    }
-  }
   friend class FlatDispatcher;
 };
 
@@ -110,7 +102,7 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
 
   // Counting sort of slots by key (destination, local index there); stable within a key.
   p.key_begin.assign(static_cast<size_t>(P) * L + 1, 0);
-  p.row_of_slot.assign(slots, -1);
+  p.slots.row_of_slot.assign(slots, -1);
   for (int64_t s = 0; s < slots; ++s) {
     const int e = r.topk_ids_TK[s];
     if (e < 0) continue;
@@ -192,11 +184,11 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
     if (q == me_) {
       for (int li = 0; li < El; ++li)
         for (int64_t i = p.key_begin[q * L + li]; i < p.key_begin[q * L + li + 1]; ++i)
-          p.row_of_slot[p.slot_of_sorted[i]] = p.out_row[li * P + me_] + (i - p.key_begin[q * L + li]);
+          p.slots.row_of_slot[p.slot_of_sorted[i]] = p.out_row[li * P + me_] + (i - p.key_begin[q * L + li]);
       continue;
     }
     p.src_counts[q] = static_cast<int>(n);
-    for (int64_t i = b; i < b + n; ++i) p.row_of_slot[p.slot_of_sorted[i]] = -(at + (i - b)) - 2;
+    for (int64_t i = b; i < b + n; ++i) p.slots.row_of_slot[p.slot_of_sorted[i]] = SlotRows::encode_back(at + (i - b));
     at += n;
   }
   p.src_rows = at;
@@ -351,8 +343,7 @@ void FlatDispatcher::combine(DispatchPlan& base, float* out_TD) {
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.y_RD_, p.src_side.data());  // y rows back; kept for dprobs
   p.inflight.wait();
-  p.point_slots_at(p.y_RD_);
-  weighted_sum_rows(out_TD, p.slot_rows.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
+  p.slots.weighted_sum(out_TD, p.y_RD_, p.src_side.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
 void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
@@ -364,20 +355,20 @@ void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, 
   // rows); dy = p·dout written over them (remote: the weighting is the pack) or straight into
   // dy_RD (own, while the remote blocks are in flight).
   for (int64_t s = 0; s < slots; ++s) {
-    const int64_t v = p.row_of_slot[s];
+    const int64_t v = p.slots.row_of_slot[s];
     if (v >= 0) continue;
     if (v == -1) {
       dprobs_TK[s] = 0.0f;
       continue;
     }
     const float* g = dout_TD + s / K * D;
-    float* row = p.src_side.data() + (-(v + 2)) * D;
+    float* row = p.src_side.data() + SlotRows::back_row(v) * D;
     dprobs_TK[s] = dot_row(g, row, D);
     scale_row(row, g, p.probs_TK_[s], D);
   }
   exchange_to_experts(p, p.src_side.data(), p.dy_RD_);
   for (int64_t s = 0; s < slots; ++s) {
-    const int64_t v = p.row_of_slot[s];
+    const int64_t v = p.slots.row_of_slot[s];
     if (v < 0) continue;
     const float* g = dout_TD + s / K * D;
     dprobs_TK[s] = dot_row(g, p.y_RD_ + v * D, D);
@@ -391,8 +382,7 @@ void FlatDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.dx_RD(), p.src_side.data());
   p.inflight.wait();
-  p.point_slots_at(p.dx_RD());
-  add_slot_rows(dx_TD, p.slot_rows.data(), p.T_, p.K_, p.D_);
+  p.slots.add(dx_TD, p.dx_RD(), p.src_side.data(), p.T_, p.K_, p.D_);
 }
 
 }  // namespace moempi

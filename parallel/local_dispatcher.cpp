@@ -12,14 +12,7 @@ namespace {
 
 struct LocalPlan final : DispatchPlan {
   std::vector<int64_t> slot_of_row;   // (R) slot t*K+k of each expert row
-  std::vector<int64_t> row_of_slot;   // (T*K) expert row of each slot, -1 if dropped
-  std::vector<const float*> slot_rows;  // (T*K) scratch for the shared combine helpers
-
-  void point_slots_at(const float* rows_RD) {
-    slot_rows.resize(row_of_slot.size());
-    for (size_t s = 0; s < row_of_slot.size(); ++s)
-      slot_rows[s] = row_of_slot[s] < 0 ? nullptr : rows_RD + row_of_slot[s] * D_;
-  }
+  SlotRows slots;                     // expert row of each slot (all rows are this rank's)
   friend class ::moempi::LocalDispatcher;
 };
 
@@ -45,11 +38,11 @@ void LocalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, i
   for (int e = 1; e < E; ++e) next[e] = next[e - 1] + p.rows_per_local_expert_[e - 1];
   p.rows_ = E ? next[E - 1] + p.rows_per_local_expert_[E - 1] : 0;
   p.slot_of_row.resize(p.rows_);
-  p.row_of_slot.assign(slots, -1);
+  p.slots.row_of_slot.assign(slots, -1);
   for (int64_t s = 0; s < slots; ++s) {
     const int e = r.topk_ids_TK[s];
     if (e < 0) continue;
-    p.row_of_slot[s] = next[e];
+    p.slots.row_of_slot[s] = next[e];
     p.slot_of_row[next[e]++] = s;
   }
   p.use_own_buffers();
@@ -66,8 +59,7 @@ void LocalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
 void LocalDispatcher::combine(DispatchPlan& base, float* out_TD) {
   ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
-  p.point_slots_at(p.y_RD_);
-  weighted_sum_rows(out_TD, p.slot_rows.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
+  p.slots.weighted_sum(out_TD, p.y_RD_, nullptr, p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
 void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
@@ -76,7 +68,7 @@ void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD,
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
   for (int64_t s = 0; s < slots; ++s) {
-    const int64_t r = p.row_of_slot[s];
+    const int64_t r = p.slots.row_of_slot[s];
     if (r < 0) {
       dprobs_TK[s] = 0.0f;
       continue;
@@ -90,8 +82,7 @@ void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD,
 void LocalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
   ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
-  p.point_slots_at(p.dx_RD());
-  add_slot_rows(dx_TD, p.slot_rows.data(), p.T_, p.K_, p.D_);
+  p.slots.add(dx_TD, p.dx_RD(), nullptr, p.T_, p.K_, p.D_);
 }
 
 }  // namespace moempi
