@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "models/moe/balancing_pass.h"
+#include "models/moe/router.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 #include "parallel/dispatcher_registry.h"
@@ -52,7 +53,7 @@ MOEMPI_SCHEMA_COVERS(BalancingSpec, 3);
 MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
 MOEMPI_SCHEMA_COVERS(DispatchSpec, 2);
-MOEMPI_SCHEMA_COVERS(MoeSpec, 10);
+MOEMPI_SCHEMA_COVERS(MoeSpec, 12);
 MOEMPI_SCHEMA_COVERS(ParallelSpec, 3);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
@@ -117,6 +118,8 @@ const Schema& root_schema() {
       int_field("num_shared_experts", &MoeSpec::num_shared_experts, 0),
       int_field("every_n_layers", &MoeSpec::every_n_layers, 1),
       real_field("capacity_factor", &MoeSpec::capacity_factor, kNonNegative),
+      int_field("max_nodes_per_token", &MoeSpec::max_nodes_per_token, 0),
+      int_field("routing_nodes", &MoeSpec::routing_nodes, 0),
       list_field("balancing", &MoeSpec::balancing, &balancing),
       section_field("dispatch", &MoeSpec::dispatch, &dispatch),
   }};
@@ -217,6 +220,9 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
     fail({"moe.normalize_topk", "moe.top_k"},
          "moe.normalize_topk: true with moe.top_k 1 makes every combine weight 1, so the router gets no "
          "gradient from the language-model loss; set moe.normalize_topk: false (Switch-style top-1)");
+  if (moe.max_nodes_per_token > 0 && moe.routing_nodes > 0)
+    if (const std::string why = node_limit_problem(moe); !why.empty())
+      fail({"moe.max_nodes_per_token", "moe.routing_nodes"}, why);
   for (size_t i = 0; i < moe.balancing.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (moe.balancing[i].type == moe.balancing[j].type)

@@ -14,6 +14,7 @@
 #include "comm/watchdog.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
+#include "models/moe/router.h"
 #include "parallel/dispatcher_registry.h"
 #include "parallel/sharding_strategy.h"
 #include "runtime/core/blas.h"
@@ -302,8 +303,39 @@ class TrainLoop {
 
 }  // namespace
 
+namespace {
+
+// moe.routing_nodes 0 under node-limited routing = the nodes the ep group spans (the same on every
+// rank: ep_rank_node is world-agreed). Says so when a routing group is not one node's experts
+// (the limit then bounds groups, not nodes).
+JobSpec resolve_routing_nodes(const JobSpec& spec, const ProcessGroups& groups) {
+  JobSpec out = spec;
+  MoeSpec& moe = out.moe;
+  if (moe.max_nodes_per_token <= 0) return out;
+  if (moe.routing_nodes == 0) {
+    moe.routing_nodes = groups.ep_num_nodes();
+    if (const std::string why = node_limit_problem(moe); !why.empty())
+      fail_collective(fmt::format("{} (moe.routing_nodes 0 = the {} node(s) of the ep group)", why,
+                                  moe.routing_nodes));
+  }
+  const int E = moe.num_experts, size = E / moe.routing_nodes;
+  const Placement placement = make_placement(E, groups);
+  for (int e = 0; e < E; ++e)
+    if (groups.ep_rank_node[placement.owner(e)] != groups.ep_rank_node[placement.owner(e - e % size)]) {
+      if (groups.world_rank == 0)
+        spdlog::warn("moe.routing_nodes {}: expert group {} spans several nodes of this layout, so "
+                     "moe.max_nodes_per_token bounds expert groups, not nodes",
+                     moe.routing_nodes, e / size);
+      break;
+    }
+  return out;
+}
+
+}  // namespace
+
 TrainSummary train(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options) {
-  TrainLoop loop(spec, groups, options);
+  const JobSpec resolved = resolve_routing_nodes(spec, groups);
+  TrainLoop loop(resolved, groups, options);
   return loop.run();
 }
 

@@ -165,5 +165,48 @@ TEST(TrainVirtualNodes, ExpertParallelOverVirtualNodesMatchesOneRank) {
     EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
 }
 
+// Node-limited routing (moe.max_nodes_per_token 1) over the nodes of the layout (2 x 2 virtual
+// nodes at 4 ranks, one rank per node at 2 and 3) trains the model one rank trains with the same
+// rule given explicitly (moe.routing_nodes = the node count). One node alone is refused, naming
+// the key, unless moe.routing_nodes says how many nodes to route as.
+TEST(TrainNodeLimited, OverNodesMatchesOneRankWithTheSameRule) {
+  const int W = world_size();
+  const int ranks_per_node = W == 4 ? 2 : 1;
+  JobSpec s = invariance_spec();
+  s.parallel = {.strategy = "ep", .ep = W, .ranks_per_node = ranks_per_node};
+  s.moe.dispatch.type = "flat";
+  s.moe.max_nodes_per_token = 1;
+  s.train.grad_accum = kMicroBatchesPerStep / W;
+  validate_for_world(s, W);
+  ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+  const int nodes = W / ranks_per_node;
+  if (nodes == 1) {
+    try {
+      train(s, groups, {.log_steps = false, .write_files = false});
+      ADD_FAILURE() << "one node should be refused";
+    } catch (const CollectiveError& e) {
+      EXPECT_NE(std::string(e.what()).find("moe.max_nodes_per_token"), std::string::npos) << e.what();
+    }
+    s.moe.routing_nodes = 2;  // route as on two nodes: allowed, and what the references below use
+  }
+  const auto losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
+
+  JobSpec ref_spec = invariance_spec();
+  ref_spec.moe.max_nodes_per_token = 1;
+  ref_spec.moe.routing_nodes = std::max(nodes, 2);
+  ref_spec.train.grad_accum = kMicroBatchesPerStep;
+  std::vector<double> ref(ref_spec.train.steps), unlimited = single_rank_losses();
+  if (groups.world_rank == 0) {
+    ProcessGroups self = ProcessGroups::build(ref_spec.parallel, MPI_COMM_SELF);
+    ref = train(ref_spec, self, {.log_steps = false, .write_files = false}).losses;
+  }
+  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  ASSERT_EQ(losses.size(), ref.size());
+  EXPECT_NEAR(losses[0], ref[0], 1e-9 * ref[0]) << "step 1";
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+  EXPECT_NE(ref[0], unlimited[0]) << "the limit should change the routing, hence the first loss";
+}
+
 }  // namespace
 }  // namespace moempi

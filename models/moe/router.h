@@ -1,12 +1,16 @@
 // The MoE router (ALGORITHMS.md 1): logits_NE = x_ND · W_r, scores by softmax or sigmoid, top-k
 // on the scores as shifted by the balancing passes, combine weights from the unbiased scores,
-// optional capacity drops; it owns the balancing passes of its layer.
+// optional capacity drops; it owns the balancing passes of its layer. With node-limited routing
+// (moe.max_nodes_per_token M over moe.routing_nodes G contiguous expert groups, DeepSeek-V3) a
+// token first keeps the M groups whose top ceil(k/M) selection scores sum highest (ties -> lower
+// group), then takes top-k among their experts: its experts span at most M nodes.
 // Guarantees: deterministic (ties -> lower expert id; drops by token index, then slot); the
 // backward is the exact gradient with routing held fixed. Test: tests/moe_test.cpp (Router.*,
 // MoeLayerGrad.*).
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "models/moe/balancing_pass.h"
@@ -27,6 +31,10 @@ struct RoutingPlan {
   std::vector<int64_t> tokens_per_expert_E;     // (E) rows actually routed, after drops
   int64_t dropped_slots = 0;
 };
+
+// Why moe.max_nodes_per_token M cannot route over moe.routing_nodes G groups ("" = it can):
+// G must divide E and exceed M (M >= G limits nothing), and M groups must hold k experts.
+std::string node_limit_problem(const MoeSpec& moe);
 
 class Router {
  public:
@@ -62,6 +70,8 @@ class Router {
   RoutingPlan plan_;
   FloatBuffer logits_NE_, scores_NE_, select_NE_;  // (N, E); select = scores + pass shifts
   FloatBuffer dscores_NE_, dlogits_NE_;            // (N, E) backward scratch
+  std::vector<uint8_t> allowed_E_;                 // (E) node-limited routing: experts a token may pick
+  std::vector<float> group_score_G_, group_top_;   // (G), (E/G) scratch of the group choice
 };
 
 }  // namespace moempi

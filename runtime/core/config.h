@@ -65,6 +65,12 @@ struct MoeSpec {
   int num_shared_experts = 0;  // each of width d_ff_expert
   int every_n_layers = 1;      // layer l is MoE when (l + 1) % every_n_layers == 0
   float capacity_factor = 0.0f;  // 0 = dropless
+  // Node-limited routing (DeepSeek-V3): a token's k experts lie in at most max_nodes_per_token of
+  // routing_nodes contiguous expert groups (group g = the experts of node g under expert
+  // parallelism). 0 = off. routing_nodes 0 = the nodes the ep group spans, resolved at start-up
+  // and written to job.yaml, so the routing rule is part of the model, not of a launch.
+  int max_nodes_per_token = 0;
+  int routing_nodes = 0;
   std::vector<BalancingSpec> balancing;
   DispatchSpec dispatch;
 };
