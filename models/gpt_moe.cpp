@@ -64,6 +64,10 @@ GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& plac
   arena_.allocate();
 }
 
+void GptMoe::set_position(uint64_t seed, int64_t step, int64_t first_seq) {
+  for (MoeLayer* layer : moe_layers()) layer->set_position(seed, step, first_seq * model_.seq_len);
+}
+
 void GptMoe::init_params(uint64_t seed) {
   const float std = model_.init_std;
   const float resid_scale = 1.0f / std::sqrt(2.0f * model_.n_layers);

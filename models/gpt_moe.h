@@ -35,6 +35,9 @@ class GptMoe {
   // One micro-batch of B sequences of model.seq_len tokens. Returns the mean cross-entropy;
   // saves activations for backward. Collective over the EP group (dispatch), every rank.
   double forward(const int32_t* tokens_BT, const int32_t* targets_BT, int B, bool training);
+  // Where the next forward's sequences are: `first_seq` is the global index of its first sequence
+  // in `step` (0-based; for moe.force_routing's layout-independent draws).
+  void set_position(uint64_t seed, int64_t step, int64_t first_seq);
   // Adds this micro-batch's gradients into the arena; grad_scale weights the micro-batch's mean
   // loss in the step's objective (1 / (micro-batches per step × data-parallel ranks)).
   void backward(float grad_scale);

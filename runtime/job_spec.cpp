@@ -53,7 +53,7 @@ MOEMPI_SCHEMA_COVERS(BalancingSpec, 3);
 MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
 MOEMPI_SCHEMA_COVERS(DispatchSpec, 2);
-MOEMPI_SCHEMA_COVERS(MoeSpec, 12);
+MOEMPI_SCHEMA_COVERS(MoeSpec, 13);
 MOEMPI_SCHEMA_COVERS(ParallelSpec, 3);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
@@ -120,6 +120,8 @@ const Schema& root_schema() {
       real_field("capacity_factor", &MoeSpec::capacity_factor, kNonNegative),
       int_field("max_nodes_per_token", &MoeSpec::max_nodes_per_token, 0),
       int_field("routing_nodes", &MoeSpec::routing_nodes, 0),
+      string_field("force_routing", &MoeSpec::force_routing,
+                   [](const std::string& v) { return parse_force_routing(v, nullptr); }),
       list_field("balancing", &MoeSpec::balancing, &balancing),
       section_field("dispatch", &MoeSpec::dispatch, &dispatch),
   }};

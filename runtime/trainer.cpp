@@ -93,6 +93,7 @@ class TrainLoop {
         const int64_t first = ((static_cast<int64_t>(step) * spec_.train.grad_accum + a) * data_ranks_ +
                                g_.world.rank()) * B_;
         data_->get(batch_, Split::kTrain, first, B_);
+        model_->set_position(spec_.job.seed, step, first);
         loss_sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, true);
         aux_sum += model_->aux_loss();
         model_->add_routing(routing);  // before capacity drops; training forwards only
@@ -204,6 +205,7 @@ class TrainLoop {
     for (int i = 0; i < micro_batches; ++i) {
       const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
       data_->get(batch_, Split::kVal, first, B_);
+      model_->set_position(spec_.job.seed, -1 - i, first);  // eval draws: their own "steps"
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
       for (size_t l = 0; l < layers.size(); ++l) {
         const RoutingPlan& r = layers[l]->routing();

@@ -161,6 +161,53 @@ TEST(Router, NodeLimitProblemsAreNamed) {
   EXPECT_EQ(problem(1), "");
 }
 
+// moe.force_routing: the draws follow the stated weights, do not depend on how the tokens are
+// split into forwards (layout independence), and the combine weights stay the router's scores.
+TEST(Router, ForcedRoutingFollowsItsWeightsAndIsLayoutIndependent) {
+  const int E = 8, K = 2, N = 20000;
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, K, 0.0f, 0);
+  moe.num_experts = E;
+  for (const std::string f : {"zipf:1.2", "hot:0.6", "balanced"}) {
+    moe.force_routing = f;
+    IdentityRouter r(moe);
+    r.router.set_position(5, 1, 3, 0);
+    const std::vector<float> logits = randn((size_t)N * E, 13);
+    const RoutingPlan& p = r.route(logits);
+    std::vector<double> first(E, 0.0), w(E, 1.0);
+    for (int t = 0; t < N; ++t) {
+      first[p.selected_NK[(size_t)t * K]] += 1.0 / N;
+      ASSERT_NE(p.selected_NK[(size_t)t * K], p.selected_NK[(size_t)t * K + 1]) << f << " token " << t;
+    }
+    if (f == "zipf:1.2")
+      for (int e = 0; e < E; ++e) w[e] = std::pow(e + 1.0, -1.2);
+    if (f == "hot:0.6") w[0] = 0.6 / 0.4 * (E - 1);
+    double sum = 0;
+    for (double x : w) sum += x;
+    for (int e = 0; e < E; ++e) EXPECT_NEAR(first[e], w[e] / sum, 0.015) << f << " expert " << e;
+    // The same tokens in two forwards of N/2 (first_token 0 and N/2): the same draws.
+    IdentityRouter a(moe);
+    for (int half = 0; half < 2; ++half) {
+      a.router.set_position(5, 1, 3, (int64_t)half * N / 2);
+      const std::vector<float> part(logits.begin() + (size_t)half * N / 2 * E,
+                                    logits.begin() + (size_t)(half + 1) * N / 2 * E);
+      const RoutingPlan& q = a.route(part);
+      for (size_t i = 0; i < q.selected_NK.size(); ++i)
+        ASSERT_EQ(q.selected_NK[i], p.selected_NK[(size_t)half * N / 2 * K + i]) << f << " half " << half;
+    }
+    // Combine weights: the softmax scores of the drawn experts, renormalised over the two.
+    const float* s = r.router.scores_NE();
+    for (int t = 0; t < 5; ++t) {
+      const int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+      const float g0 = s[(size_t)t * E + ids[0]], g1 = s[(size_t)t * E + ids[1]];
+      EXPECT_NEAR(p.probs_NK[(size_t)t * K], g0 / (g0 + g1), 1e-6f) << f;
+    }
+  }
+  EXPECT_NE(parse_force_routing("hot:1", nullptr), "");
+  EXPECT_NE(parse_force_routing("zipf:0", nullptr), "");
+  EXPECT_NE(parse_force_routing("rotating:2", nullptr), "");
+  EXPECT_EQ(parse_force_routing("rotating", nullptr), "");
+}
+
 class FavourLastExpert final : public BalancingPass {
  public:
   std::string name() const override { return "favour_last"; }

@@ -208,5 +208,31 @@ TEST(TrainNodeLimited, OverNodesMatchesOneRankWithTheSameRule) {
   EXPECT_NE(ref[0], unlimited[0]) << "the limit should change the routing, hence the first loss";
 }
 
+// Forced Zipf routing (moe.force_routing, for benchmarks) draws by global token index, so expert
+// parallelism over the world trains the losses one rank trains with it.
+TEST(TrainForcedRouting, ZipfOverTheWorldMatchesOneRank) {
+  const int W = world_size();
+  JobSpec s = invariance_spec();
+  s.moe.force_routing = "zipf:1.2";
+  s.parallel = {.strategy = "ep", .ep = W};
+  s.moe.dispatch.type = "flat";
+  s.train.grad_accum = kMicroBatchesPerStep / W;
+  validate_for_world(s, W);
+  ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+  const auto losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
+  JobSpec r = invariance_spec();
+  r.moe.force_routing = "zipf:1.2";
+  r.train.grad_accum = kMicroBatchesPerStep;
+  std::vector<double> ref(r.train.steps);
+  if (groups.world_rank == 0) {
+    ProcessGroups self = ProcessGroups::build(r.parallel, MPI_COMM_SELF);
+    ref = train(r, self, {.log_steps = false, .write_files = false}).losses;
+  }
+  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+  EXPECT_NE(ref[0], single_rank_losses()[0]) << "forcing should change the routing";
+}
+
 }  // namespace
 }  // namespace moempi

@@ -49,6 +49,10 @@ class MoeLayer {
   // (E) global-id counts of the last forward on this rank, after drops.
   const std::vector<int64_t>& tokens_per_expert() const { return router_.plan().tokens_per_expert_E; }
   int64_t dropped_slots() const { return router_.plan().dropped_slots; }
+  // Where the next forward's tokens are (moe.force_routing draws; see Router::set_position).
+  void set_position(uint64_t seed, int64_t step, int64_t first_token) {
+    router_.set_position(seed, layer_, step, first_token);
+  }
   // counts_E: this layer's step counts over all data ranks (RoutingStats::counts).
   void on_step_end(const int64_t* counts_E) { router_.on_step_end(counts_E); }
 

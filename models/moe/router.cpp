@@ -4,14 +4,40 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <utility>
 
 #include "runtime/core/blas.h"
 #include "runtime/core/error.h"
+#include "runtime/core/rng.h"
 
 namespace moempi {
+
+std::string parse_force_routing(const std::string& text, ForcedRouting* out) {
+  ForcedRouting f;
+  const size_t colon = text.find(':');
+  const std::string kind = text.substr(0, colon);
+  const std::string arg = colon == std::string::npos ? "" : text.substr(colon + 1);
+  const char* allowed = "none, balanced, zipf:S (S > 0), hot:F (0 < F < 1) or rotating";
+  double v = 0;
+  if (colon != std::string::npos) {
+    char* end = nullptr;
+    v = std::strtod(arg.c_str(), &end);
+    if (arg.empty() || *end != '\0' || !std::isfinite(v))
+      return fmt::format("'{}': '{}' is not a number; use {}", text, arg, allowed);
+  }
+  const bool has_arg = colon != std::string::npos;
+  if (kind == "none" && !has_arg) f.kind = ForcedRouting::kNone;
+  else if (kind == "balanced" && !has_arg) f.kind = ForcedRouting::kBalanced;
+  else if (kind == "rotating" && !has_arg) f.kind = ForcedRouting::kRotating, f.param = 0.5;
+  else if (kind == "zipf" && has_arg && v > 0) f.kind = ForcedRouting::kZipf, f.param = v;
+  else if (kind == "hot" && has_arg && v > 0 && v < 1) f.kind = ForcedRouting::kHot, f.param = v;
+  else return fmt::format("'{}' is not one of {}", text, allowed);
+  if (out) *out = f;
+  return "";
+}
 
 std::string node_limit_problem(const MoeSpec& moe) {
   const int E = moe.num_experts, K = moe.top_k, M = moe.max_nodes_per_token, G = moe.routing_nodes;
@@ -68,6 +94,8 @@ Router::Router(const MoeSpec& moe, int D, std::vector<std::unique_ptr<BalancingP
   MOEMPI_CHECK_ALL(moe.capacity_factor >= 0.0f,
                    "moe.capacity_factor ({}) must be >= 0 (0 = dropless)", moe.capacity_factor);
   if (const std::string why = node_limit_problem(moe); !why.empty()) fail_collective(why);
+  if (const std::string why = parse_force_routing(moe.force_routing, &forced_); !why.empty())
+    fail_collective("moe.force_routing: " + why);
   losses_.assign(passes_.size(), 0.0);
 }
 
@@ -89,6 +117,13 @@ double Router::balancing_loss() const {
   double sum = 0.0;
   for (double l : losses_) sum += l;
   return sum;
+}
+
+void Router::set_position(uint64_t seed, int layer, int64_t step, int64_t first_token) {
+  draw_seed_ = seed;
+  draw_layer_ = layer;
+  draw_step_ = step;
+  draw_first_ = first_token;
 }
 
 void Router::on_step_end(const int64_t* counts_E) {
@@ -161,6 +196,37 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
         --pos;
       }
       ids[pos] = e;
+    }
+  }
+
+  // Forced routing (benchmarks): K distinct experts per token drawn by weight, in draw order.
+  if (forced_.kind != ForcedRouting::kNone) {
+    draw_w_E_.assign(E, 1.0);
+    const int hot = forced_.kind == ForcedRouting::kRotating ? (int)(((draw_step_ % E) + E) % E) : 0;
+    if (forced_.kind == ForcedRouting::kZipf)
+      for (int e = 0; e < E; ++e) draw_w_E_[e] = std::pow(e + 1.0, -forced_.param);
+    if ((forced_.kind == ForcedRouting::kHot || forced_.kind == ForcedRouting::kRotating) && E > 1)
+      draw_w_E_[hot] = forced_.param / (1.0 - forced_.param) * (E - 1);  // first draw: P(hot) = F
+    std::vector<double> w(E);
+    for (int t = 0; t < N; ++t) {
+      Rng rng(draw_seed_, (uint64_t)draw_layer_, (uint64_t)draw_step_, (uint64_t)(draw_first_ + t));
+      w = draw_w_E_;
+      double mass = 0;
+      for (double x : w) mass += x;
+      int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+      for (int k = 0; k < K; ++k) {
+        const double u = rng.uniform() * mass;
+        double acc = 0;
+        int pick = -1;
+        for (int e = 0; e < E; ++e) {
+          if (w[e] <= 0) continue;
+          pick = e;  // the last one left if rounding runs past the end
+          if ((acc += w[e]) > u) break;
+        }
+        ids[k] = pick;
+        mass -= w[pick];
+        w[pick] = 0;
+      }
     }
   }
 

@@ -71,6 +71,9 @@ struct MoeSpec {
   // and written to job.yaml, so the routing rule is part of the model, not of a launch.
   int max_nodes_per_token = 0;
   int routing_nodes = 0;
+  // Benchmarks only: replace the top-k choice by seeded draws (none | balanced | zipf:S | hot:F |
+  // rotating); see Router and README "Forced routing".
+  std::string force_routing = "none";
   std::vector<BalancingSpec> balancing;
   DispatchSpec dispatch;
 };
