@@ -12,6 +12,7 @@
 #include "models/moe/moe_layer.h"
 #include "models/moe/routing_stats.h"
 #include "parallel/dispatcher.h"
+#include "parallel/sharding_strategy.h"
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
 
@@ -20,7 +21,7 @@ namespace moempi {
 // Wall time of one training step split by phase (seconds, accumulated until reset).
 enum Phase { kPhaseAttention, kPhaseMoe, kPhaseDenseFfn, kPhaseOther, kPhaseCount };
 
-class GptMoe {
+class GptMoe final : public ExpertHost {
  public:
   // Registers every parameter and allocates the arena. One dispatcher serves every MoE layer
   // (each layer keeps its own DispatchPlan); every layer uses `placement` (ep / dp layouts).
@@ -58,12 +59,23 @@ class GptMoe {
   double exchange_seconds() const { return dispatcher_->stats().seconds; }  // part of kPhaseMoe
   const Dispatcher& dispatcher() const { return *dispatcher_; }
 
+  // ExpertHost (the sharding strategy's view of the routed experts; MoE layers counted 0..).
+  int num_moe_layers() const override { return (int)layer_placements_.size(); }
+  const Placement& owners() const override { return placement_; }
+  void set_placement(int layer, const Placement& placement) override;
+  const Placement& placement(int layer) const override { return layer_placements_[layer]; }
+  int64_t part_numel(int part) const override;
+  float* expert_param(int layer, int e, int part) override;
+  float* expert_grad(int layer, int e, int part) override;
+  int64_t replica_floats() const override;
+
  private:
   struct Block {
     bool is_moe = false;
     ParamArena::Id ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
     ParamArena::Id ffn_w1, ffn_b1, ffn_w2, ffn_b2;  // dense FFN layers only
     std::unique_ptr<MoeLayer> moe;
+    int moe_index = -1;  // among the MoE layers
     // activations of the current micro-batch
     FloatBuffer ln1_out, ln1_mean, ln1_rstd, qkv, att, attn_out, resid_mid;
     FloatBuffer ln2_out, ln2_mean, ln2_rstd, ffn_pre, ffn_act, ffn_out;
@@ -77,7 +89,8 @@ class GptMoe {
 
   ModelSpec model_;
   MoeSpec moe_;
-  Placement placement_;
+  Placement placement_;                       // owners (construction)
+  std::vector<Placement> layer_placements_;  // per MoE layer: this step's (owners + replicas)
   std::unique_ptr<Dispatcher> dispatcher_;
   ParamArena arena_;
   ParamArena::Id wte_, wpe_, lnf_w_, lnf_b_;

@@ -54,7 +54,8 @@ MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
 MOEMPI_SCHEMA_COVERS(DispatchSpec, 2);
 MOEMPI_SCHEMA_COVERS(MoeSpec, 13);
-MOEMPI_SCHEMA_COVERS(ParallelSpec, 3);
+MOEMPI_SCHEMA_COVERS(ParallelSpec, 4);
+MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
 MOEMPI_SCHEMA_COVERS(DataSpec, 3);
@@ -125,10 +126,15 @@ const Schema& root_schema() {
       list_field("balancing", &MoeSpec::balancing, &balancing),
       section_field("dispatch", &MoeSpec::dispatch, &dispatch),
   }};
+  static const Schema fssdp{{
+      int_field("max_materialized_experts", &FssdpSpec::max_materialized_experts, 0),
+      int_field("load_window", &FssdpSpec::load_window, 1, 1000),
+  }};
   static const Schema parallel{{
       choice_field("strategy", &ParallelSpec::strategy, sharding_strategy_registry().names()),
       int_field("ep", &ParallelSpec::ep, 0),  // 0 = all ranks, resolved by resolve_for_world
       int_field("ranks_per_node", &ParallelSpec::ranks_per_node, 0),
+      section_field("fssdp", &ParallelSpec::fssdp, &fssdp),
   }};
   static const auto schedule_types = lr_schedule_registry().choices();
   static const Schema schedule =
@@ -240,7 +246,7 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
   if (par.ep > 0 && moe.num_experts % par.ep != 0)
     fail({"moe.num_experts", "parallel.ep"},
          fmt::format("moe.num_experts ({}) is not divisible by parallel.ep ({})", moe.num_experts, par.ep));
-  if (par.strategy == "ep" && par.ep > 1 && moe.dispatch.type == "local")
+  if (par.strategy != "dp" && par.ep > 1 && moe.dispatch.type == "local")
     fail({"moe.dispatch.type", "parallel.ep"},
          fmt::format("moe.dispatch.type local cannot reach experts on other ranks (parallel.ep = {}); "
                      "set moe.dispatch.type: flat or auto",
@@ -342,6 +348,10 @@ void validate_for_world(const JobSpec& spec, int world_size) {
   MOEMPI_CHECK_ALL(world_size % p.ep == 0,
                    "parallel.ep ({}) does not divide the world size ({}); use one of {}", p.ep, world_size,
                    divisors());
+  MOEMPI_CHECK_ALL(p.strategy != "fssdp" || p.ep == world_size,
+                   "parallel.ep ({}) must be the world size ({}) with parallel.strategy fssdp (every rank owns a "
+                   "shard of the experts); use 0 = all ranks",
+                   p.ep, world_size);
   MOEMPI_CHECK_ALL(p.ranks_per_node == 0 || world_size % p.ranks_per_node == 0,
                    "parallel.ranks_per_node ({}) does not divide the world size ({}); use one of {}, or 0 "
                    "for the real nodes",

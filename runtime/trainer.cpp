@@ -86,6 +86,7 @@ class TrainLoop {
       const double exchange0 = model_->exchange_seconds();
       const DispatchStats traffic0 = model_->dispatcher().stats();
       model_->arena().zero_grads();
+      strategy_->begin_step(*model_);  // fssdp: place and gather this step's replicas
       double loss_sum = 0, aux_sum = 0;
       RoutingStats routing;  // this step's counts, local until the one all-reduce below
       routing.reset(static_cast<int>(moe_layers.size()), spec_.moe.num_experts);
@@ -102,9 +103,11 @@ class TrainLoop {
       // One all-reduce of every layer's counts (and dropped slots) over the data ranks: read by
       // the passes' step end and by the metrics.
       allreduce_sum(routing.values.data(), static_cast<int64_t>(routing.values.size()), g_.data);
+      strategy_->observe_loads(routing.values.data(), routing.layers, routing.E);
       double grad_norm;
       {
         ScopedTimer t(summary.phase_seconds[kPhaseGradSync]);
+        strategy_->end_backward(*model_);  // fssdp: replica gradients into their owners
         strategy_->sync_grads(model_->arena());
         grad_norm = strategy_->grad_norm(model_->arena());
       }
@@ -114,6 +117,7 @@ class TrainLoop {
         model_->on_step_end(routing);
         scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
         optimizer_->step(model_->arena(), lr);
+        strategy_->end_step(*model_);
       }
       // Step metrics (collective): global mean losses and expert loads.
       const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
@@ -127,6 +131,8 @@ class TrainLoop {
       elapsed += dt;
       summary.losses.push_back(loss);
       summary.step_seconds.push_back(dt);
+      const ShardingStrategy::StepStats sharded = strategy_->step_stats();
+      summary.replicas.push_back(sharded.replicas);
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
 
       const bool last = step + 1 == steps;
@@ -150,6 +156,13 @@ class TrainLoop {
       m.a2a_frac = exchange_s / dt;
       m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
       m.a2a_bytes_inter = traffic.bytes_inter - traffic0.bytes_inter;
+      if (strategy_->name() == "fssdp") {  // every rank takes this branch alike (collective)
+        double replica_bytes = 4.0 * static_cast<double>(sharded.replica_floats);
+        allreduce(&replica_bytes, 1, ReduceOp::kMax, g_.world);
+        m.replicas = sharded.replicas;
+        m.sparse_bytes = sharded.bytes_sent;
+        m.replica_bytes_max = static_cast<int64_t>(replica_bytes);
+      }
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());

@@ -35,6 +35,7 @@ struct TrainSummary {
   int64_t tokens_per_step = 0;  // global
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
   double exchange_seconds = 0;  // dispatchers' exchanges, rank 0 (included in the moe phase)
+  std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 

@@ -101,7 +101,7 @@ void expect_same_losses(const Layout& layout) {
 // Every registered strategy x every registered dispatcher x every ep (1..4, and all ranks, also
 // over virtual nodes): a new strategy or dispatcher is covered without editing this test. A layout
 // may only be refused where the rules say so (local across ranks, dp with ep > 1, shm across
-// nodes); the refusal must be a collective error naming the key.
+// nodes, fssdp with ep other than the world); the refusal must be a collective error naming the key.
 class TrainInvariance : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(TrainInvariance, SameLossesAsOneRank) {
@@ -113,7 +113,7 @@ TEST_P(TrainInvariance, SameLossesAsOneRank) {
     GTEST_SKIP() << "virtual nodes need a multiple of " << l.ranks_per_node << " ranks above it";
   const bool spans_nodes = l.ranks_per_node && ep > l.ranks_per_node;
   const bool refused = (l.strategy == "dp" && ep > 1) || (l.dispatch == "local" && ep > 1) ||
-                       (l.dispatch == "shm" && spans_nodes);
+                       (l.dispatch == "shm" && spans_nodes) || (l.strategy == "fssdp" && ep != W);
   try {
     expect_same_losses(l);
     EXPECT_FALSE(refused) << "this layout should have been refused";
@@ -232,6 +232,39 @@ TEST(TrainForcedRouting, ZipfOverTheWorldMatchesOneRank) {
   for (size_t i = 0; i < ref.size(); ++i)
     EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
   EXPECT_NE(ref[0], single_rank_losses()[0]) << "forcing should change the routing";
+}
+
+// FSSDP with forced Zipf(1.2) popularity: hot experts are replicated from the second step on
+// (the load history starts empty), and the losses stay those of one rank; at one rank nothing can
+// be replicated.
+TEST(TrainFssdp, ZipfReplicatesHotExpertsAndMatchesOneRank) {
+  const int W = world_size();
+  JobSpec s = invariance_spec();
+  s.moe.force_routing = "zipf:1.2";
+  s.parallel = {.strategy = "fssdp", .ep = W};
+  s.parallel.fssdp.max_materialized_experts = 2;
+  s.moe.dispatch.type = "flat";
+  s.train.grad_accum = kMicroBatchesPerStep / W;
+  validate_for_world(s, W);
+  ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+  const TrainSummary run = train(s, groups, {.log_steps = false, .write_files = false});
+  JobSpec r = invariance_spec();
+  r.moe.force_routing = "zipf:1.2";
+  r.train.grad_accum = kMicroBatchesPerStep;
+  std::vector<double> ref(r.train.steps);
+  if (groups.world_rank == 0) {
+    ProcessGroups self = ProcessGroups::build(r.parallel, MPI_COMM_SELF);
+    ref = train(r, self, {.log_steps = false, .write_files = false}).losses;
+  }
+  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  ASSERT_EQ(run.losses.size(), ref.size());
+  EXPECT_NEAR(run.losses[0], ref[0], 1e-9 * ref[0]) << "step 1";
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(run.losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+  EXPECT_EQ(run.replicas.front(), 0) << "no load history before the first step";
+  const int64_t later = *std::max_element(run.replicas.begin() + 1, run.replicas.end());
+  if (W > 1) EXPECT_GT(later, 0) << "zipf loads should be replicated";
+  else EXPECT_EQ(later, 0);
 }
 
 }  // namespace

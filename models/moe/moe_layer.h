@@ -36,7 +36,8 @@ class MoeLayer {
   // what backward needs: this layer's DispatchPlan and a pointer to x_ND, which the caller leaves
   // unchanged until backward (GptMoe keeps each block's normed input). Passes update step state
   // only if training.
-  // `placement` (this step's; same local experts as at construction) stays alive until backward.
+  // `placement` (this step's: the experts' set_local_experts() list, owners plus any replicas)
+  // stays alive until backward.
   void forward(ParamArena& arena, float* out_ND, const float* x_ND, int N, Dispatcher& dispatcher,
                const Placement& placement, bool training);
   // Collective over the dispatcher's EP group; the same dispatcher as the forward. ADDS into dx_ND
@@ -59,6 +60,7 @@ class MoeLayer {
   const Router& router() const { return router_; }
   const RoutingPlan& routing() const { return router_.plan(); }
   const GroupedExperts& experts() const { return experts_; }
+  GroupedExperts& experts() { return experts_; }
   const DispatchPlan* dispatch_plan() const { return plan_.get(); }  // of the last forward
   ParamArena::Id router_w_id() const { return router_w_; }
   int num_shared() const { return (int)shared_w1_.size(); }

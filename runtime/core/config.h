@@ -78,10 +78,16 @@ struct MoeSpec {
   DispatchSpec dispatch;
 };
 
+struct FssdpSpec {
+  int max_materialized_experts = 2;  // replicas a rank may hold per MoE layer per step
+  int load_window = 5;               // steps in the sliding mean that predicts expert loads
+};
+
 struct ParallelSpec {
-  std::string strategy = "dp";  // a name from sharding_strategy_registry(): dp | ep
+  std::string strategy = "dp";  // a name from sharding_strategy_registry(): dp | ep | fssdp
   int ep = 1;                   // ranks that split the experts (0 = all ranks); dp = world / ep
   int ranks_per_node = 0;       // 0 = real nodes (MPI_COMM_TYPE_SHARED); >0 = virtual nodes
+  FssdpSpec fssdp;              // strategy fssdp only
 };
 
 struct ScheduleSpec {
