@@ -148,7 +148,9 @@ TEST(TrainVirtualNodes, ExpertParallelOverVirtualNodesMatchesOneRank) {
   const int W = world_size();
   const int ranks_per_node = W == 4 ? 2 : 1;
   JobSpec s = invariance_spec();
-  s.parallel = {.strategy = "ep", .ep = W, .ranks_per_node = ranks_per_node};
+  s.parallel.strategy = "ep";
+  s.parallel.ep = W;
+  s.parallel.ranks_per_node = ranks_per_node;
   s.moe.dispatch.type = "flat";
   s.train.grad_accum = kMicroBatchesPerStep / W;
   validate_for_world(s, W);
@@ -173,7 +175,9 @@ TEST(TrainNodeLimited, OverNodesMatchesOneRankWithTheSameRule) {
   const int W = world_size();
   const int ranks_per_node = W == 4 ? 2 : 1;
   JobSpec s = invariance_spec();
-  s.parallel = {.strategy = "ep", .ep = W, .ranks_per_node = ranks_per_node};
+  s.parallel.strategy = "ep";
+  s.parallel.ep = W;
+  s.parallel.ranks_per_node = ranks_per_node;
   s.moe.dispatch.type = "flat";
   s.moe.max_nodes_per_token = 1;
   s.train.grad_accum = kMicroBatchesPerStep / W;
@@ -214,7 +218,8 @@ TEST(TrainForcedRouting, ZipfOverTheWorldMatchesOneRank) {
   const int W = world_size();
   JobSpec s = invariance_spec();
   s.moe.force_routing = "zipf:1.2";
-  s.parallel = {.strategy = "ep", .ep = W};
+  s.parallel.strategy = "ep";
+  s.parallel.ep = W;
   s.moe.dispatch.type = "flat";
   s.train.grad_accum = kMicroBatchesPerStep / W;
   validate_for_world(s, W);
@@ -241,7 +246,8 @@ TEST(TrainFssdp, ZipfReplicatesHotExpertsAndMatchesOneRank) {
   const int W = world_size();
   JobSpec s = invariance_spec();
   s.moe.force_routing = "zipf:1.2";
-  s.parallel = {.strategy = "fssdp", .ep = W};
+  s.parallel.strategy = "fssdp";
+  s.parallel.ep = W;
   s.parallel.fssdp.max_materialized_experts = 2;
   s.moe.dispatch.type = "flat";
   s.train.grad_accum = kMicroBatchesPerStep / W;
