@@ -4,6 +4,8 @@
 // errors abort the world from where they happen (runtime/core/error.h).
 #include <mpi.h>
 
+#include <csignal>
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -16,11 +18,13 @@
 #include "comm/agreement.h"
 #include "comm/watchdog.h"
 #include "comm/process_groups.h"
+#include "runtime/core/arena.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
 #include "runtime/data/token_shard.h"
 #include "runtime/job_spec.h"
+#include "runtime/memory_estimate.h"
 #include "runtime/plot.h"
 #include "runtime/trainer.h"
 
@@ -32,6 +36,22 @@ int world_rank() {
   return rank;
 }
 
+// Collective: prints the memory estimate (rank 0) and refuses a job whose ranks on one machine
+// cannot fit in its memory, before anything is allocated (runtime/memory_estimate.h).
+void check_memory_at_start(const moempi::JobSpec& spec, const moempi::Communicator& world) {
+  MPI_Comm shared = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &shared);
+  int on_machine = 1;
+  MPI_Comm_size(shared, &on_machine);
+  MPI_Comm_free(&shared);
+  const moempi::MemoryEstimate m = moempi::estimate_memory(spec, spec.parallel.ep);
+  const double machine = moempi::machine_memory_bytes();
+  if (world.rank() == 0)
+    spdlog::info("memory: about {} | {} ranks on this machine, {} of memory", m.describe(), on_machine,
+                 moempi::format_bytes(machine));
+  moempi::agree_on_errors(world, [&] { moempi::check_memory_fits(spec, m, on_machine, machine); });
+}
+
 int run_train(const std::string& path, const std::vector<std::string>& overrides) {
   const moempi::Communicator world = moempi::Communicator::world();
   moempi::JobSpec spec;
@@ -39,7 +59,14 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
     spec = moempi::load_job_spec(path, overrides);
     moempi::resolve_for_world(spec, world.size());
   });
+  // Every rank must run the same resolved spec (an MPMD launch or per-node files could differ).
+  moempi::agree_on_text(world, moempi::job_spec_to_yaml(spec), "the job spec",
+                        [&](const std::string& root, const std::string& mine) {
+                          return moempi::describe_spec_difference(root, mine, "rank 0",
+                                                                  fmt::format("rank {}", world.rank()));
+                        });
   moempi::watchdog::start(spec.comm.timeout_s);  // before the first collective of the run
+  check_memory_at_start(spec, world);
   moempi::ProcessGroups groups = moempi::ProcessGroups::build(spec.parallel);
   moempi::TrainSummary summary = moempi::train(spec, groups, {});
   if (world_rank() == 0) {
@@ -52,25 +79,32 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
 }
 
 int run_validate(const std::string& path, const std::vector<std::string>& overrides, int np) {
+  moempi::MemoryEstimate memory;
   moempi::agree_on_errors(moempi::Communicator::world(), [&] {
+    MOEMPI_CHECK_ALL(np >= 0, "--np ({}) must be a world size >= 1 (or 0 to skip the world-size checks)", np);
     moempi::JobSpec spec = moempi::load_job_spec(path, overrides);
-    if (np > 0) moempi::validate_for_world(spec, np);
+    if (np > 0) moempi::resolve_for_world(spec, np);
+    // Without --np, parallel.ep 0 (all ranks) is counted as 1: the whole model on one rank.
+    memory = moempi::estimate_memory(spec, std::max(1, spec.parallel.ep));
+    moempi::check_memory_fits(spec, memory, 1, moempi::machine_memory_bytes());
   });
-  if (world_rank() == 0) std::printf("%s: ok\n", path.c_str());
+  if (world_rank() == 0) {
+    std::printf("%s: ok\n", path.c_str());
+    std::printf("memory: about %s\n", memory.describe().c_str());
+  }
   return 0;
 }
 
-// `moempi data encode IN OUT`: a byte-level token shard (data.type tokens) of any file.
+// `moempi data encode IN OUT`: a byte-level token shard (data.type tokens) of any regular file,
+// streamed through a temporary file on rank 0 (runtime/data/token_shard.h).
 int run_encode(const std::string& in_path, const std::string& out_path) {
-  std::ifstream in(in_path, std::ios::binary);
-  MOEMPI_CHECK_ALL(in.good(), "cannot read '{}'", in_path);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<uint16_t> tokens(bytes.begin(), bytes.end());
-  for (size_t i = 0; i < bytes.size(); ++i) tokens[i] = static_cast<unsigned char>(bytes[i]);
-  if (world_rank() == 0) {
-    moempi::write_token_shard(out_path, tokens);
-    std::printf("%s: %zu tokens (bytes of %s)\n", out_path.c_str(), tokens.size(), in_path.c_str());
-  }
+  uint64_t tokens = 0;
+  moempi::agree_on_errors(moempi::Communicator::world(), [&] {
+    if (world_rank() == 0) tokens = moempi::encode_file_as_shard(in_path, out_path);
+  });
+  if (world_rank() == 0)
+    std::printf("%s: %llu tokens (bytes of %s)\n", out_path.c_str(), static_cast<unsigned long long>(tokens),
+                in_path.c_str());
   return 0;
 }
 
@@ -87,6 +121,9 @@ int run_plot(const moempi::PlotOptions& options) {
 
 int main(int argc, char** argv) {
   moempi::blas::ensure_fast_kernel(argc, argv);
+  // A file size limit (ulimit -f) then fails the write with EFBIG, reported with the file's name,
+  // instead of killing the process mid-line.
+  std::signal(SIGXFSZ, SIG_IGN);
   MPI_Init(&argc, &argv);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -126,7 +163,7 @@ int main(int argc, char** argv) {
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   auto* encode = data->add_subcommand("encode", "Write a file's bytes as a uint16 token shard (data.type: tokens)");
-  encode->add_option("input", encode_in, "Any file")->required()->check(CLI::ExistingFile);
+  encode->add_option("input", encode_in, "Any regular file")->required();
   encode->add_option("output", encode_out, "Shard to write (.bin)")->required();
 
   moempi::PlotOptions plot_options;
@@ -153,6 +190,12 @@ int main(int argc, char** argv) {
     if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", e.what());
     MPI_Finalize();
     return 2;
+  } catch (const std::bad_alloc&) {  // only this rank knows: name what it was allocating, end the job
+    const char* what = moempi::AllocationLabel::current();
+    moempi::fail_local(__FILE__, __LINE__,
+                       fmt::format("out of memory (std::bad_alloc){}{}; `moempi validate` prints the memory a rank "
+                                   "needs",
+                                   *what ? " while allocating " : "", what));
   }
   moempi::watchdog::stop();
   MPI_Finalize();

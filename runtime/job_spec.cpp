@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "models/moe/balancing_pass.h"
@@ -71,6 +72,9 @@ const std::vector<std::string> kScoreNames = {"softmax", "sigmoid"};
 
 std::string check_job_name(const std::string& v) {
   if (v.empty()) return "missing; the job needs a name (it names runs/<name>)";
+  if (v.front() == '.')  // ".", ".." and hidden names would put runs/<name> elsewhere or out of sight
+    return fmt::format("'{}' starts with '.'; the name is a directory under runs/, so it must start with a "
+                       "letter, digit, '_' or '-'", v);
   for (char c : v)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.')
       return fmt::format("'{}' has '{}'; allowed are letters, digits, '_', '-' and '.'", v, c);
@@ -346,6 +350,49 @@ std::string job_spec_to_yaml(const JobSpec& spec) {
   emit_map(root_schema(), &spec, e);
   MOEMPI_CHECK_ONE(e.good(), "job_spec_to_yaml: YAML emitter failed: {}", e.GetLastError());
   return std::string("# moempi job spec, fully resolved\n") + e.c_str() + "\n";
+}
+
+namespace {
+// Every leaf of a YAML tree as (path, value text), in document order.
+void flatten(const YAML::Node& n, const std::string& path, std::vector<std::pair<std::string, std::string>>& out) {
+  if (n.IsMap()) {
+    for (const auto& kv : n) flatten(kv.second, join_path(path, kv.first.Scalar()), out);
+  } else if (n.IsSequence()) {
+    if (n.size() == 0) out.emplace_back(path, "[]");
+    for (size_t i = 0; i < n.size(); ++i) flatten(n[i], join_path(path, std::to_string(i)), out);
+  } else {
+    out.emplace_back(path, n.IsNull() ? std::string("null") : n.Scalar());
+  }
+}
+}  // namespace
+
+std::string describe_spec_difference(const std::string& a_yaml, const std::string& b_yaml,
+                                     const std::string& a_name, const std::string& b_name) {
+  std::vector<std::pair<std::string, std::string>> a, b;
+  try {
+    flatten(YAML::Load(a_yaml), "", a);
+    flatten(YAML::Load(b_yaml), "", b);
+  } catch (const YAML::Exception& e) {
+    return fmt::format("the printed specs do not parse ({})", e.what());
+  }
+  std::map<std::string, std::string> bmap(b.begin(), b.end()), amap(a.begin(), a.end());
+  std::vector<std::string> keys;
+  std::string first;
+  auto note = [&](const std::string& key, const std::string& va, const std::string& vb) {
+    if (keys.empty()) first = fmt::format("{}: {} on {}, {} on {}", key, va, a_name, vb, b_name);
+    keys.push_back(key);
+  };
+  for (const auto& [key, va] : a) {
+    auto it = bmap.find(key);
+    if (it == bmap.end()) note(key, va, "(absent)");
+    else if (it->second != va) note(key, va, it->second);
+  }
+  for (const auto& [key, vb] : b)
+    if (!amap.count(key)) note(key, "(absent)", vb);
+  if (keys.empty()) return "the specs differ in formatting only";
+  if (keys.size() == 1) return first;
+  std::vector<std::string> rest(keys.begin() + 1, keys.begin() + std::min<size_t>(keys.size(), 8));
+  return fmt::format("{} (also differ: {}{})", first, join(rest), keys.size() > 8 ? ", ..." : "");
 }
 
 const char* name_of(NormType v) { return kNormNames.at(static_cast<size_t>(v)).c_str(); }

@@ -24,6 +24,7 @@
 #include "runtime/data/data_source.h"
 #include "runtime/job_spec.h"
 #include "runtime/metrics.h"
+#include "runtime/run_dir_lock.h"
 
 namespace moempi {
 namespace {
@@ -49,12 +50,16 @@ class TrainLoop {
     // Passes that reduce counts do it over the data group (every rank that sees different data).
     BalancingEnv env;
     env.allreduce_counts_data = [&g = g_](int64_t* counts, int n) { allreduce_sum(counts, n, g.data); };
+    AllocationLabel label("building the model: parameters and gradients");
     model_ = std::make_unique<GptMoe>(spec.model, spec.moe, make_placement(spec.moe.num_experts, groups),
                                       make_dispatcher(spec.moe.dispatch, groups), env);
     model_->init_params(spec.job.seed);
     // Data files may be missing or unreadable on some ranks only: fail every rank alike.
     agree_on_errors(groups.world, [&] { data_ = make_data_source(spec.data, spec.model, spec.job.seed); });
-    optimizer_ = make_optimizer(spec.optim, model_->arena());
+    {
+      AllocationLabel optimizer_label("the optimizer state");
+      optimizer_ = make_optimizer(spec.optim, model_->arena());
+    }
     schedule_ = std::make_unique<LrSchedule>(spec.optim, spec.train.steps);
     strategy_ = make_sharding_strategy(spec.parallel, groups);
     data_ranks_ = groups.world.size();
@@ -67,8 +72,11 @@ class TrainLoop {
     summary.sgemm_gflops = allreduce_scalar(measure_sgemm_gflops(), g_.world) / g_.world.size();
     summary.flops_per_token = model_->flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
+    // Rank 0 locks and prepares the run directory; a directory in use ends every rank alike.
+    agree_on_errors(g_.world, [&] {
+      if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
+    });
     announce(summary);
-    if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
 
     const int steps = spec_.train.steps;
     const float grad_scale = 1.0f / (spec_.train.grad_accum * data_ranks_);
@@ -78,6 +86,7 @@ class TrainLoop {
       ~StopWatchdog() { watchdog::stop(); }  // also when a collective error unwinds the loop
     } stop_watchdog;
     double elapsed = 0;
+    AllocationLabel label("activations and dispatch buffers of a training step");
     for (int step = 0; step < steps; ++step) {
       watchdog::set_step(step + 1);
       maybe_inject_hang(step + 1);
@@ -275,10 +284,9 @@ class TrainLoop {
   }
 
   void prepare_run_dir() {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    fs::create_directories(spec_.job.run_dir, ec);
-    MOEMPI_CHECK_ONE(!ec, "cannot create job.run_dir '{}': {}", spec_.job.run_dir, ec.message());
+    std::string stale;
+    run_dir_lock_ = RunDirLock(spec_.job.run_dir, &stale);  // creates the directory
+    if (!stale.empty()) spdlog::warn("{}", stale);
     const std::string spec_path = spec_.job.run_dir + "/job.yaml";
     std::ofstream out(spec_path, std::ios::trunc);
     out << job_spec_to_yaml(spec_);
@@ -295,6 +303,7 @@ class TrainLoop {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ShardingStrategy> strategy_;
+  RunDirLock run_dir_lock_;  // rank 0, while files are written
   MetricsWriter metrics_;
   Batch batch_;
   int data_ranks_ = 1, B_ = 1, T_ = 1;
