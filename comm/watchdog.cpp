@@ -38,7 +38,7 @@ void monitor() {
     const char* group = g_group.load();
     std::fprintf(stderr,
                  "moempi: error on rank %d (%s): collective '%s' on group '%s' at step %lld did not "
-                 "complete within comm.timeout_s = %.0f s (a rank skipped it, died or is stuck); "
+                 "complete within comm.timeout_s = %g s (a rank skipped it, died or is stuck); "
                  "ending the job\n",
                  log::rank(), host, op ? op : "?", group ? group : "?",
                  static_cast<long long>(g_step.load()), g_timeout);

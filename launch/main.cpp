@@ -4,6 +4,7 @@
 // errors abort the world from where they happen (runtime/core/error.h).
 #include <mpi.h>
 
+#include <cctype>
 #include <csignal>
 #include <algorithm>
 #include <cstdio>
@@ -22,6 +23,7 @@
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/core/schema.h"
 #include "runtime/data/token_shard.h"
 #include "runtime/job_spec.h"
 #include "runtime/memory_estimate.h"
@@ -29,6 +31,48 @@
 #include "runtime/trainer.h"
 
 namespace {
+
+// Messages echo arguments; a word longer than 200 characters (a 100 KB --set) keeps its first 80
+// and last 20 characters.
+std::string shorten_words(const std::string& msg) {
+  std::string out;
+  size_t i = 0;
+  while (i < msg.size()) {
+    size_t j = i;
+    while (j < msg.size() && !std::isspace(static_cast<unsigned char>(msg[j]))) ++j;
+    if (j - i > 200)
+      out += msg.substr(i, 80) + fmt::format("[... {} characters cut ...]", j - i - 100) + msg.substr(j - 20, 20);
+    else
+      out.append(msg, i, j - i);
+    while (j < msg.size() && std::isspace(static_cast<unsigned char>(msg[j]))) out += msg[j++];
+    i = j;
+  }
+  return out;
+}
+
+// The first word of the command line that should name a subcommand but names none ("" if all
+// do): "unknown subcommand 'trian' of moempi; one of train, validate, ...; did you mean 'train'?".
+std::string unknown_subcommand(CLI::App& app, int argc, char** argv) {
+  CLI::App* cur = &app;
+  for (int i = 1; i < argc; ++i) {
+    const std::vector<CLI::App*> subs = cur->get_subcommands([](CLI::App*) { return true; });
+    if (subs.empty()) return "";
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') return "";
+    CLI::App* next = nullptr;
+    for (CLI::App* sub : subs)
+      if (sub->check_name(word)) next = sub;
+    if (!next) {
+      std::vector<std::string> names;
+      for (CLI::App* s : subs) names.push_back(s->get_name());
+      return fmt::format("unknown subcommand '{}' of {}; one of {}{}", word,
+                         cur == &app ? std::string("moempi") : "moempi " + cur->get_name(),
+                         moempi::schema::join(names), moempi::schema::did_you_mean(word, names));
+    }
+    cur = next;
+  }
+  return "";
+}
 
 int world_rank() {
   int rank = 0;
@@ -173,11 +217,21 @@ int main(int argc, char** argv) {
 
   try {
     try {
+      if (const std::string unknown = unknown_subcommand(app, argc, argv); !unknown.empty()) {
+        if (rank == 0)
+          std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
+                       shorten_words(unknown).c_str());
+        MPI_Finalize();
+        return 2;
+      }
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-      int code = 0;
-      if (rank == 0) code = app.exit(e);
-      else code = e.get_exit_code();
+      const int code = e.get_exit_code();
+      if (rank == 0) {
+        if (code == 0) app.exit(e);  // --help
+        else std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
+                          shorten_words(e.what()).c_str());
+      }
       MPI_Finalize();
       return code == 0 ? 0 : 2;
     }
@@ -187,7 +241,7 @@ int main(int argc, char** argv) {
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
     moempi::watchdog::stop();
-    if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", e.what());
+    if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", shorten_words(e.what()).c_str());
     MPI_Finalize();
     return 2;
   } catch (const std::bad_alloc&) {  // only this rank knows: name what it was allocating, end the job

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -162,7 +163,7 @@ const Schema& root_schema() {
       bool_field("jsonl", &MetricsSpec::jsonl),
   }};
   static const Schema comm{{
-      real_field("timeout_s", &CommSpec::timeout_s, kPositive),
+      real_field("timeout_s", &CommSpec::timeout_s, kNonNegative),  // 0 = no watchdog
   }};
   static const Schema root{{
       section_field("job", &JobSpec::job, &job),
@@ -257,6 +258,13 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
                      "data.val_fraction > 0 or eval.interval: 0",
                      s.eval.interval));
 
+  if (static_cast<int64_t>(s.eval.batches) * s.train.grad_accum > INT_MAX)
+    fail({"eval.batches", "train.grad_accum"},
+         fmt::format("eval.batches ({}) × train.grad_accum ({}) = {} micro-batches per validation pass is more than "
+                     "{}; lower eval.batches",
+                     s.eval.batches, s.train.grad_accum, static_cast<int64_t>(s.eval.batches) * s.train.grad_accum,
+                     INT_MAX));
+
   if (s.checkpoint.interval != 0)
     fail({"checkpoint.interval"},
          fmt::format("checkpoint.interval: {} is not allowed: checkpoints are not implemented yet; set "
@@ -268,7 +276,15 @@ JobSpec load_impl(const std::string& text, const std::string& origin_name,
                   const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
-    root = YAML::Load(text);
+    std::vector<YAML::Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1) {  // yaml-cpp's Load would read the first and ignore the rest, bad keys included
+      const YAML::Mark at = docs[1].Mark();
+      fail_collective(fmt::format("{}:{}{}: a second YAML document (after '---' or '...'); a job spec is one "
+                                  "document: merge it into the first or remove it",
+                                  origin_name, at.line >= 0 ? std::to_string(at.line + 1) : std::string("?"),
+                                  at.column >= 0 ? ":" + std::to_string(at.column + 1) : std::string()));
+    }
+    if (!docs.empty()) root = docs[0];
   } catch (const YAML::ParserException& e) {
     fail_collective(
         fmt::format("{}:{}:{}: YAML syntax error: {}", origin_name, e.mark.line + 1, e.mark.column + 1, e.msg));

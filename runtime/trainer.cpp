@@ -204,13 +204,13 @@ class TrainLoop {
   // of maxvio_global and the joint table of the specialisation. Nothing here touches the
   // training RoutingStats or the passes' step state (forwards with training = false).
   EvalResult evaluate() {
-    const int micro_batches = spec_.eval.batches * spec_.train.grad_accum;
+    const int64_t micro_batches = static_cast<int64_t>(spec_.eval.batches) * spec_.train.grad_accum;
     const auto layers = model_->moe_layers();
     const int E = spec_.moe.num_experts, Dm = std::max(1, data_->num_domains());
     std::vector<int64_t> joint(layers.size() * Dm * E, 0);  // (L, domains, E)
     double sum = 0;
-    for (int i = 0; i < micro_batches; ++i) {
-      const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
+    for (int64_t i = 0; i < micro_batches; ++i) {
+      const int64_t first = (i * data_ranks_ + g_.world.rank()) * B_;
       data_->get(batch_, Split::kVal, first, B_);
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
       for (size_t l = 0; l < layers.size(); ++l) {

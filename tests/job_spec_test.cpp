@@ -180,7 +180,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"data:\n  val_fraction: -0.1\n", {"data.val_fraction: expected a number in [0, 1), got -0.1"}},
         BadValueCase{"train:\n  grad_accum: 0\n", {"train.grad_accum: expected an integer >= 1, got 0"}},
         BadValueCase{"train:\n  micro_batch: 2.5\n", {"train.micro_batch: expected an integer, got '2.5'"}},
-        BadValueCase{"comm:\n  timeout_s: 0\n", {"comm.timeout_s: expected a number > 0, got 0"}}));
+        BadValueCase{"comm:\n  timeout_s: -1\n", {"comm.timeout_s: expected a number >= 0, got -1"}}));
 
 INSTANTIATE_TEST_SUITE_P(
     Enums, JobSpecBadValue,
