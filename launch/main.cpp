@@ -7,7 +7,10 @@
 #include <cctype>
 #include <csignal>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -24,6 +27,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
 #include "runtime/core/schema.h"
+#include "runtime/core/test_hooks.h"
 #include "runtime/data/token_shard.h"
 #include "runtime/job_spec.h"
 #include "runtime/memory_estimate.h"
@@ -73,6 +77,38 @@ std::string unknown_subcommand(CLI::App& app, int argc, char** argv) {
   }
   return "";
 }
+
+// The watchdog's timeout for the start-up, before MPI exists: the job's comm.timeout_s for
+// `moempi train JOB [--set k=v]...`, else (or when the spec does not load: the error comes later,
+// from every rank) the default.
+double startup_timeout(int argc, char** argv) {
+  const double fallback = moempi::CommSpec{}.timeout_s;
+  if (argc < 3 || std::string(argv[1]) != "train") return fallback;
+  std::string job;
+  std::vector<std::string> sets;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--set" && i + 1 < argc) sets.push_back(argv[++i]);
+    else if (a.rfind("--set=", 0) == 0) sets.push_back(a.substr(6));
+    else if (job.empty() && !a.empty() && a[0] != '-') job = a;
+  }
+  try {
+    return moempi::load_job_spec(job, sets).comm.timeout_s;
+  } catch (const moempi::CollectiveError&) {
+    return fallback;
+  }
+}
+
+#ifdef MOEMPI_TEST_HOOKS
+// MOEMPI_TEST_HANG="RANK:STEP": that rank stops responding at that step (tests/e2e/watchdog.sh).
+void hang_at_step(int rank, int64_t step) {
+  static const char* spec = std::getenv("MOEMPI_TEST_HANG");
+  int want_rank = -1;
+  long long at = -1;
+  if (spec && std::sscanf(spec, "%d:%lld", &want_rank, &at) == 2 && want_rank == rank && at == step)
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+#endif
 
 int world_rank() {
   int rank = 0;
@@ -168,7 +204,18 @@ int main(int argc, char** argv) {
   // A file size limit (ulimit -f) then fails the write with EFBIG, reported with the file's name,
   // instead of killing the process mid-line.
   std::signal(SIGXFSZ, SIG_IGN);
-  MPI_Init(&argc, &argv);
+#ifdef MOEMPI_TEST_HOOKS
+  moempi::test_hooks::install_step_hook(&hang_at_step);
+#endif
+  // The watchdog covers the start-up too: a rank that never arrives (stopped, or stuck before
+  // MPI_Init) would otherwise keep the others in MPI_Init forever. No MPI is needed for it.
+  moempi::watchdog::attach_progress();
+  moempi::watchdog::start(startup_timeout(argc, argv));
+  {
+    moempi::watchdog::Pending startup("MPI_Init", "world");
+    MPI_Init(&argc, &argv);
+  }
+  if (argc < 2 || std::string(argv[1]) != "train") moempi::watchdog::stop();  // train keeps it
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -241,6 +288,7 @@ int main(int argc, char** argv) {
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
     moempi::watchdog::stop();
+    moempi::watchdog::detach_progress();
     if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", shorten_words(e.what()).c_str());
     MPI_Finalize();
     return 2;
@@ -252,6 +300,7 @@ int main(int argc, char** argv) {
                                    *what ? " while allocating " : "", what));
   }
   moempi::watchdog::stop();
+  moempi::watchdog::detach_progress();
   MPI_Finalize();
   return exit_code;
 }

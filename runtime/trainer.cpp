@@ -20,6 +20,7 @@
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/core/test_hooks.h"
 #include "runtime/core/timer.h"
 #include "runtime/data/data_source.h"
 #include "runtime/job_spec.h"
@@ -89,7 +90,7 @@ class TrainLoop {
     AllocationLabel label("activations and dispatch buffers of a training step");
     for (int step = 0; step < steps; ++step) {
       watchdog::set_step(step + 1);
-      maybe_inject_hang(step + 1);
+      test_hooks::at_step(g_.world.rank(), step + 1);  // fault injection in the test binary only
       const double t0 = now_seconds();
       const double exchange0 = model_->exchange_seconds();
       const DispatchStats traffic0 = model_->dispatcher().stats();
@@ -187,16 +188,6 @@ class TrainLoop {
   }
 
  private:
-  // Fault injection for the watchdog test (tests/e2e/watchdog.sh): MOEMPI_TEST_HANG="RANK:STEP"
-  // makes that rank stop responding at that step, as a stuck or deadlocked rank would.
-  void maybe_inject_hang(int step) const {
-    static const char* spec = std::getenv("MOEMPI_TEST_HANG");
-    if (!spec) return;
-    int rank = -1, at = -1;
-    if (std::sscanf(spec, "%d:%d", &rank, &at) == 2 && rank == g_.world.rank() && at == step)
-      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-  }
-
   // Collective: global mean validation loss over eval.batches global batches, split over the
   // ranks like training batches, so that the same global batch gives the same validation
   // sequences (and loss) at any world size.

@@ -1,0 +1,16 @@
+#include "runtime/core/test_hooks.h"
+
+#include <atomic>
+
+namespace moempi::test_hooks {
+namespace {
+std::atomic<StepHook> g_step_hook{nullptr};
+}
+
+void install_step_hook(StepHook hook) { g_step_hook.store(hook); }
+
+void at_step(int rank, int64_t step) {
+  if (StepHook hook = g_step_hook.load()) hook(rank, step);
+}
+
+}  // namespace moempi::test_hooks
