@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 #include <fstream>
 #include <iterator>
@@ -107,6 +108,16 @@ void hang_at_step(int rank, int64_t step) {
   long long at = -1;
   if (spec && std::sscanf(spec, "%d:%lld", &want_rank, &at) == 2 && want_rank == rank && at == step)
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+
+// MOEMPI_TEST_NAN_GRAD="RANK:STEP:TENSOR": a NaN in that tensor's gradient (tests/e2e/nonfinite.sh).
+void nan_grad_at_step(int rank, int64_t step, moempi::ParamArena& arena) {
+  static const char* spec = std::getenv("MOEMPI_TEST_NAN_GRAD");
+  int want_rank = -1;
+  long long at = -1;
+  char name[256] = {};
+  if (spec && std::sscanf(spec, "%d:%lld:%255s", &want_rank, &at, name) == 3 && want_rank == rank && at == step)
+    arena.grad(arena.find(name))[0] = std::numeric_limits<float>::quiet_NaN();
 }
 #endif
 
@@ -206,6 +217,7 @@ int main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);
 #ifdef MOEMPI_TEST_HOOKS
   moempi::test_hooks::install_step_hook(&hang_at_step);
+  moempi::test_hooks::install_grad_hook(&nan_grad_at_step);
 #endif
   // The watchdog covers the start-up too: a rank that never arrives (stopped, or stuck before
   // MPI_Init) would otherwise keep the others in MPI_Init forever. No MPI is needed for it.

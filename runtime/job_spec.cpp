@@ -59,7 +59,7 @@ MOEMPI_SCHEMA_COVERS(ParallelSpec, 3);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
 MOEMPI_SCHEMA_COVERS(DataSpec, 3);
-MOEMPI_SCHEMA_COVERS(TrainSpec, 4);
+MOEMPI_SCHEMA_COVERS(TrainSpec, 6);
 MOEMPI_SCHEMA_COVERS(EvalSpec, 2);
 MOEMPI_SCHEMA_COVERS(CheckpointSpec, 1);
 MOEMPI_SCHEMA_COVERS(MetricsSpec, 1);
@@ -151,6 +151,8 @@ const Schema& root_schema() {
       int_field("micro_batch", &TrainSpec::micro_batch, 1),
       int_field("grad_accum", &TrainSpec::grad_accum, 1),
       int_field("log_interval", &TrainSpec::log_interval, 1),
+      choice_field("nonfinite", &TrainSpec::nonfinite, {"abort", "skip"}),
+      real_field("loss_spike_factor", &TrainSpec::loss_spike_factor, kNonNegative),
   }};
   static const Schema eval{{
       int_field("interval", &EvalSpec::interval, 0),

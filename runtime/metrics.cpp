@@ -34,6 +34,7 @@ std::string format_step_line(const StepMetrics& m) {
                       m.lr, m.grad_norm, m.step_ms, tok, 100.0 * m.mfu, m.maxvio,
                       100.0 * m.a2a_frac, format_duration(m.eta_s));
   if (m.dropped_frac) line += fmt::format(" | drop {:.1f}%", 100.0 * *m.dropped_frac);
+  if (m.skipped) line += " | SKIPPED (non-finite)";
   line += fmt::format(" | cv {:.2f}", m.load_cv);
   if (m.bias_max_abs) line += fmt::format(" | bias {:.2e}", *m.bias_max_abs);
   if (m.maxvio_global) line += fmt::format(" | maxvio_g {:.2f}", *m.maxvio_global);
@@ -126,6 +127,7 @@ void MetricsWriter::write(const StepMetrics& m) {
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   j["lr"] = m.lr;
   j["grad_norm"] = m.grad_norm;
+  if (m.skipped) j["skipped"] = true;
   j["step_ms"] = m.step_ms;
   j["tokens_per_s"] = m.tokens_per_s;
   j["mfu"] = m.mfu;

@@ -17,6 +17,7 @@ struct StepMetrics {
   std::optional<double> val_loss;
   double lr = 0;
   double grad_norm = 0;
+  bool skipped = false;  // non-finite loss or gradients, step not applied (train.nonfinite: skip)
   double step_ms = 0;
   double tokens_per_s = 0;
   double mfu = 0;        // fraction

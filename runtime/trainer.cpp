@@ -107,6 +107,7 @@ class TrainLoop {
         model_->add_routing(routing);  // before capacity drops; training forwards only
         model_->backward(grad_scale);
       }
+      test_hooks::after_backward(g_.world.rank(), step + 1, model_->arena());  // test binary only
       // One all-reduce of every layer's counts (and dropped slots) over the data ranks: read by
       // the passes' step end and by the metrics.
       allreduce_sum(routing.values.data(), static_cast<int64_t>(routing.values.size()), g_.data);
@@ -116,19 +117,27 @@ class TrainLoop {
         strategy_->sync_grads(model_->arena());
         grad_norm = strategy_->grad_norm(model_->arena());
       }
+      // Step metrics (collective): global mean losses, before the update so that a non-finite
+      // step can be skipped (train.nonfinite).
+      const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
+      const double loss = allreduce_scalar(loss_sum, g_.world) / denom;
+      const double aux = allreduce_scalar(aux_sum, g_.world) / denom;
       const float lr = schedule_->lr_at(step);
-      {
+      const bool skipped = !std::isfinite(loss) || !std::isfinite(grad_norm);  // global values: every rank agrees
+      if (skipped) {
+        const std::string what = describe_nonfinite(step + 1, loss, grad_norm);  // collective
+        if (spec_.train.nonfinite != "skip")
+          fail_collective(what + "; lower optim.lr, set optim.grad_clip, or set train.nonfinite: skip to skip "
+                                 "such steps");
+        if (g_.world.rank() == 0) spdlog::warn("{}; step skipped (train.nonfinite: skip), parameters unchanged", what);
+        ++summary.skipped_steps;
+      } else {
         ScopedTimer t(summary.phase_seconds[kPhaseOptimizer]);
         model_->on_step_end(routing);
         scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
         optimizer_->step(model_->arena(), lr);
+        warn_on_loss_spike(step + 1, loss);
       }
-      // Step metrics (collective): global mean losses and expert loads.
-      const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
-      const double loss = allreduce_scalar(loss_sum, g_.world) / denom;
-      const double aux = allreduce_scalar(aux_sum, g_.world) / denom;
-      MOEMPI_CHECK_ALL(std::isfinite(loss), "loss is {} at step {}; lower optim.lr or set optim.grad_clip",
-                       loss, step + 1);
       const double dt = now_seconds() - t0;
       const double exchange_s = model_->exchange_seconds() - exchange0;  // before eval adds to it
       const DispatchStats traffic = model_->dispatcher().stats();
@@ -154,6 +163,7 @@ class TrainLoop {
       m.val_loss = val;
       m.lr = lr;
       m.grad_norm = grad_norm;
+      m.skipped = skipped;
       m.step_ms = 1e3 * dt;
       m.a2a_frac = exchange_s / dt;
       m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
@@ -188,6 +198,41 @@ class TrainLoop {
   }
 
  private:
+  // Collective over the world: what is not finite at `step`, and the first parameter whose
+  // gradient holds a NaN or an infinity (in arena order, on the lowest rank that has one).
+  std::string describe_nonfinite(int step, double loss, double grad_norm) {
+    std::string first;
+    try {
+      agree_on_errors(g_.world, [&] {
+        ParamArena& arena = model_->arena();
+        for (size_t id = 0; id < arena.infos().size(); ++id) {
+          const float* g = arena.grad(id);
+          for (size_t i = 0; i < arena.info(id).numel; ++i)
+            if (!std::isfinite(g[i]))
+              fail_collective(fmt::format("{} (element {} is {})", arena.info(id).name, i, g[i]));
+        }
+      });
+    } catch (const CollectiveError& e) {
+      first = e.what();
+    }
+    std::string what = fmt::format("step {}: ", step);
+    if (!std::isfinite(loss)) what += fmt::format("the loss is {}", loss);
+    else what += fmt::format("the gradient norm is {} (loss {:.4f})", grad_norm, loss);
+    what += first.empty() ? "; every gradient is finite" : "; first non-finite gradient: " + first;
+    return what;
+  }
+
+  // train.loss_spike_factor: a warning when the loss exceeds the factor times the mean of the
+  // recent steps (an exponential moving average over about 10 steps, from the 5th step on).
+  void warn_on_loss_spike(int step, double loss) {
+    const double factor = spec_.train.loss_spike_factor;
+    if (factor > 0 && loss_steps_ >= 5 && loss > factor * loss_ema_ && g_.world.rank() == 0)
+      spdlog::warn("step {}: loss spike: {:.4f} is more than {:g} × the recent mean {:.4f} (train.loss_spike_factor)",
+                   step, loss, factor, loss_ema_);
+    loss_ema_ = loss_steps_ == 0 ? loss : 0.9 * loss_ema_ + 0.1 * loss;
+    ++loss_steps_;
+  }
+
   // Collective: global mean validation loss over eval.batches global batches, split over the
   // ranks like training batches, so that the same global batch gives the same validation
   // sequences (and loss) at any world size.
@@ -298,6 +343,8 @@ class TrainLoop {
   MetricsWriter metrics_;
   Batch batch_;
   int data_ranks_ = 1, B_ = 1, T_ = 1;
+  double loss_ema_ = 0;  // recent mean loss (warn_on_loss_spike)
+  int64_t loss_steps_ = 0;
 };
 
 }  // namespace
