@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <memory>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "runtime/memory_estimate.h"
 #include "bench/bench_common.h"
 #include "comm/collectives.h"
 #include "comm/mpi_check.h"
@@ -47,6 +49,22 @@ int run_alltoall(const AlltoallOptions& o) {
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   const std::vector<int64_t> sizes =
       size_sweep(parse_size(o.min_size, "-b"), parse_size(o.max_size, "-e"), o.factor);
+  {  // Refuse a sweep whose largest size cannot fit before allocating it: per rank the input, the
+     // raw baseline's receive buffer and the dispatcher's send and receive rows (about 4 copies of
+     // size x ranks), times the ranks on this machine.
+    MPI_Comm shared = MPI_COMM_NULL;
+    MPI_Comm_split_type(world.comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &shared);
+    int on_machine = 1;
+    MPI_Comm_size(shared, &on_machine);
+    MPI_Comm_free(&shared);
+    const double largest = sizes.empty() ? 0.0 : static_cast<double>(*std::max_element(sizes.begin(), sizes.end()));
+    const double need = 4.0 * largest * W * on_machine, machine = machine_memory_bytes();
+    MOEMPI_CHECK_ALL(machine <= 0 || need <= machine,
+                     "-e {}: the largest size needs about {} per rank ({} bytes to each of {} ranks, 4 buffers), {} "
+                     "for the {} ranks on this machine, more than its {} of memory; lower -e",
+                     o.max_size, format_bytes(4.0 * largest * W), static_cast<int64_t>(largest), W, format_bytes(need),
+                     on_machine, format_bytes(machine));
+  }
 
   Table table({{"size", "(B/peer)", 10}, {"count", "(floats)", 10}, {"min", "(us)", 9},
                {"avg", "(us)", 9}, {"max", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7},

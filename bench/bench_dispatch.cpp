@@ -100,7 +100,8 @@ int run_dispatch(const DispatchOptions& o) {
   const ProcessGroups groups = ProcessGroups::build(spec);
   const Communicator& world = groups.world;
   const int me = world.rank();
-  MOEMPI_CHECK_ALL(o.T >= 0 && o.D >= 1, "-T ({}) must be >= 0 and -D ({}) >= 1", o.T, o.D);
+  MOEMPI_CHECK_ALL(o.T >= 0, "-T ({}) must be >= 0 (tokens per rank)", o.T);
+  MOEMPI_CHECK_ALL(o.D >= 1, "-D ({}) must be >= 1 (row width in floats)", o.D);
   MOEMPI_CHECK_ALL(o.k >= 1 && o.k <= o.E, "-k ({}) must be in [1, -E ({})]", o.k, o.E);
   MOEMPI_CHECK_ALL(o.E % W == 0, "-E ({}) is not divisible by the number of ranks ({}); try -E {}", o.E, W,
                    (o.E / W + 1) * W);

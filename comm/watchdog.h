@@ -3,14 +3,24 @@
 // pending longer than comm.timeout_s (a rank skipped it, died, or deadlocked), a monitor thread
 // prints rank, host, the operation, the group and the training step, and ends the process, which
 // makes mpirun end the job (Open MPI is fail-stop) instead of hanging silently.
-// The monitor thread makes no MPI call. Test: tests/e2e/watchdog.sh (a rank that skips a
-// collective is caught and named).
+// The monitor thread makes no MPI call. It also covers the start-up: the binary starts it before
+// MPI_Init, inside a Pending scope, so a rank that never arrives cannot hang MPI_Init forever.
+// Each rank keeps a progress record (collectives entered, step, heartbeat) in a table shared by
+// the ranks of a machine (/dev/shm, named after the launcher's job id), so a report names the
+// ranks that had not reached the collective or stopped responding. A process that was itself
+// suspended (SIGSTOP) does not count the suspension against its collective.
+// Tests: tests/e2e/watchdog.sh (a rank that skips a collective, a SIGSTOPped rank mid-run and
+// before MPI_Init: caught within the timeout, the stuck rank named).
 #pragma once
 #include <cstdint>
 
 namespace moempi::watchdog {
 
 void start(double timeout_s);  // starts the monitor (idempotent); timeout <= 0 disables it
+// This rank's progress record, from the launcher's environment (Open MPI, SLURM); works before
+// MPI_Init. No-op without a launcher (a singleton run). detach_progress() at a clean end.
+void attach_progress();
+void detach_progress();
 void stop();
 void set_step(int64_t step);   // 1-based training step shown in the report (0 = outside training)
 

@@ -4,7 +4,14 @@
 // errors abort the world from where they happen (runtime/core/error.h).
 #include <mpi.h>
 
+#include <cctype>
+#include <csignal>
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <thread>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -16,20 +23,124 @@
 #include "comm/agreement.h"
 #include "comm/watchdog.h"
 #include "comm/process_groups.h"
+#include "runtime/core/arena.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/core/schema.h"
+#include "runtime/core/test_hooks.h"
 #include "runtime/data/token_shard.h"
 #include "runtime/job_spec.h"
+#include "runtime/memory_estimate.h"
 #include "runtime/plot.h"
 #include "runtime/trainer.h"
 
 namespace {
 
+// Messages echo arguments; a word longer than 200 characters (a 100 KB --set) keeps its first 80
+// and last 20 characters.
+std::string shorten_words(const std::string& msg) {
+  std::string out;
+  size_t i = 0;
+  while (i < msg.size()) {
+    size_t j = i;
+    while (j < msg.size() && !std::isspace(static_cast<unsigned char>(msg[j]))) ++j;
+    if (j - i > 200)
+      out += msg.substr(i, 80) + fmt::format("[... {} characters cut ...]", j - i - 100) + msg.substr(j - 20, 20);
+    else
+      out.append(msg, i, j - i);
+    while (j < msg.size() && std::isspace(static_cast<unsigned char>(msg[j]))) out += msg[j++];
+    i = j;
+  }
+  return out;
+}
+
+// The first word of the command line that should name a subcommand but names none ("" if all
+// do): "unknown subcommand 'trian' of moempi; one of train, validate, ...; did you mean 'train'?".
+std::string unknown_subcommand(CLI::App& app, int argc, char** argv) {
+  CLI::App* cur = &app;
+  for (int i = 1; i < argc; ++i) {
+    const std::vector<CLI::App*> subs = cur->get_subcommands([](CLI::App*) { return true; });
+    if (subs.empty()) return "";
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') return "";
+    CLI::App* next = nullptr;
+    for (CLI::App* sub : subs)
+      if (sub->check_name(word)) next = sub;
+    if (!next) {
+      std::vector<std::string> names;
+      for (CLI::App* s : subs) names.push_back(s->get_name());
+      return fmt::format("unknown subcommand '{}' of {}; one of {}{}", word,
+                         cur == &app ? std::string("moempi") : "moempi " + cur->get_name(),
+                         moempi::schema::join(names), moempi::schema::did_you_mean(word, names));
+    }
+    cur = next;
+  }
+  return "";
+}
+
+// The watchdog's timeout for the start-up, before MPI exists: the job's comm.timeout_s for
+// `moempi train JOB [--set k=v]...`, else (or when the spec does not load: the error comes later,
+// from every rank) the default.
+double startup_timeout(int argc, char** argv) {
+  const double fallback = moempi::CommSpec{}.timeout_s;
+  if (argc < 3 || std::string(argv[1]) != "train") return fallback;
+  std::string job;
+  std::vector<std::string> sets;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--set" && i + 1 < argc) sets.push_back(argv[++i]);
+    else if (a.rfind("--set=", 0) == 0) sets.push_back(a.substr(6));
+    else if (job.empty() && !a.empty() && a[0] != '-') job = a;
+  }
+  try {
+    return moempi::load_job_spec(job, sets).comm.timeout_s;
+  } catch (const moempi::CollectiveError&) {
+    return fallback;
+  }
+}
+
+#ifdef MOEMPI_TEST_HOOKS
+// MOEMPI_TEST_HANG="RANK:STEP": that rank stops responding at that step (tests/e2e/watchdog.sh).
+void hang_at_step(int rank, int64_t step) {
+  static const char* spec = std::getenv("MOEMPI_TEST_HANG");
+  int want_rank = -1;
+  long long at = -1;
+  if (spec && std::sscanf(spec, "%d:%lld", &want_rank, &at) == 2 && want_rank == rank && at == step)
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+
+// MOEMPI_TEST_NAN_GRAD="RANK:STEP:TENSOR": a NaN in that tensor's gradient (tests/e2e/nonfinite.sh).
+void nan_grad_at_step(int rank, int64_t step, moempi::ParamArena& arena) {
+  static const char* spec = std::getenv("MOEMPI_TEST_NAN_GRAD");
+  int want_rank = -1;
+  long long at = -1;
+  char name[256] = {};
+  if (spec && std::sscanf(spec, "%d:%lld:%255s", &want_rank, &at, name) == 3 && want_rank == rank && at == step)
+    arena.grad(arena.find(name))[0] = std::numeric_limits<float>::quiet_NaN();
+}
+#endif
+
 int world_rank() {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   return rank;
+}
+
+// Collective: prints the memory estimate (rank 0) and refuses a job whose ranks on one machine
+// cannot fit in its memory, before anything is allocated (runtime/memory_estimate.h).
+void check_memory_at_start(const moempi::JobSpec& spec, const moempi::Communicator& world) {
+  MPI_Comm shared = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &shared);
+  int on_machine = 1;
+  MPI_Comm_size(shared, &on_machine);
+  MPI_Comm_free(&shared);
+  const moempi::MemoryEstimate m = moempi::estimate_memory(spec, spec.parallel.ep);
+  const double machine = moempi::machine_memory_bytes();
+  if (world.rank() == 0)
+    spdlog::info("memory: about {} | {} ranks on this machine, {} of memory", m.describe(), on_machine,
+                 moempi::format_bytes(machine));
+  moempi::agree_on_errors(world, [&] { moempi::check_memory_fits(spec, m, on_machine, machine); });
 }
 
 int run_train(const std::string& path, const std::vector<std::string>& overrides) {
@@ -39,7 +150,14 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
     spec = moempi::load_job_spec(path, overrides);
     moempi::resolve_for_world(spec, world.size());
   });
+  // Every rank must run the same resolved spec (an MPMD launch or per-node files could differ).
+  moempi::agree_on_text(world, moempi::job_spec_to_yaml(spec), "the job spec",
+                        [&](const std::string& root, const std::string& mine) {
+                          return moempi::describe_spec_difference(root, mine, "rank 0",
+                                                                  fmt::format("rank {}", world.rank()));
+                        });
   moempi::watchdog::start(spec.comm.timeout_s);  // before the first collective of the run
+  check_memory_at_start(spec, world);
   moempi::ProcessGroups groups = moempi::ProcessGroups::build(spec.parallel);
   moempi::TrainSummary summary = moempi::train(spec, groups, {});
   if (world_rank() == 0) {
@@ -52,25 +170,32 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
 }
 
 int run_validate(const std::string& path, const std::vector<std::string>& overrides, int np) {
+  moempi::MemoryEstimate memory;
   moempi::agree_on_errors(moempi::Communicator::world(), [&] {
+    MOEMPI_CHECK_ALL(np >= 0, "--np ({}) must be a world size >= 1 (or 0 to skip the world-size checks)", np);
     moempi::JobSpec spec = moempi::load_job_spec(path, overrides);
-    if (np > 0) moempi::validate_for_world(spec, np);
+    if (np > 0) moempi::resolve_for_world(spec, np);
+    // Without --np, parallel.ep 0 (all ranks) is counted as 1: the whole model on one rank.
+    memory = moempi::estimate_memory(spec, std::max(1, spec.parallel.ep));
+    moempi::check_memory_fits(spec, memory, 1, moempi::machine_memory_bytes());
   });
-  if (world_rank() == 0) std::printf("%s: ok\n", path.c_str());
+  if (world_rank() == 0) {
+    std::printf("%s: ok\n", path.c_str());
+    std::printf("memory: about %s\n", memory.describe().c_str());
+  }
   return 0;
 }
 
-// `moempi data encode IN OUT`: a byte-level token shard (data.type tokens) of any file.
+// `moempi data encode IN OUT`: a byte-level token shard (data.type tokens) of any regular file,
+// streamed through a temporary file on rank 0 (runtime/data/token_shard.h).
 int run_encode(const std::string& in_path, const std::string& out_path) {
-  std::ifstream in(in_path, std::ios::binary);
-  MOEMPI_CHECK_ALL(in.good(), "cannot read '{}'", in_path);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<uint16_t> tokens(bytes.begin(), bytes.end());
-  for (size_t i = 0; i < bytes.size(); ++i) tokens[i] = static_cast<unsigned char>(bytes[i]);
-  if (world_rank() == 0) {
-    moempi::write_token_shard(out_path, tokens);
-    std::printf("%s: %zu tokens (bytes of %s)\n", out_path.c_str(), tokens.size(), in_path.c_str());
-  }
+  uint64_t tokens = 0;
+  moempi::agree_on_errors(moempi::Communicator::world(), [&] {
+    if (world_rank() == 0) tokens = moempi::encode_file_as_shard(in_path, out_path);
+  });
+  if (world_rank() == 0)
+    std::printf("%s: %llu tokens (bytes of %s)\n", out_path.c_str(), static_cast<unsigned long long>(tokens),
+                in_path.c_str());
   return 0;
 }
 
@@ -87,7 +212,22 @@ int run_plot(const moempi::PlotOptions& options) {
 
 int main(int argc, char** argv) {
   moempi::blas::ensure_fast_kernel(argc, argv);
-  MPI_Init(&argc, &argv);
+  // A file size limit (ulimit -f) then fails the write with EFBIG, reported with the file's name,
+  // instead of killing the process mid-line.
+  std::signal(SIGXFSZ, SIG_IGN);
+#ifdef MOEMPI_TEST_HOOKS
+  moempi::test_hooks::install_step_hook(&hang_at_step);
+  moempi::test_hooks::install_grad_hook(&nan_grad_at_step);
+#endif
+  // The watchdog covers the start-up too: a rank that never arrives (stopped, or stuck before
+  // MPI_Init) would otherwise keep the others in MPI_Init forever. No MPI is needed for it.
+  moempi::watchdog::attach_progress();
+  moempi::watchdog::start(startup_timeout(argc, argv));
+  {
+    moempi::watchdog::Pending startup("MPI_Init", "world");
+    MPI_Init(&argc, &argv);
+  }
+  if (argc < 2 || std::string(argv[1]) != "train") moempi::watchdog::stop();  // train keeps it
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -127,7 +267,7 @@ int main(int argc, char** argv) {
   auto* data = app.add_subcommand("data", "Data tools");
   data->require_subcommand(1);
   auto* encode = data->add_subcommand("encode", "Write a file's bytes as a uint16 token shard (data.type: tokens)");
-  encode->add_option("input", encode_in, "Any file")->required()->check(CLI::ExistingFile);
+  encode->add_option("input", encode_in, "Any regular file")->required();
   encode->add_option("output", encode_out, "Shard to write (.bin)")->required();
 
   moempi::PlotOptions plot_options;
@@ -137,11 +277,21 @@ int main(int argc, char** argv) {
 
   try {
     try {
+      if (const std::string unknown = unknown_subcommand(app, argc, argv); !unknown.empty()) {
+        if (rank == 0)
+          std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
+                       shorten_words(unknown).c_str());
+        MPI_Finalize();
+        return 2;
+      }
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-      int code = 0;
-      if (rank == 0) code = app.exit(e);
-      else code = e.get_exit_code();
+      const int code = e.get_exit_code();
+      if (rank == 0) {
+        if (code == 0) app.exit(e);  // --help
+        else std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
+                          shorten_words(e.what()).c_str());
+      }
       MPI_Finalize();
       return code == 0 ? 0 : 2;
     }
@@ -151,11 +301,19 @@ int main(int argc, char** argv) {
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
     moempi::watchdog::stop();
-    if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", e.what());
+    moempi::watchdog::detach_progress();
+    if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", shorten_words(e.what()).c_str());
     MPI_Finalize();
     return 2;
+  } catch (const std::bad_alloc&) {  // only this rank knows: name what it was allocating, end the job
+    const char* what = moempi::AllocationLabel::current();
+    moempi::fail_local(__FILE__, __LINE__,
+                       fmt::format("out of memory (std::bad_alloc){}{}; `moempi validate` prints the memory a rank "
+                                   "needs",
+                                   *what ? " while allocating " : "", what));
   }
   moempi::watchdog::stop();
+  moempi::watchdog::detach_progress();
   MPI_Finalize();
   return exit_code;
 }

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "models/moe/balancing_pass.h"
@@ -59,7 +61,7 @@ MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
 MOEMPI_SCHEMA_COVERS(DataSpec, 3);
-MOEMPI_SCHEMA_COVERS(TrainSpec, 4);
+MOEMPI_SCHEMA_COVERS(TrainSpec, 6);
 MOEMPI_SCHEMA_COVERS(EvalSpec, 2);
 MOEMPI_SCHEMA_COVERS(CheckpointSpec, 1);
 MOEMPI_SCHEMA_COVERS(MetricsSpec, 1);
@@ -73,6 +75,9 @@ const std::vector<std::string> kScoreNames = {"softmax", "sigmoid"};
 
 std::string check_job_name(const std::string& v) {
   if (v.empty()) return "missing; the job needs a name (it names runs/<name>)";
+  if (v.front() == '.')  // ".", ".." and hidden names would put runs/<name> elsewhere or out of sight
+    return fmt::format("'{}' starts with '.'; the name is a directory under runs/, so it must start with a "
+                       "letter, digit, '_' or '-'", v);
   for (char c : v)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.')
       return fmt::format("'{}' has '{}'; allowed are letters, digits, '_', '-' and '.'", v, c);
@@ -157,6 +162,8 @@ const Schema& root_schema() {
       int_field("micro_batch", &TrainSpec::micro_batch, 1),
       int_field("grad_accum", &TrainSpec::grad_accum, 1),
       int_field("log_interval", &TrainSpec::log_interval, 1),
+      choice_field("nonfinite", &TrainSpec::nonfinite, {"abort", "skip"}),
+      real_field("loss_spike_factor", &TrainSpec::loss_spike_factor, kNonNegative),
   }};
   static const Schema eval{{
       int_field("interval", &EvalSpec::interval, 0),
@@ -169,7 +176,7 @@ const Schema& root_schema() {
       bool_field("jsonl", &MetricsSpec::jsonl),
   }};
   static const Schema comm{{
-      real_field("timeout_s", &CommSpec::timeout_s, kPositive),
+      real_field("timeout_s", &CommSpec::timeout_s, kNonNegative),  // 0 = no watchdog
   }};
   static const Schema root{{
       section_field("job", &JobSpec::job, &job),
@@ -267,6 +274,13 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
                      "data.val_fraction > 0 or eval.interval: 0",
                      s.eval.interval));
 
+  if (static_cast<int64_t>(s.eval.batches) * s.train.grad_accum > INT_MAX)
+    fail({"eval.batches", "train.grad_accum"},
+         fmt::format("eval.batches ({}) × train.grad_accum ({}) = {} micro-batches per validation pass is more than "
+                     "{}; lower eval.batches",
+                     s.eval.batches, s.train.grad_accum, static_cast<int64_t>(s.eval.batches) * s.train.grad_accum,
+                     INT_MAX));
+
   if (s.checkpoint.interval != 0)
     fail({"checkpoint.interval"},
          fmt::format("checkpoint.interval: {} is not allowed: checkpoints are not implemented yet; set "
@@ -278,7 +292,15 @@ JobSpec load_impl(const std::string& text, const std::string& origin_name,
                   const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
-    root = YAML::Load(text);
+    std::vector<YAML::Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1) {  // yaml-cpp's Load would read the first and ignore the rest, bad keys included
+      const YAML::Mark at = docs[1].Mark();
+      fail_collective(fmt::format("{}:{}{}: a second YAML document (after '---' or '...'); a job spec is one "
+                                  "document: merge it into the first or remove it",
+                                  origin_name, at.line >= 0 ? std::to_string(at.line + 1) : std::string("?"),
+                                  at.column >= 0 ? ":" + std::to_string(at.column + 1) : std::string()));
+    }
+    if (!docs.empty()) root = docs[0];
   } catch (const YAML::ParserException& e) {
     fail_collective(
         fmt::format("{}:{}:{}: YAML syntax error: {}", origin_name, e.mark.line + 1, e.mark.column + 1, e.msg));
@@ -364,6 +386,49 @@ std::string job_spec_to_yaml(const JobSpec& spec) {
   emit_map(root_schema(), &spec, e);
   MOEMPI_CHECK_ONE(e.good(), "job_spec_to_yaml: YAML emitter failed: {}", e.GetLastError());
   return std::string("# moempi job spec, fully resolved\n") + e.c_str() + "\n";
+}
+
+namespace {
+// Every leaf of a YAML tree as (path, value text), in document order.
+void flatten(const YAML::Node& n, const std::string& path, std::vector<std::pair<std::string, std::string>>& out) {
+  if (n.IsMap()) {
+    for (const auto& kv : n) flatten(kv.second, join_path(path, kv.first.Scalar()), out);
+  } else if (n.IsSequence()) {
+    if (n.size() == 0) out.emplace_back(path, "[]");
+    for (size_t i = 0; i < n.size(); ++i) flatten(n[i], join_path(path, std::to_string(i)), out);
+  } else {
+    out.emplace_back(path, n.IsNull() ? std::string("null") : n.Scalar());
+  }
+}
+}  // namespace
+
+std::string describe_spec_difference(const std::string& a_yaml, const std::string& b_yaml,
+                                     const std::string& a_name, const std::string& b_name) {
+  std::vector<std::pair<std::string, std::string>> a, b;
+  try {
+    flatten(YAML::Load(a_yaml), "", a);
+    flatten(YAML::Load(b_yaml), "", b);
+  } catch (const YAML::Exception& e) {
+    return fmt::format("the printed specs do not parse ({})", e.what());
+  }
+  std::map<std::string, std::string> bmap(b.begin(), b.end()), amap(a.begin(), a.end());
+  std::vector<std::string> keys;
+  std::string first;
+  auto note = [&](const std::string& key, const std::string& va, const std::string& vb) {
+    if (keys.empty()) first = fmt::format("{}: {} on {}, {} on {}", key, va, a_name, vb, b_name);
+    keys.push_back(key);
+  };
+  for (const auto& [key, va] : a) {
+    auto it = bmap.find(key);
+    if (it == bmap.end()) note(key, va, "(absent)");
+    else if (it->second != va) note(key, va, it->second);
+  }
+  for (const auto& [key, vb] : b)
+    if (!amap.count(key)) note(key, "(absent)", vb);
+  if (keys.empty()) return "the specs differ in formatting only";
+  if (keys.size() == 1) return first;
+  std::vector<std::string> rest(keys.begin() + 1, keys.begin() + std::min<size_t>(keys.size(), 8));
+  return fmt::format("{} (also differ: {}{})", first, join(rest), keys.size() > 8 ? ", ..." : "");
 }
 
 const char* name_of(NormType v) { return kNormNames.at(static_cast<size_t>(v)).c_str(); }

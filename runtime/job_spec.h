@@ -36,6 +36,12 @@ void resolve_for_world(JobSpec& spec, int world_size);
 // to an equal spec.
 std::string job_spec_to_yaml(const JobSpec& spec);
 
+// The first key whose value differs between two printed specs (job_spec_to_yaml), for the
+// start-up check that every rank runs the same spec: "optim.lr: 0.001 against 0.3" (also names
+// how many keys differ). `a_name` and `b_name` label the two sides ("rank 0", "rank 1").
+std::string describe_spec_difference(const std::string& a_yaml, const std::string& b_yaml,
+                                     const std::string& a_name, const std::string& b_name);
+
 // YAML spellings of the enum fields.
 const char* name_of(NormType v);
 const char* name_of(Activation v);

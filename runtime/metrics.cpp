@@ -1,7 +1,13 @@
 #include "runtime/metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -28,6 +34,7 @@ std::string format_step_line(const StepMetrics& m) {
                       m.lr, m.grad_norm, m.step_ms, tok, 100.0 * m.mfu, m.maxvio,
                       100.0 * m.a2a_frac, format_duration(m.eta_s));
   if (m.dropped_frac) line += fmt::format(" | drop {:.1f}%", 100.0 * *m.dropped_frac);
+  if (m.skipped) line += " | SKIPPED (non-finite)";
   line += fmt::format(" | cv {:.2f}", m.load_cv);
   if (m.bias_max_abs) line += fmt::format(" | bias {:.2e}", *m.bias_max_abs);
   if (m.replicas) line += fmt::format(" | rep {}", *m.replicas);
@@ -91,18 +98,37 @@ Specialisation specialisation(const int64_t* joint_DE, int domains, int E) {
   return s;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::trunc), path_(path) {
-  MOEMPI_CHECK_ONE(out_.is_open(), "cannot open metrics file '{}' for writing", path);
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  MOEMPI_CHECK_ONE(fd_ >= 0, "cannot open metrics file '{}' for writing: {}", path, std::strerror(errno));
+}
+
+MetricsWriter::MetricsWriter(MetricsWriter&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), size_(other.size_), path_(std::move(other.path_)) {}
+
+MetricsWriter& MetricsWriter::operator=(MetricsWriter&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = other.size_;
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+MetricsWriter::~MetricsWriter() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsWriter::write(const StepMetrics& m) {
-  if (!out_.is_open()) return;
+  if (fd_ < 0) return;
   nlohmann::json j;
   j["step"] = m.step;
   j["loss"] = m.loss;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   j["lr"] = m.lr;
   j["grad_norm"] = m.grad_norm;
+  if (m.skipped) j["skipped"] = true;
   j["step_ms"] = m.step_ms;
   j["tokens_per_s"] = m.tokens_per_s;
   j["mfu"] = m.mfu;
@@ -128,9 +154,24 @@ void MetricsWriter::write(const StepMetrics& m) {
     j["specialisation"] = m.specialisation_layers;
     j["specialisation_norm"] = m.specialisation_norm_layers;
   }
-  out_ << j.dump() << '\n';
-  out_.flush();
-  MOEMPI_CHECK_ONE(out_.good(), "write to metrics file '{}' failed", path_);
+  const std::string line = j.dump() + '\n';
+  size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : ENOSPC;
+      if (done > 0 && ::ftruncate(fd_, size_) == 0) ::lseek(fd_, size_, SEEK_SET);  // no cut-off line
+      ::close(fd_);
+      fd_ = -1;
+      fail_local(__FILE__, __LINE__,
+                 fmt::format("cannot write step {} to metrics file '{}': {} (the file keeps the {} bytes of "
+                             "whole lines written before)",
+                             m.step, path_, std::strerror(err), size_));
+    }
+    done += static_cast<size_t>(n);
+  }
+  size_ += static_cast<int64_t>(line.size());
 }
 
 }  // namespace moempi

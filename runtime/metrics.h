@@ -3,7 +3,6 @@
 // step_ms, tokens_per_s, mfu, maxvio, aux_loss are an interface scripts rely on: do not rename.
 #pragma once
 #include <cstdint>
-#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +17,7 @@ struct StepMetrics {
   std::optional<double> val_loss;
   double lr = 0;
   double grad_norm = 0;
+  bool skipped = false;  // non-finite loss or gradients, step not applied (train.nonfinite: skip)
   double step_ms = 0;
   double tokens_per_s = 0;
   double mfu = 0;        // fraction
@@ -63,15 +63,24 @@ struct Specialisation {
 };
 Specialisation specialisation(const int64_t* joint_DE, int domains, int E);
 
+// Appends whole lines only: a line is written with write(2) until complete, and a write that
+// fails part-way (full disk, file size limit) is cut back to the last whole line before the
+// local error, which names the file and errno's reason. Test: tests/e2e/run_dir.sh.
 class MetricsWriter {
  public:
   MetricsWriter() = default;
   explicit MetricsWriter(const std::string& path);  // truncates; local error if it cannot open
+  MetricsWriter(MetricsWriter&& other) noexcept;
+  MetricsWriter& operator=(MetricsWriter&& other) noexcept;
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+  ~MetricsWriter();
   void write(const StepMetrics& m);
-  bool open() const { return out_.is_open(); }
+  bool open() const { return fd_ >= 0; }
 
  private:
-  std::ofstream out_;
+  int fd_ = -1;
+  int64_t size_ = 0;  // bytes of whole lines written
   std::string path_;
 };
 

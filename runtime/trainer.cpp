@@ -21,10 +21,12 @@
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/core/test_hooks.h"
 #include "runtime/core/timer.h"
 #include "runtime/data/data_source.h"
 #include "runtime/job_spec.h"
 #include "runtime/metrics.h"
+#include "runtime/run_dir_lock.h"
 
 namespace moempi {
 namespace {
@@ -50,12 +52,16 @@ class TrainLoop {
     // Passes that reduce counts do it over the data group (every rank that sees different data).
     BalancingEnv env;
     env.allreduce_counts_data = [&g = g_](int64_t* counts, int n) { allreduce_sum(counts, n, g.data); };
+    AllocationLabel label("building the model: parameters and gradients");
     model_ = std::make_unique<GptMoe>(spec.model, spec.moe, make_placement(spec.moe.num_experts, groups),
                                       make_dispatcher(spec.moe.dispatch, groups), env);
     model_->init_params(spec.job.seed);
     // Data files may be missing or unreadable on some ranks only: fail every rank alike.
     agree_on_errors(groups.world, [&] { data_ = make_data_source(spec.data, spec.model, spec.job.seed); });
-    optimizer_ = make_optimizer(spec.optim, model_->arena());
+    {
+      AllocationLabel optimizer_label("the optimizer state");
+      optimizer_ = make_optimizer(spec.optim, model_->arena());
+    }
     schedule_ = std::make_unique<LrSchedule>(spec.optim, spec.train.steps);
     strategy_ = make_sharding_strategy(spec.parallel, groups);
     data_ranks_ = groups.world.size();
@@ -68,8 +74,11 @@ class TrainLoop {
     summary.sgemm_gflops = allreduce_scalar(measure_sgemm_gflops(), g_.world) / g_.world.size();
     summary.flops_per_token = model_->flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
+    // Rank 0 locks and prepares the run directory; a directory in use ends every rank alike.
+    agree_on_errors(g_.world, [&] {
+      if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
+    });
     announce(summary);
-    if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
 
     const int steps = spec_.train.steps;
     const float grad_scale = 1.0f / (spec_.train.grad_accum * data_ranks_);
@@ -79,9 +88,10 @@ class TrainLoop {
       ~StopWatchdog() { watchdog::stop(); }  // also when a collective error unwinds the loop
     } stop_watchdog;
     double elapsed = 0;
+    AllocationLabel label("activations and dispatch buffers of a training step");
     for (int step = 0; step < steps; ++step) {
       watchdog::set_step(step + 1);
-      maybe_inject_hang(step + 1);
+      test_hooks::at_step(g_.world.rank(), step + 1);  // fault injection in the test binary only
       const double t0 = now_seconds();
       const double exchange0 = model_->exchange_seconds();
       const DispatchStats traffic0 = model_->dispatcher().stats();
@@ -100,6 +110,7 @@ class TrainLoop {
         model_->add_routing(routing);  // before capacity drops; training forwards only
         model_->backward(grad_scale);
       }
+      test_hooks::after_backward(g_.world.rank(), step + 1, model_->arena());  // test binary only
       // One all-reduce of every layer's counts (and dropped slots) over the data ranks: read by
       // the passes' step end and by the metrics.
       allreduce_sum(routing.values.data(), static_cast<int64_t>(routing.values.size()), g_.data);
@@ -111,20 +122,28 @@ class TrainLoop {
         strategy_->sync_grads(model_->arena());
         grad_norm = strategy_->grad_norm(model_->arena());
       }
+      // Step metrics (collective): global mean losses, before the update so that a non-finite
+      // step can be skipped (train.nonfinite).
+      const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
+      const double loss = allreduce_scalar(loss_sum, g_.world) / denom;
+      const double aux = allreduce_scalar(aux_sum, g_.world) / denom;
       const float lr = schedule_->lr_at(step);
-      {
+      const bool skipped = !std::isfinite(loss) || !std::isfinite(grad_norm);  // global values: every rank agrees
+      if (skipped) {
+        const std::string what = describe_nonfinite(step + 1, loss, grad_norm);  // collective
+        if (spec_.train.nonfinite != "skip")
+          fail_collective(what + "; lower optim.lr, set optim.grad_clip, or set train.nonfinite: skip to skip "
+                                 "such steps");
+        if (g_.world.rank() == 0) spdlog::warn("{}; step skipped (train.nonfinite: skip), parameters unchanged", what);
+        ++summary.skipped_steps;
+      } else {
         ScopedTimer t(summary.phase_seconds[kPhaseOptimizer]);
         model_->on_step_end(routing);
         scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
         optimizer_->step(model_->arena(), lr);
-        strategy_->end_step(*model_);
+        warn_on_loss_spike(step + 1, loss);
       }
-      // Step metrics (collective): global mean losses and expert loads.
-      const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
-      const double loss = allreduce_scalar(loss_sum, g_.world) / denom;
-      const double aux = allreduce_scalar(aux_sum, g_.world) / denom;
-      MOEMPI_CHECK_ALL(std::isfinite(loss), "loss is {} at step {}; lower optim.lr or set optim.grad_clip",
-                       loss, step + 1);
+      strategy_->end_step(*model_);  // fssdp drops the replicas, applied or skipped
       const double dt = now_seconds() - t0;
       const double exchange_s = model_->exchange_seconds() - exchange0;  // before eval adds to it
       const DispatchStats traffic = model_->dispatcher().stats();
@@ -152,6 +171,7 @@ class TrainLoop {
       m.val_loss = val;
       m.lr = lr;
       m.grad_norm = grad_norm;
+      m.skipped = skipped;
       m.step_ms = 1e3 * dt;
       m.a2a_frac = exchange_s / dt;
       m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
@@ -193,14 +213,39 @@ class TrainLoop {
   }
 
  private:
-  // Fault injection for the watchdog test (tests/e2e/watchdog.sh): MOEMPI_TEST_HANG="RANK:STEP"
-  // makes that rank stop responding at that step, as a stuck or deadlocked rank would.
-  void maybe_inject_hang(int step) const {
-    static const char* spec = std::getenv("MOEMPI_TEST_HANG");
-    if (!spec) return;
-    int rank = -1, at = -1;
-    if (std::sscanf(spec, "%d:%d", &rank, &at) == 2 && rank == g_.world.rank() && at == step)
-      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  // Collective over the world: what is not finite at `step`, and the first parameter whose
+  // gradient holds a NaN or an infinity (in arena order, on the lowest rank that has one).
+  std::string describe_nonfinite(int step, double loss, double grad_norm) {
+    std::string first;
+    try {
+      agree_on_errors(g_.world, [&] {
+        ParamArena& arena = model_->arena();
+        for (size_t id = 0; id < arena.infos().size(); ++id) {
+          const float* g = arena.grad(id);
+          for (size_t i = 0; i < arena.info(id).numel; ++i)
+            if (!std::isfinite(g[i]))
+              fail_collective(fmt::format("{} (element {} is {})", arena.info(id).name, i, g[i]));
+        }
+      });
+    } catch (const CollectiveError& e) {
+      first = e.what();
+    }
+    std::string what = fmt::format("step {}: ", step);
+    if (!std::isfinite(loss)) what += fmt::format("the loss is {}", loss);
+    else what += fmt::format("the gradient norm is {} (loss {:.4f})", grad_norm, loss);
+    what += first.empty() ? "; every gradient is finite" : "; first non-finite gradient: " + first;
+    return what;
+  }
+
+  // train.loss_spike_factor: a warning when the loss exceeds the factor times the mean of the
+  // recent steps (an exponential moving average over about 10 steps, from the 5th step on).
+  void warn_on_loss_spike(int step, double loss) {
+    const double factor = spec_.train.loss_spike_factor;
+    if (factor > 0 && loss_steps_ >= 5 && loss > factor * loss_ema_ && g_.world.rank() == 0)
+      spdlog::warn("step {}: loss spike: {:.4f} is more than {:g} × the recent mean {:.4f} (train.loss_spike_factor)",
+                   step, loss, factor, loss_ema_);
+    loss_ema_ = loss_steps_ == 0 ? loss : 0.9 * loss_ema_ + 0.1 * loss;
+    ++loss_steps_;
   }
 
   // Collective: global mean validation loss over eval.batches global batches, split over the
@@ -210,13 +255,13 @@ class TrainLoop {
   // of maxvio_global and the joint table of the specialisation. Nothing here touches the
   // training RoutingStats or the passes' step state (forwards with training = false).
   EvalResult evaluate() {
-    const int micro_batches = spec_.eval.batches * spec_.train.grad_accum;
+    const int64_t micro_batches = static_cast<int64_t>(spec_.eval.batches) * spec_.train.grad_accum;
     const auto layers = model_->moe_layers();
     const int E = spec_.moe.num_experts, Dm = std::max(1, data_->num_domains());
     std::vector<int64_t> joint(layers.size() * Dm * E, 0);  // (L, domains, E)
     double sum = 0;
-    for (int i = 0; i < micro_batches; ++i) {
-      const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
+    for (int64_t i = 0; i < micro_batches; ++i) {
+      const int64_t first = (i * data_ranks_ + g_.world.rank()) * B_;
       data_->get(batch_, Split::kVal, first, B_);
       model_->set_position(spec_.job.seed, -1 - i, first);  // eval draws: their own "steps"
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
@@ -291,10 +336,9 @@ class TrainLoop {
   }
 
   void prepare_run_dir() {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    fs::create_directories(spec_.job.run_dir, ec);
-    MOEMPI_CHECK_ONE(!ec, "cannot create job.run_dir '{}': {}", spec_.job.run_dir, ec.message());
+    std::string stale;
+    run_dir_lock_ = RunDirLock(spec_.job.run_dir, &stale);  // creates the directory
+    if (!stale.empty()) spdlog::warn("{}", stale);
     const std::string spec_path = spec_.job.run_dir + "/job.yaml";
     std::ofstream out(spec_path, std::ios::trunc);
     out << job_spec_to_yaml(spec_);
@@ -311,9 +355,12 @@ class TrainLoop {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ShardingStrategy> strategy_;
+  RunDirLock run_dir_lock_;  // rank 0, while files are written
   MetricsWriter metrics_;
   Batch batch_;
   int data_ranks_ = 1, B_ = 1, T_ = 1;
+  double loss_ema_ = 0;  // recent mean loss (warn_on_loss_spike)
+  int64_t loss_steps_ = 0;
 };
 
 }  // namespace

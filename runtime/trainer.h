@@ -33,6 +33,7 @@ struct TrainSummary {
   double sgemm_gflops = 0;      // measured single-thread sgemm rate (mean over ranks)
   double flops_per_token = 0;
   int64_t tokens_per_step = 0;  // global
+  int64_t skipped_steps = 0;    // train.nonfinite: skip
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
   double exchange_seconds = 0;  // dispatchers' exchanges, rank 0 (included in the moe phase)
   std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)

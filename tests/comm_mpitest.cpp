@@ -519,5 +519,33 @@ TEST(AgreeOnErrors, AllRanksFailPlainMessageLowestRankWins) {
   }
 }
 
+// agree_on_text: the same text everywhere passes; a text differing on some ranks is one error on
+// every rank naming those ranks and the difference the lowest of them describes.
+std::string agreed_text_error(const Communicator& world, const std::string& text) {
+  try {
+    agree_on_text(world, text, "the job spec", [&](const std::string& root, const std::string& mine) {
+      return fmt::format("'{}' against '{}' on rank {}", root, mine, world.rank());
+    });
+  } catch (const CollectiveError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(AgreeOnText, SameTextPasses) {
+  EXPECT_EQ(agreed_text_error(Communicator::world(), "optim:\n  lr: 0.001\n"), "");
+}
+
+TEST(AgreeOnText, RanksThatDifferAreNamedWithTheFirstDifference) {
+  const Communicator world = Communicator::world();
+  if (world.size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::string msg = agreed_text_error(world, world.rank() % 2 ? "lr 0.3" : "lr 0.001");
+  std::string ranks = "1";
+  for (int r = 3; r < world.size(); r += 2) ranks += fmt::format(", {}", r);
+  EXPECT_EQ(msg, fmt::format("the job spec differs between ranks: rank{} {} differ{} from rank 0; first "
+                             "difference: 'lr 0.001' against 'lr 0.3' on rank 1",
+                             world.size() >= 4 ? "s" : "", ranks, world.size() >= 4 ? "" : "s"));
+}
+
 }  // namespace
 }  // namespace moempi

@@ -16,6 +16,7 @@
 
 #include "models/moe/balancing_pass.h"
 #include "optim/lr_schedule.h"
+#include "runtime/memory_estimate.h"
 #include "optim/optimizer.h"
 #include "parallel/sharding_strategy.h"
 #include "runtime/core/error.h"
@@ -179,7 +180,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"data:\n  val_fraction: -0.1\n", {"data.val_fraction: expected a number in [0, 1), got -0.1"}},
         BadValueCase{"train:\n  grad_accum: 0\n", {"train.grad_accum: expected an integer >= 1, got 0"}},
         BadValueCase{"train:\n  micro_batch: 2.5\n", {"train.micro_batch: expected an integer, got '2.5'"}},
-        BadValueCase{"comm:\n  timeout_s: 0\n", {"comm.timeout_s: expected a number > 0, got 0"}}));
+        BadValueCase{"comm:\n  timeout_s: -1\n", {"comm.timeout_s: expected a number >= 0, got -1"}}));
 
 INSTANTIATE_TEST_SUITE_P(
     Enums, JobSpecBadValue,
@@ -708,6 +709,45 @@ TEST(JobSpec, EnumNames) {
   EXPECT_STREQ(name_of(NormType::kRmsNorm), "rmsnorm");
   EXPECT_STREQ(name_of(Activation::kSwiglu), "swiglu");
   EXPECT_STREQ(name_of(ScoreFn::kSigmoid), "sigmoid");
+}
+
+}  // namespace
+}  // namespace moempi
+
+namespace moempi {
+namespace {
+
+// The memory estimate (runtime/memory_estimate.h): exact parameter count of the reference shapes,
+// the parts adding up, and the refusal naming the keys that drive the largest part.
+TEST(MemoryEstimate, CountsTheTinyModelsParametersAndRefusesWhatCannotFit) {
+  JobSpec s;  // defaults: V 256, D 64, 2 layers, 4 experts of 128, layernorm, gelu, adamw
+  const MemoryEstimate m = estimate_memory(s, 1);
+  const double D = 64, V = 256, T = 64, E = 4, F = 128;
+  const double per_layer = 2 * 2 * D + 3 * D * D + 3 * D + D * D + D + D * E + E * (D * F + F * D);
+  EXPECT_DOUBLE_EQ(m.params, 4 * (V * D + T * D + 2 * D + 2 * per_layer));
+  EXPECT_DOUBLE_EQ(m.grads, m.params);
+  EXPECT_DOUBLE_EQ(m.optimizer, 2 * m.params);  // AdamW: two moments
+  EXPECT_GT(m.activations, 0);
+  EXPECT_DOUBLE_EQ(estimate_memory(s, 2).params, m.params - 4 * 2 * 2 * (D * F + F * D));  // ep 2: half the experts
+  EXPECT_NO_THROW(check_memory_fits(s, m, 1, 1e9));
+  try {
+    check_memory_fits(s, m, 4, m.total() * 3);
+    FAIL() << "4 ranks of the estimate do not fit in 3 times it";
+  } catch (const CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("for the 4 ranks on this machine"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("train.micro_batch"), std::string::npos) << e.what();
+  }
+  s.model.n_layers = 100000000;
+  s.train.micro_batch = 1;
+  try {
+    check_memory_fits(s, estimate_memory(s, 1), 1, 24e9);
+    FAIL() << "10^8 layers fit in 24 GB";
+  } catch (const CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.n_layers"), std::string::npos) << e.what();
+  }
+  s = JobSpec{};
+  s.train.micro_batch = 2147483647;
+  EXPECT_THROW(check_memory_fits(s, estimate_memory(s, 1), 1, 0), CollectiveError);  // 32-bit indexing, any machine
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "runtime/core/arena.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <unordered_set>
@@ -8,15 +9,32 @@
 
 namespace moempi {
 namespace {
-float* aligned_zeroed(size_t n) {
+thread_local const char* t_allocation_label = "";
+
+std::string bytes_text(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (b >= 1024 && u < 6) b /= 1024, ++u;
+  return fmt::format("{:.1f} {}", b, units[u]);
+}
+
+float* aligned_zeroed(size_t n, const char* what) {
+  const std::string label = *AllocationLabel::current() ? fmt::format(" ({})", AllocationLabel::current()) : "";
+  MOEMPI_CHECK_ONE(n <= (SIZE_MAX - 63) / sizeof(float), "cannot allocate {} floats for {}{}: the size overflows",
+                   n, what, label);
   size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
   if (bytes == 0) bytes = 64;
   void* p = std::aligned_alloc(64, bytes);
-  MOEMPI_CHECK_ONE(p != nullptr, "out of memory allocating {} bytes", bytes);
+  MOEMPI_CHECK_ONE(p != nullptr, "out of memory allocating {} ({} bytes) for {}{}", bytes_text(static_cast<double>(bytes)),
+                   bytes, what, label);
   std::memset(p, 0, bytes);
   return static_cast<float*>(p);
 }
 }  // namespace
+
+AllocationLabel::AllocationLabel(const char* what) : prev_(t_allocation_label) { t_allocation_label = what; }
+AllocationLabel::~AllocationLabel() { t_allocation_label = prev_; }
+const char* AllocationLabel::current() { return t_allocation_label; }
 
 void ParamArena::AlignedFree::operator()(float* p) const { std::free(p); }
 void FloatBuffer::AlignedFree::operator()(float* p) const { std::free(p); }
@@ -24,8 +42,7 @@ void FloatBuffer::AlignedFree::operator()(float* p) const { std::free(p); }
 ParamArena::Id ParamArena::add(std::string name, std::vector<int64_t> shape, ParamKind kind,
                                bool decay) {
   MOEMPI_CHECK_ALL(!allocated_, "ParamArena::add({}) after allocate()", name);
-  for (const auto& info : infos_)
-    MOEMPI_CHECK_ALL(info.name != name, "parameter '{}' registered twice", name);
+  MOEMPI_CHECK_ALL(index_.emplace(name, infos_.size()).second, "parameter '{}' registered twice", name);
   ParamInfo info;
   info.name = std::move(name);
   info.numel = 1;
@@ -48,14 +65,13 @@ void ParamArena::allocate() {
     if (kind == ParamKind::kDense) dense_numel_ = off;
   }
   total_ = off;
-  params_.ptr.reset(aligned_zeroed(total_));
-  grads_.ptr.reset(aligned_zeroed(total_));
+  params_.ptr.reset(aligned_zeroed(total_, "the parameters"));
+  grads_.ptr.reset(aligned_zeroed(total_, "the gradients"));
   allocated_ = true;
 }
 
 ParamArena::Id ParamArena::find(const std::string& name) const {
-  for (size_t i = 0; i < infos_.size(); ++i)
-    if (infos_[i].name == name) return i;
+  if (auto it = index_.find(name); it != index_.end()) return it->second;
   fail_collective(fmt::format("no parameter named '{}'", name));
 }
 
@@ -63,7 +79,7 @@ void ParamArena::zero_grads() { std::memset(grads_.data(), 0, total_ * sizeof(fl
 
 void FloatBuffer::resize(size_t n) {
   if (n > capacity_) {
-    data_.ptr.reset(aligned_zeroed(n));
+    data_.ptr.reset(aligned_zeroed(n, "a float buffer"));
     capacity_ = n;
   }
   size_ = n;

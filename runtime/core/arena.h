@@ -9,11 +9,26 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace moempi {
 
 enum class ParamKind { kDense, kExpert };
+
+// Names what the current thread is allocating, for the message of an allocation failure ("out of
+// memory allocating 12.0 GiB for the optimizer state"): a scope; nested scopes restore the outer.
+class AllocationLabel {
+ public:
+  explicit AllocationLabel(const char* what);  // a string literal (or outliving the scope)
+  ~AllocationLabel();
+  AllocationLabel(const AllocationLabel&) = delete;
+  AllocationLabel& operator=(const AllocationLabel&) = delete;
+  static const char* current();  // "" outside any scope
+
+ private:
+  const char* prev_;
+};
 
 struct ParamInfo {
   std::string name;            // global name, e.g. "layers.1.moe.experts.5.w1"
@@ -57,6 +72,7 @@ class ParamArena {
     float* data() const { return ptr.get(); }
   };
   std::vector<ParamInfo> infos_;
+  std::unordered_map<std::string, Id> index_;  // name -> id: add() and find() in O(1)
   Buffer params_, grads_;
   size_t total_ = 0, dense_numel_ = 0;
   bool allocated_ = false;

@@ -19,7 +19,17 @@ std::string lower(std::string s) {
 }
 constexpr std::array kAvx512Cores = {"skylakex", "cooperlake", "sapphirerapids"};
 constexpr std::array kAvx2Cores = {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"};
+// OPENBLAS_CORETYPE values OpenBLAS's x86-64 DYNAMIC_ARCH build accepts (driver/others/dynamic.c).
+constexpr std::array kKnownCores = {"katmai",     "coppermine", "northwood", "prescott", "banias",   "atom",
+                                    "core2",      "penryn",     "dunnington", "nehalem", "sandybridge",
+                                    "haswell",    "skylakex",   "cooperlake", "sapphirerapids", "opteron",
+                                    "opteron_sse3", "barcelona", "bobcat",   "bulldozer", "piledriver",
+                                    "steamroller", "excavator", "zen"};
 }  // namespace
+
+bool is_known_coretype(const std::string& name) {
+  return std::find(kKnownCores.begin(), kKnownCores.end(), lower(name)) != kKnownCores.end();
+}
 
 const char* preferred_coretype() {
   __builtin_cpu_init();
@@ -55,6 +65,7 @@ void ensure_fast_kernel(int argc, char** argv) {
     want = preferred_coretype();
   } else {
     if (lower(corename()) == lower(mode)) return;
+    if (!is_known_coretype(mode)) return;  // no re-exec for a name OpenBLAS would ignore; kernel_note says so
     want = mode;
   }
   const char* before = std::getenv("OPENBLAS_CORETYPE");
@@ -68,7 +79,12 @@ void ensure_fast_kernel(int argc, char** argv) {
 std::string kernel_note() {
   std::string note = fmt::format("OpenBLAS core {} ({} thread{})", corename(), num_threads(),
                                  num_threads() == 1 ? "" : "s");
-  if (const char* from = std::getenv("MOEMPI_BLAS_REEXEC"))
+  const char* mode = std::getenv("MOEMPI_BLAS_CORETYPE");
+  if (mode && *mode && lower(mode) != "auto" && lower(mode) != "keep" && !is_known_coretype(mode))
+    note += fmt::format(", MOEMPI_BLAS_CORETYPE={} is not an OpenBLAS core type (one of auto, keep, Haswell, "
+                        "SkylakeX, Zen, ...): kernel left as loaded",
+                        mode);
+  else if (const char* from = std::getenv("MOEMPI_BLAS_REEXEC"))
     note += fmt::format(", switched from {} by moempi (MOEMPI_BLAS_CORETYPE=keep to leave it)", from);
   else if (!is_fast_enough(corename()))
     note += fmt::format(", SLOW: this CPU supports {}; unset OPENBLAS_CORETYPE or set "

@@ -17,6 +17,8 @@ void ensure_fast_kernel(int argc, char** argv);
 const char* preferred_coretype();
 // True if `core` (an openblas_get_corename() value) is as fast a kernel family as the CPU allows.
 bool is_fast_enough(const std::string& core);
+// Whether OpenBLAS (x86-64, DYNAMIC_ARCH) knows `name` as an OPENBLAS_CORETYPE (case-insensitive).
+bool is_known_coretype(const std::string& name);
 // One line for the start-up log: what was loaded and, if moempi changed it, from what.
 std::string kernel_note();
 

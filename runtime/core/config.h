@@ -119,6 +119,10 @@ struct TrainSpec {
   int micro_batch = 8;   // sequences per micro-batch per rank
   int grad_accum = 1;    // micro-batches per optimizer step
   int log_interval = 10;
+  // A step whose loss or gradient norm is not finite: "abort" ends the job naming the step and the
+  // first offending tensor; "skip" leaves the parameters unchanged for that step and warns.
+  std::string nonfinite = "abort";
+  float loss_spike_factor = 2.0f;  // warn when a step's loss exceeds this × the recent mean; 0 = off
 };
 
 struct EvalSpec {

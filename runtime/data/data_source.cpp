@@ -27,7 +27,7 @@ const DataSourceRegistry& data_source_registry() {
       // name, factory, keys only this source accepts (val_fraction: every one), one-line doc
       {"synthetic", &open_synthetic_source, {}, "built-in multi-domain byte corpus, never repeats"},
       {"text", &open_text_source, path_key(), "a byte-level text file (path: the file)"},
-      {"tokens", &open_token_source, path_key(), "uint16 token shards, memory-mapped (path: a shard or a directory of *.bin)"},
+      {"tokens", &open_token_source, path_key(), "uint16 token shards, read with pread (path: a shard or a directory of *.bin)"},
   });
   return registry;
 }

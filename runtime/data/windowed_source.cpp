@@ -3,7 +3,6 @@
 #include "runtime/data/windowed_source.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,36 +19,55 @@
 namespace moempi {
 
 // ---------------------------------------------------------------------------------------------
-MappedFile::MappedFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  MOEMPI_CHECK_ALL(fd >= 0, "{}: cannot open: {} (data.path)", path, std::strerror(errno));
+DataFile::DataFile(const std::string& path) : path_(path) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  MOEMPI_CHECK_ALL(fd_ >= 0, "{}: cannot open: {} (data.path)", path, std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
     const int err = errno;
-    ::close(fd);
+    ::close(fd_);
+    fd_ = -1;
+    const char* kind = S_ISDIR(st.st_mode)    ? " but a directory"
+                       : S_ISFIFO(st.st_mode) ? " but a FIFO (named pipe)"
+                       : S_ISCHR(st.st_mode)  ? " but a character device"
+                       : S_ISSOCK(st.st_mode) ? " but a socket"
+                                              : "";
     fail_collective(fmt::format("{}: not a regular file{} (data.path)", path,
-                                S_ISDIR(st.st_mode) ? " but a directory" : err ? std::string(": ") + std::strerror(err) : ""));
+                                *kind ? std::string(kind) : err ? std::string(": ") + std::strerror(err) : ""));
   }
+  ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
   size_ = static_cast<size_t>(st.st_size);
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    MOEMPI_CHECK_ALL(p != MAP_FAILED, "{}: cannot memory-map {} bytes: {}", path, size_, std::strerror(err));
-    data_ = static_cast<const uint8_t*>(p);
-  } else {
-    ::close(fd);
-  }
 }
 
-MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(other.data_), size_(other.size_) {
-  other.data_ = nullptr;
+DataFile::DataFile(DataFile&& other) noexcept : path_(std::move(other.path_)), fd_(other.fd_), size_(other.size_) {
+  other.fd_ = -1;
   other.size_ = 0;
 }
 
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+DataFile::~DataFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void DataFile::read_at(int64_t offset, void* out, size_t bytes) const {
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = ::pread(fd_, static_cast<char*>(out) + done, bytes - done, offset + static_cast<int64_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : 0;
+      struct stat st {};
+      const long long now = ::fstat(fd_, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
+      fail_local(__FILE__, __LINE__,
+                 err ? fmt::format("{}: cannot read {} bytes at offset {}: {} (data.path)", path_, bytes, offset,
+                                   std::strerror(err))
+                     : fmt::format("{}: the file changed during the run: it had {} bytes at start and has {} now, "
+                                   "so {} bytes at offset {} cannot be read (data.path); do not modify data files "
+                                   "while a job reads them",
+                                   path_, size_, now, bytes, offset));
+    }
+    done += static_cast<size_t>(n);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -79,7 +97,7 @@ uint64_t permute_index(uint64_t i, uint64_t n, uint64_t key) {
 }
 
 // ---------------------------------------------------------------------------------------------
-WindowedSource::WindowedSource(std::string kind, std::vector<MappedFile> files, std::vector<Segment> segments,
+WindowedSource::WindowedSource(std::string kind, std::vector<DataFile> files, std::vector<Segment> segments,
                                const DataSpec& data, int seq_len, uint64_t seed)
     : kind_(std::move(kind)),
       path_(data.path),
@@ -132,12 +150,14 @@ void WindowedSource::read(int64_t pos, int n, int32_t* out) const {
   while (n > 0) {
     const Segment& seg = segments_.at(s);
     const int take = static_cast<int>(std::min<int64_t>(n, seg.count - offset));
+    bytes_.resize(static_cast<size_t>(take) * seg.token_bytes);
+    files_[static_cast<size_t>(seg.file)].read_at(seg.offset + offset * seg.token_bytes, bytes_.data(), bytes_.size());
     if (seg.token_bytes == 1) {
-      for (int i = 0; i < take; ++i) out[i] = seg.data[offset + i];
+      for (int i = 0; i < take; ++i) out[i] = bytes_[static_cast<size_t>(i)];
     } else {
       for (int i = 0; i < take; ++i) {
         uint16_t t;
-        std::memcpy(&t, seg.data + 2 * (offset + i), 2);
+        std::memcpy(&t, bytes_.data() + 2 * i, 2);
         out[i] = t;
       }
     }
@@ -171,21 +191,33 @@ std::unique_ptr<DataSource> open_text_source(const DataSpec& data, const ModelSp
   MOEMPI_CHECK_ALL(model.vocab_size >= 256,
                    "model.vocab_size ({}) is smaller than 256, but data.type text produces byte tokens",
                    model.vocab_size);
-  std::vector<MappedFile> files;
+  std::vector<DataFile> files;
   files.emplace_back(data.path);
-  std::vector<WindowedSource::Segment> segments{{files[0].data(), static_cast<int64_t>(files[0].size()), 1}};
+  std::vector<WindowedSource::Segment> segments{{0, 0, static_cast<int64_t>(files[0].size()), 1}};
   return std::make_unique<WindowedSource>("text", std::move(files), std::move(segments), data, model.seq_len, seed);
 }
 
 std::unique_ptr<DataSource> open_token_source(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
   MOEMPI_CHECK_ALL(!data.path.empty(), "data.path: missing; data.type tokens reads a shard or a directory of shards");
-  std::vector<MappedFile> files;
+  std::vector<DataFile> files;
   std::vector<WindowedSource::Segment> segments;
   for (const auto& shard : list_token_shards(data.path)) {
     files.emplace_back(shard);
-    const MappedFile& f = files.back();
-    const uint64_t count = check_token_shard(shard, f.data(), f.size(), model.vocab_size);
-    segments.push_back({f.data() + kTokenShardHeaderBytes, static_cast<int64_t>(count), 2});
+    const DataFile& f = files.back();
+    // The header, then the tokens in chunks: memory stays bounded whatever the shard's size.
+    uint8_t header[kTokenShardHeaderBytes] = {};
+    f.read_at(0, header, std::min(f.size(), sizeof header));
+    const uint64_t count = check_token_shard_header(shard, header, f.size());
+    std::vector<uint8_t> chunk;
+    for (uint64_t i = 0; i < count;) {
+      const uint64_t n = std::min<uint64_t>(count - i, uint64_t{1} << 20);
+      chunk.resize(2 * n);
+      f.read_at(static_cast<int64_t>(kTokenShardHeaderBytes + 2 * i), chunk.data(), chunk.size());
+      check_shard_tokens(shard, chunk.data(), i, n, model.vocab_size);
+      i += n;
+    }
+    segments.push_back({static_cast<int>(files.size() - 1), static_cast<int64_t>(kTokenShardHeaderBytes),
+                        static_cast<int64_t>(count), 2});
   }
   return std::make_unique<WindowedSource>("tokens", std::move(files), std::move(segments), data, model.seq_len, seed);
 }

@@ -1,4 +1,5 @@
-// Corpus-backed sources (data.type text and tokens): memory-mapped files seen as one token stream,
+// Corpus-backed sources (data.type text and tokens): files read with pread (never memory-mapped, so a
+// file that shrinks during the run is a clear error naming it, not SIGBUS) seen as one token stream,
 // cut into a train prefix and a val suffix, read as windows of T + 1 tokens (stride T) in a seeded
 // order per epoch. Guarantee: sequence i of a split is window permute_index(i % n, n, key(epoch =
 // i / n)) for every rank and world size; a split shorter than T + 1 tokens is a collective error
@@ -13,23 +14,27 @@
 
 namespace moempi {
 
-// A read-only memory map of a whole file (RAII). Open failures are collective errors naming it.
-class MappedFile {
+// A regular file open for reading (RAII). The file is checked to be a regular file before
+// anything blocks on it (a FIFO or a device is refused, never waited on). Open failures are
+// collective errors naming it; a read that finds the file shorter than it was at open (truncated
+// during the run) is a local error naming the file, the offset and both sizes.
+class DataFile {
  public:
-  explicit MappedFile(const std::string& path);
-  ~MappedFile();
-  MappedFile(MappedFile&& other) noexcept;
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  MappedFile& operator=(MappedFile&&) = delete;
+  explicit DataFile(const std::string& path);
+  ~DataFile();
+  DataFile(DataFile&& other) noexcept;
+  DataFile(const DataFile&) = delete;
+  DataFile& operator=(const DataFile&) = delete;
+  DataFile& operator=(DataFile&&) = delete;
 
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
+  // Exactly `bytes` bytes at `offset` into `out`.
+  void read_at(int64_t offset, void* out, size_t bytes) const;
+  size_t size() const { return size_; }  // at open
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  const uint8_t* data_ = nullptr;
+  int fd_ = -1;
   size_t size_ = 0;
 };
 
@@ -39,15 +44,16 @@ uint64_t permute_index(uint64_t i, uint64_t n, uint64_t key);
 
 class WindowedSource : public DataSource {
  public:
-  // Tokens [0, count) of one file: `data` holds count tokens of `token_bytes` (1 or 2) bytes.
+  // Tokens [0, count) of files[file]: count tokens of `token_bytes` (1 or 2) bytes from byte `offset`.
   struct Segment {
-    const uint8_t* data = nullptr;
+    int file = 0;
+    int64_t offset = 0;
     int64_t count = 0;
     int token_bytes = 1;
   };
 
-  // `kind` is "text" or "tokens" (the domain name); `files` keeps the maps alive.
-  WindowedSource(std::string kind, std::vector<MappedFile> files, std::vector<Segment> segments,
+  // `kind` is "text" or "tokens" (the domain name); segments read from `files`.
+  WindowedSource(std::string kind, std::vector<DataFile> files, std::vector<Segment> segments,
                  const DataSpec& data, int seq_len, uint64_t seed);
 
   void get(Batch& out, Split split, int64_t first_seq, int B) override;
@@ -65,13 +71,14 @@ class WindowedSource : public DataSource {
   void read(int64_t pos, int n, int32_t* out) const;  // tokens [pos, pos + n) of the stream
 
   std::string kind_, path_;
-  std::vector<MappedFile> files_;
+  std::vector<DataFile> files_;
   std::vector<Segment> segments_;
   std::vector<int64_t> segment_start_;  // first stream position of each segment
   int T_;
   uint64_t seed_;
   int64_t total_ = 0, train_tokens_ = 0;
   std::vector<int32_t> window_;
+  mutable std::vector<uint8_t> bytes_;  // read() scratch
 };
 
 // data.type text: data.path is any file, one byte = one token.

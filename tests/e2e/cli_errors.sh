@@ -75,4 +75,35 @@ cp "$TMP/good.bin" "$TMP/badtoken.bin"
 printf '\x2c\x01' | dd of="$TMP/badtoken.bin" bs=1 seek=224 conv=notrunc 2>/dev/null  # token 300 at offset 224
 expect_error "out-of-vocab token" "badtoken.bin" "offset 224" "300" -- \
   "$MOEMPI" train configs/tiny.yaml --set data.type=tokens --set data.path="$TMP/badtoken.bin" --set job.run_dir="$TMP/t"
+
+# Issue 12, defect 6: eval.batches × train.grad_accum overflowed int32 (val -0.0000, exit 0).
+expect_error "eval micro-batches beyond int32" "eval.batches (1073741824) × train.grad_accum (2)" -- \
+  "$MOEMPI" validate configs/tiny.yaml --set eval.batches=1073741824 --set train.grad_accum=2 --set eval.interval=1
+# Defect 10: comm.timeout_s 0 = off (as documented); negative refused; sub-second printed as given.
+out=$("$MOEMPI" validate configs/tiny.yaml --set comm.timeout_s=0 2>&1) && pass "comm.timeout_s 0 (off) validates" \
+  || fail "comm.timeout_s 0: $out"
+out=$("$MOEMPI" train configs/tiny.yaml --set comm.timeout_s=0 --set train.steps=2 --set job.run_dir="$TMP/nowd" 2>&1) \
+  && pass "trains with the watchdog off" || fail "comm.timeout_s 0 run: $out"
+expect_error "negative comm.timeout_s" "comm.timeout_s" ">= 0" -- "$MOEMPI" validate configs/tiny.yaml --set comm.timeout_s=-1
+# Defect 14: a second YAML document is refused, not silently ignored.
+{ cat configs/tiny.yaml; printf -- '---\nmodel:\n  d_modle: 3\n'; } > "$TMP/two_docs.yaml"
+expect_error "second YAML document after ---" "two_docs.yaml" "a second YAML document" -- "$MOEMPI" validate "$TMP/two_docs.yaml"
+{ cat configs/tiny.yaml; printf -- '...\nfoo: 1\n'; } > "$TMP/two_docs_end.yaml"
+expect_error "second YAML document after ..." "a second YAML document" -- "$MOEMPI" validate "$TMP/two_docs_end.yaml"
+# Defect 15: CLI details.
+expect_error "unknown subcommand named" "unknown subcommand 'trian'" "did you mean 'train'" -- "$MOEMPI" trian configs/tiny.yaml
+expect_error "unknown bench subcommand named" "unknown subcommand 'alltoal' of moempi bench" "did you mean 'alltoall'" -- \
+  "$MOEMPI" bench alltoal
+expect_error "validate --np -3" "--np (-3)" -- "$MOEMPI" validate configs/tiny.yaml --np -3
+expect_error "bench dispatch -T 0 -D 0 names -D" "-D (0) must be >= 1" -- "$MOEMPI" bench dispatch -T 0 -D 0
+long=$(head -c 100000 /dev/zero | tr '\0' a)
+out=$("$MOEMPI" validate configs/tiny.yaml --set "x=$long" 2>&1 || true)
+[ "${#out}" -lt 2000 ] && grep -q "characters cut" <<<"$out" && pass "a 100 KB --set is cut in the message (${#out} bytes)" \
+  || fail "100 KB argument echoed: ${#out} bytes"
+out=$("$MOEMPI" train --bogus "$long" 2>&1 || true)
+[ "${#out}" -lt 2000 ] && pass "a 100 KB unexpected argument is cut (${#out} bytes)" || fail "CLI11 echo: ${#out} bytes"
+# Defect 16: an unknown MOEMPI_BLAS_CORETYPE is said to be unknown, not "switched".
+out=$(MOEMPI_BLAS_CORETYPE=bogus "$MOEMPI" train configs/tiny.yaml --set train.steps=1 --set job.run_dir="$TMP/bogus" 2>&1)
+grep -q "MOEMPI_BLAS_CORETYPE=bogus is not an OpenBLAS core type" <<<"$out" && ! grep -q "switched from" <<<"$out" \
+  && pass "MOEMPI_BLAS_CORETYPE=bogus: $(grep -o 'OpenBLAS core.*' <<<"$out" | head -1)" || fail "bogus core type: $out"
 finish

@@ -2,6 +2,7 @@
 set -euo pipefail
 MOEMPI=$1
 SRC=$2
+MOEMPI_HOOKS=${3:-}  # the same binary with fault-injection hooks (MOEMPI_TEST_HANG), for tests only
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 cd "$SRC"

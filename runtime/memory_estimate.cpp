@@ -1,0 +1,128 @@
+#include "runtime/memory_estimate.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "runtime/core/error.h"
+
+namespace moempi {
+
+std::string format_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (b >= 1024 && u < 6) {
+    b /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.{}f} {}", b, b < 10 ? 1 : 0, units[u]);
+}
+
+std::string MemoryEstimate::describe() const {
+  return fmt::format("{} per rank (params {}, grads {}, optimizer {}, activations {}, dispatch {})",
+                     format_bytes(total()), format_bytes(params), format_bytes(grads), format_bytes(optimizer),
+                     format_bytes(activations), format_bytes(dispatch));
+}
+
+// Counts in double: the point is to refuse sizes that overflow every integer type.
+MemoryEstimate estimate_memory(const JobSpec& s, int ep) {
+  const ModelSpec& m = s.model;
+  const MoeSpec& moe = s.moe;
+  const double V = m.vocab_size, D = m.d_model, T = m.seq_len, L = m.n_layers, H = m.n_heads;
+  const bool swiglu = m.activation == Activation::kSwiglu;
+  const double F = m.d_ff, FI = swiglu ? 2 * F : F;
+  const double Fe = moe.d_ff_expert, Fe1 = swiglu ? 2 * Fe : Fe;
+  const double E = moe.num_experts, K = moe.top_k, S = moe.num_shared_experts;
+  const double E_local = E / std::max(1, ep);
+  const double L_moe = std::floor(L / std::max(1, moe.every_n_layers)), L_dense = L - L_moe;
+  const double norm = m.norm == NormType::kLayerNorm ? 2 * D : D;
+
+  double params = V * D + T * D + norm;  // embeddings (tied head), final norm
+  params += L * (2 * norm + 3 * D * D + 3 * D + D * D + D);  // norms, attention
+  params += L_dense * (D * FI + FI + F * D + D);
+  params += L_moe * (D * E + (E_local + S) * (D * Fe1 + Fe * D));
+
+  const double B = s.train.micro_batch, N = B * T;
+  // Per block (gpt_moe.cpp forward): ln1, qkv, attention probabilities, attention out, residuals,
+  // ln2, ffn out, norm statistics; dense FFN hidden, or the router's (N, E) buffers and the
+  // expert rows (N k on average per rank) of the MoE layer.
+  double act = L * (10 * N * D + B * H * T * T + 4 * N);
+  act += L_dense * (N * FI + N * F);
+  act += L_moe * (6 * N * E + 4 * N * K + N * K * (Fe1 + Fe) + S * N * (Fe1 + Fe) + 2 * N * D);
+  act += N * D + 2 * N * V + 3 * N;  // final norm, logits and probabilities
+  act += 5 * N * D + std::max(FI, Fe1) * N + std::max(F, Fe) * N;  // backward scratch
+  act += 2 * N;                       // tokens and targets (int32)
+  // Rows sent to and received from the experts and their results (both directions).
+  const double headroom = std::max(1.0f, moe.dispatch.shm.headroom);
+  const double dispatch = L_moe > 0 ? 4 * N * K * D * headroom + 4 * N * K : 0;
+
+  MemoryEstimate out;
+  out.params = 4 * params;
+  out.grads = 4 * params;
+  out.optimizer = s.optim.type == "adamw" ? 8 * params : s.optim.type == "sgd" ? 4 * params : 8 * params;
+  out.activations = 4 * act;
+  out.dispatch = 4 * dispatch;
+  return out;
+}
+
+double machine_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("MemTotal:", 0) != 0) continue;
+    std::istringstream ss(line.substr(9));
+    double kib = 0;
+    if (ss >> kib && kib > 0) return kib * 1024;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0;
+}
+
+void check_memory_fits(const JobSpec& s, const MemoryEstimate& m, int ranks_on_machine, double machine_bytes) {
+  const ModelSpec& model = s.model;
+  const double N = static_cast<double>(s.train.micro_batch) * model.seq_len;
+  // Buffers are indexed with int in the kernels: each must hold fewer than 2^31 elements.
+  struct Extent {
+    double n;
+    const char* what;
+    const char* keys;
+  };
+  const Extent extents[] = {
+      {N, "tokens per micro-batch", "train.micro_batch × model.seq_len"},
+      {N * model.vocab_size, "logits per micro-batch", "train.micro_batch × model.seq_len × model.vocab_size"},
+      {static_cast<double>(s.train.micro_batch) * model.n_heads * model.seq_len * model.seq_len,
+       "attention probabilities per layer", "train.micro_batch × model.n_heads × model.seq_len²"},
+      {N * 3 * model.d_model, "qkv activations per layer", "train.micro_batch × model.seq_len × 3 model.d_model"},
+      {N * s.moe.num_experts, "router scores per layer", "train.micro_batch × model.seq_len × moe.num_experts"},
+      {N * s.moe.top_k * 2.0 * std::max(s.moe.d_ff_expert, model.d_ff), "expert hidden activations per layer",
+       "train.micro_batch × model.seq_len × moe.top_k × moe.d_ff_expert"},
+  };
+  for (const Extent& e : extents)
+    MOEMPI_CHECK_ALL(e.n < static_cast<double>(INT_MAX),
+                     "the {} ({} = {:.4g}) exceed 2^31 - 1 elements, the largest buffer moempi indexes; lower {}",
+                     e.what, e.keys, e.n, e.keys);
+  if (machine_bytes <= 0) return;
+  const double need = m.total() * std::max(1, ranks_on_machine);
+  if (need <= machine_bytes) return;
+  const double model_part = m.params + m.grads + m.optimizer;
+  const char* advice = model_part >= m.activations + m.dispatch
+                           ? "the model state (params, grads, optimizer) dominates: lower model.n_layers, "
+                             "model.d_model, model.vocab_size, moe.num_experts or moe.d_ff_expert, or split the "
+                             "experts over more ranks (parallel.ep)"
+                           : "activations dominate: lower train.micro_batch (raise train.grad_accum to keep the "
+                             "global batch), model.seq_len or model.n_layers";
+  fail_collective(fmt::format("the job needs about {}{}, more than this machine's {} of memory; {}", m.describe(),
+                              ranks_on_machine > 1 ? fmt::format(", {} for the {} ranks on this machine",
+                                                                 format_bytes(need), ranks_on_machine)
+                                                   : std::string(),
+                              format_bytes(machine_bytes), advice));
+}
+
+}  // namespace moempi

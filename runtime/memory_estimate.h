@@ -1,0 +1,35 @@
+// What a rank will allocate for a job, estimated from the spec before anything is allocated:
+// parameters, gradients, optimizer state, activations of one micro-batch (forward and backward
+// buffers) and the dispatcher's row buffers. `moempi validate` and the start-up print it, and a
+// job whose ranks on one machine cannot fit in its memory is refused (a collective error naming
+// the largest part and the keys that drive it) instead of dying in std::bad_alloc.
+// Also refuses shapes whose buffers exceed 32-bit indexing. Tests: tests/job_spec_test.cpp
+// (MemoryEstimate.*), tests/e2e/resources.sh.
+#pragma once
+#include <string>
+
+#include "runtime/core/config.h"
+
+namespace moempi {
+
+struct MemoryEstimate {
+  double params = 0, grads = 0, optimizer = 0, activations = 0, dispatch = 0;  // bytes per rank
+  double total() const { return params + grads + optimizer + activations + dispatch; }
+  // "48.2 MiB per rank (params 1.2 MiB, grads 1.2 MiB, optimizer 2.4 MiB, activations 40 MiB, dispatch 3.4 MiB)"
+  std::string describe() const;
+};
+
+// `ep` is the resolved parallel.ep (>= 1): ranks that share the experts.
+MemoryEstimate estimate_memory(const JobSpec& spec, int ep);
+
+// The machine's physical memory in bytes (MemTotal of /proc/meminfo, else sysconf).
+double machine_memory_bytes();
+
+// "1.5 GiB", "320 MiB", "12 KiB".
+std::string format_bytes(double bytes);
+
+// Collective error when `ranks_on_machine` ranks of this estimate need more than `machine_bytes`,
+// or when a buffer exceeds 32-bit indexing; `where` names the check ("validate", "start-up").
+void check_memory_fits(const JobSpec& spec, const MemoryEstimate& m, int ranks_on_machine, double machine_bytes);
+
+}  // namespace moempi
