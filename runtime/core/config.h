@@ -104,6 +104,7 @@ struct TrainSpec {
   int micro_batch = 8;   // sequences per micro-batch per rank
   int grad_accum = 1;    // micro-batches per optimizer step
   int log_interval = 10;
+  int global_batch = 0;  // sequences per optimizer step; > 0: grad_accum = global_batch / (micro_batch × world)
 };
 
 struct EvalSpec {
@@ -112,7 +113,9 @@ struct EvalSpec {
 };
 
 struct CheckpointSpec {
-  int interval = 0;  // checkpoints are not implemented yet: must stay 0
+  int interval = 0;             // save every this many steps and at the last step; 0 = never
+  int keep_last = 3;            // complete checkpoints kept (older ones removed); 0 = all
+  std::string resume = "auto";  // auto: continue from <run_dir>/ckpt's latest usable checkpoint, if any | never
 };
 
 struct MetricsSpec {
