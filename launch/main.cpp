@@ -16,6 +16,7 @@
 #include "comm/agreement.h"
 #include "comm/watchdog.h"
 #include "comm/process_groups.h"
+#include "runtime/checkpoint/checkpoint.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -74,6 +75,14 @@ int run_encode(const std::string& in_path, const std::string& out_path) {
   return 0;
 }
 
+// `moempi ckpt inspect|verify DIR`: one process (no MPI communication); exit 0 or 2.
+int run_ckpt(const std::string& dir, bool verify_only) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MOEMPI_CHECK_ALL(size == 1, "moempi ckpt runs on one process; run it without mpirun (world size {})", size);
+  return moempi::inspect_checkpoint(dir, verify_only);
+}
+
 // `moempi plot RUN_DIR... [-o DIR]`: one process (no MPI communication), PNGs through gnuplot.
 int run_plot(const moempi::PlotOptions& options) {
   int size = 1;
@@ -106,6 +115,9 @@ int main(int argc, char** argv) {
   train->add_option("job", job_path, "Job spec (YAML)")->required();
   train->add_option("--set", overrides, "Override a spec value, e.g. --set optim.lr=3e-4")
       ->type_name("PATH=VALUE");
+  bool resume = false;
+  train->add_flag("--resume", resume,
+                  "Continue from the newest usable checkpoint in <run_dir>/ckpt (= --set checkpoint.resume=auto)");
 
   std::string validate_path;
   std::vector<std::string> validate_overrides;
@@ -129,6 +141,14 @@ int main(int argc, char** argv) {
   encode->add_option("input", encode_in, "Any file")->required()->check(CLI::ExistingFile);
   encode->add_option("output", encode_out, "Shard to write (.bin)")->required();
 
+  std::string ckpt_dir;
+  auto* ckpt = app.add_subcommand("ckpt", "Checkpoint tools (one process)");
+  ckpt->require_subcommand(1);
+  auto* inspect = ckpt->add_subcommand("inspect", "Print a checkpoint's step, spec, layout, tensors and checksum status");
+  auto* verify = ckpt->add_subcommand("verify", "Check every byte of a checkpoint: exit 0, or 2 naming the first bad file or tensor");
+  for (auto* c : {inspect, verify})
+    c->add_option("dir", ckpt_dir, "A step directory, a ckpt directory, its latest file, or a run directory")->required();
+
   moempi::PlotOptions plot_options;
   auto* plot = app.add_subcommand("plot", "PNG plots of run directories' metrics.jsonl (needs gnuplot-nox)");
   plot->add_option("run_dirs", plot_options.run_dirs, "Run directories (job.run_dir), overlaid")->required();
@@ -144,7 +164,10 @@ int main(int argc, char** argv) {
       MPI_Finalize();
       return code == 0 ? 0 : 2;
     }
+    if (*train && resume) overrides.push_back("checkpoint.resume=auto");
     if (*train) exit_code = run_train(job_path, overrides);
+    if (*inspect) exit_code = run_ckpt(ckpt_dir, false);
+    if (*verify) exit_code = run_ckpt(ckpt_dir, true);
     if (*encode) exit_code = run_encode(encode_in, encode_out);
     if (*plot) exit_code = run_plot(plot_options);
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);

@@ -33,6 +33,7 @@ std::string format_step_line(const StepMetrics& m) {
   if (m.maxvio_global) line += fmt::format(" | maxvio_g {:.2f}", *m.maxvio_global);
   if (!m.specialisation_norm_layers.empty())
     line += fmt::format(" | spec {:.2f}", mean_of(m.specialisation_norm_layers));
+  if (m.resumed_from) line += fmt::format(" | resumed from step {}", *m.resumed_from);
   return line;
 }
 
@@ -94,6 +95,25 @@ MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::tru
   MOEMPI_CHECK_ONE(out_.is_open(), "cannot open metrics file '{}' for writing", path);
 }
 
+MetricsWriter::MetricsWriter(const std::string& path, int resumed_step) : path_(path) {
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() &&
+          j["step"].get<int64_t>() > resumed_step)
+        break;  // steps after the checkpoint: the resumed run writes them again
+      kept.push_back(line);
+    }
+  }
+  out_.open(path, std::ios::trunc);
+  MOEMPI_CHECK_ONE(out_.is_open(), "cannot open metrics file '{}' for writing", path);
+  for (const auto& l : kept) out_ << l << '\n';
+  out_.flush();
+}
+
 void MetricsWriter::write(const StepMetrics& m) {
   if (!out_.is_open()) return;
   nlohmann::json j;
@@ -124,6 +144,7 @@ void MetricsWriter::write(const StepMetrics& m) {
     j["specialisation"] = m.specialisation_layers;
     j["specialisation_norm"] = m.specialisation_norm_layers;
   }
+  if (m.resumed_from) j["resumed_from"] = *m.resumed_from;
   out_ << j.dump() << '\n';
   out_.flush();
   MOEMPI_CHECK_ONE(out_.good(), "write to metrics file '{}' failed", path_);
