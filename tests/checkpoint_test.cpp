@@ -129,6 +129,17 @@ TEST_F(CheckpointFiles, FlippedTensorByteIsRefusedNamingTheTensor) {
   expect_refused(dir, {"checksum mismatch in tensor 'param/w'"});
 }
 
+TEST_F(CheckpointFiles, FlippedHeaderOrPaddingByteFailsVerify) {
+  Job a;
+  const std::string dir = save(a, 3);
+  flip_byte(dir + "/shard_0.bin", 64 + 37 * 4 + 2);  // alignment padding after param/w: no tensor
+  EXPECT_EQ(inspect_checkpoint(dir, true), 2);
+  flip_byte(dir + "/shard_0.bin", 64 + 37 * 4 + 2);
+  EXPECT_EQ(inspect_checkpoint(dir, true), 0);
+  flip_byte(dir + "/shard_0.bin", 40);  // header padding
+  expect_refused(dir, {"shard_0.bin: damaged header"});
+}
+
 TEST_F(CheckpointFiles, FlippedManifestByteIsRefused) {
   Job a;
   const std::string dir = save(a, 3);

@@ -237,6 +237,8 @@ class ShardReader {
     ShardHeader h{};
     if (!pread_all(fd_, &h, sizeof h, 0)) fail_collective(fmt::format("{}: cannot read the header", path_));
     if (std::memcmp(h.magic, kShardMagic, 8) != 0) fail_collective(fmt::format("{}: not a moempi shard (bad magic)", path_));
+    for (char c : h.pad)
+      if (c != 0) fail_collective(fmt::format("{}: damaged header", path_));
     if (h.format_version != kCheckpointFormatVersion || h.rank != s.rank() || h.step != m.body.step() ||
         h.checkpoint_id != m.body.checkpoint_id())
       fail_collective(fmt::format("{}: shard of another checkpoint (step {}, id {:016x}; the manifest is step {}, id "
@@ -259,6 +261,19 @@ class ShardReader {
                                   t.name(), p.begin(), p.begin() + p.count()));
   }
   const std::string& path() const { return path_; }
+  // CRC32C of the whole file against the manifest (header and padding too), in 4 MiB reads.
+  void check_whole_file(const ckpt::ShardFile& s) const {
+    std::vector<char> buf(size_t{4} << 20);
+    uint32_t crc = 0;
+    for (uint64_t off = 0; off < s.size_bytes();) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), s.size_bytes() - off));
+      if (!pread_all(fd_, buf.data(), n, off)) fail_collective(fmt::format("{}: cannot read", path_));
+      crc = crc32c(buf.data(), n, crc);
+      off += n;
+    }
+    if (crc != s.crc32c())
+      fail_collective(fmt::format("{}: checksum mismatch outside every tensor (header or padding): damaged bytes", path_));
+  }
 
  private:
   std::string path_;
@@ -307,12 +322,14 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
     h.checkpoint_id = static_cast<uint64_t>(id);
     write_all(fd, &h, sizeof h, path);
     uint64_t offset = sizeof h;
+    uint32_t file_crc = crc32c(&h, sizeof h);
     static const char zeros[kAlign] = {};
     for (const StateTensor& t : registry.tensors()) {
       if (!t.writer) continue;
       if (offset % kAlign) {
         const size_t pad = kAlign - offset % kAlign;
         write_all(fd, zeros, pad, path);
+        file_crc = crc32c(zeros, pad, file_crc);
         offset += pad;
       }
       ckpt::Tensor* pt = index.add_tensors();
@@ -326,6 +343,7 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
       p->set_count(t.count);
       p->set_crc32c(crc32c(t.data, t.bytes()));
       write_all(fd, t.data, t.bytes(), path);
+      file_crc = crc32c(t.data, t.bytes(), file_crc);
       offset += t.bytes();
     }
     if (::fsync(fd) != 0) io_fail("cannot fsync", path);
@@ -333,6 +351,7 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
     index.mutable_file()->set_rank(static_cast<uint32_t>(rank));
     index.mutable_file()->set_file(shard_name(rank));
     index.mutable_file()->set_size_bytes(offset);
+    index.mutable_file()->set_crc32c(file_crc);
   });
 
   // Gather every shard's index on rank 0 (sizes, then one broadcast per rank: small messages).
@@ -558,6 +577,11 @@ int inspect_checkpoint(const std::string& dir_arg, bool verify_only) {
       } catch (const CollectiveError& e) {
         problem = e.what();
       }
+    }
+    try {
+      for (int s = 0; s < m.body.shards_size() && problem.empty(); ++s) readers[s]->check_whole_file(m.body.shards(s));
+    } catch (const CollectiveError& e) {
+      problem = e.what();
     }
   }
   if (!verify_only && (problem.empty() || m.body.tensors_size() > 0)) {
