@@ -24,6 +24,7 @@
 #include "comm/watchdog.h"
 #include "comm/process_groups.h"
 #include "runtime/core/arena.h"
+#include "runtime/checkpoint/checkpoint.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -116,8 +117,11 @@ void nan_grad_at_step(int rank, int64_t step, moempi::ParamArena& arena) {
   int want_rank = -1;
   long long at = -1;
   char name[256] = {};
-  if (spec && std::sscanf(spec, "%d:%lld:%255s", &want_rank, &at, name) == 3 && want_rank == rank && at == step)
-    arena.grad(arena.find(name))[0] = std::numeric_limits<float>::quiet_NaN();
+  if (spec && std::sscanf(spec, "%d:%lld:%255s", &want_rank, &at, name) == 3 && want_rank == rank && at == step) {
+    const auto id = arena.find(name);
+    MOEMPI_CHECK_ONE(id.has_value(), "MOEMPI_TEST_NAN_GRAD: no parameter '{}' on rank {}", name, rank);
+    arena.grad(*id)[0] = std::numeric_limits<float>::quiet_NaN();
+  }
 }
 #endif
 
@@ -199,6 +203,14 @@ int run_encode(const std::string& in_path, const std::string& out_path) {
   return 0;
 }
 
+// `moempi ckpt inspect|verify DIR`: one process (no MPI communication); exit 0 or 2.
+int run_ckpt(const std::string& dir, bool verify_only) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MOEMPI_CHECK_ALL(size == 1, "moempi ckpt runs on one process; run it without mpirun (world size {})", size);
+  return moempi::inspect_checkpoint(dir, verify_only);
+}
+
 // `moempi plot RUN_DIR... [-o DIR]`: one process (no MPI communication), PNGs through gnuplot.
 int run_plot(const moempi::PlotOptions& options) {
   int size = 1;
@@ -246,6 +258,9 @@ int main(int argc, char** argv) {
   train->add_option("job", job_path, "Job spec (YAML)")->required();
   train->add_option("--set", overrides, "Override a spec value, e.g. --set optim.lr=3e-4")
       ->type_name("PATH=VALUE");
+  bool resume = false;
+  train->add_flag("--resume", resume,
+                  "Continue from the newest usable checkpoint in <run_dir>/ckpt (= --set checkpoint.resume=auto)");
 
   std::string validate_path;
   std::vector<std::string> validate_overrides;
@@ -269,6 +284,14 @@ int main(int argc, char** argv) {
   auto* encode = data->add_subcommand("encode", "Write a file's bytes as a uint16 token shard (data.type: tokens)");
   encode->add_option("input", encode_in, "Any regular file")->required();
   encode->add_option("output", encode_out, "Shard to write (.bin)")->required();
+
+  std::string ckpt_dir;
+  auto* ckpt = app.add_subcommand("ckpt", "Checkpoint tools (one process)");
+  ckpt->require_subcommand(1);
+  auto* inspect = ckpt->add_subcommand("inspect", "Print a checkpoint's step, spec, layout, tensors and checksum status");
+  auto* verify = ckpt->add_subcommand("verify", "Check every byte of a checkpoint: exit 0, or 2 naming the first bad file or tensor");
+  for (auto* c : {inspect, verify})
+    c->add_option("dir", ckpt_dir, "A step directory, a ckpt directory, its latest file, or a run directory")->required();
 
   moempi::PlotOptions plot_options;
   auto* plot = app.add_subcommand("plot", "PNG plots of run directories' metrics.jsonl (needs gnuplot-nox)");
@@ -295,7 +318,10 @@ int main(int argc, char** argv) {
       MPI_Finalize();
       return code == 0 ? 0 : 2;
     }
+    if (*train && resume) overrides.push_back("checkpoint.resume=auto");
     if (*train) exit_code = run_train(job_path, overrides);
+    if (*inspect) exit_code = run_ckpt(ckpt_dir, false);
+    if (*verify) exit_code = run_ckpt(ckpt_dir, true);
     if (*encode) exit_code = run_encode(encode_in, encode_out);
     if (*plot) exit_code = run_plot(plot_options);
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);

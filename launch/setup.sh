@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake openmpi-bin libopenmpi-dev libopenblas-dev
           libspdlog-dev libyaml-cpp-dev libgtest-dev libcli11-dev
-          nlohmann-json3-dev gnuplot-nox)
+          nlohmann-json3-dev gnuplot-nox libprotobuf-dev protobuf-compiler)
 BUILD_DIR=${MOEMPI_BUILD_DIR:-build}
 JOBS=$(nproc 2>/dev/null || echo 2)
 

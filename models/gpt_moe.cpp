@@ -96,6 +96,21 @@ void GptMoe::init_params(uint64_t seed) {
     if (b.is_moe) b.moe->init_params(arena_, seed, std);
 }
 
+void GptMoe::register_state(StateRegistry& registry, const StateWriters& writers) {
+  arena_.register_state(registry, writers);
+  for (int l = 0; l < model_.n_layers; ++l) {
+    if (!blocks_[l].is_moe) continue;
+    for (const auto& pass : blocks_[l].moe->router().passes())
+      for (const PassTensor& t : pass->state()) {
+        const std::string name = fmt::format("balancing/layers.{}.{}.{}", l, pass->name(), t.name);
+        if (!t.f32.empty())
+          registry.add_f32(name, {(int64_t)t.f32.size()}, t.f32, writers.dense);
+        else
+          registry.add_i64(name, {(int64_t)t.i64.size()}, t.i64, writers.dense);
+      }
+  }
+}
+
 void GptMoe::norm_forward(float* out, float* mean, float* rstd, const float* x, ParamArena::Id w,
                           ParamArena::Id b, int N) {
   const int D = model_.d_model;

@@ -15,6 +15,7 @@
 #include "parallel/sharding_strategy.h"
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
+#include "runtime/core/state_registry.h"
 
 namespace moempi {
 
@@ -51,6 +52,9 @@ class GptMoe final : public ExpertHost {
   void add_routing(RoutingStats& stats);
   // The balancing passes' step-level updates, from the step's counts reduced over all data ranks.
   void on_step_end(const RoutingStats& global);
+  // For checkpoints: the parameters ("param/<name>") and every balancing pass's step-spanning
+  // state ("balancing/layers.<l>.<pass>.<tensor>", the same on every rank: a dense writer).
+  void register_state(StateRegistry& registry, const StateWriters& writers);
 
   // Training FLOPs per token (6 × active matmul params incl. the tied head + 12·L·T·D attention).
   double flops_per_token() const;

@@ -14,6 +14,7 @@ class AdamW final : public Optimizer {
   AdamW(const OptimSpec& spec, const ParamArena& arena)
       : spec_(spec), m_(arena.numel()), v_(arena.numel()) {}
   std::string name() const override { return "adamw"; }
+  std::vector<Moment> moments() override { return {{"m", &m_}, {"v", &v_}}; }
 
   void step(ParamArena& arena, float lr) override {
     ++t_;
@@ -47,6 +48,7 @@ class Sgd final : public Optimizer {
  public:
   Sgd(const OptimSpec& spec, const ParamArena& arena) : spec_(spec), buf_(arena.numel()) {}
   std::string name() const override { return "sgd"; }
+  std::vector<Moment> moments() override { return {{"momentum", &buf_}}; }
 
   void step(ParamArena& arena, float lr) override {
     ++t_;
@@ -71,6 +73,17 @@ class Sgd final : public Optimizer {
 };
 
 }  // namespace
+
+void Optimizer::register_state(StateRegistry& registry, ParamArena& arena, const StateWriters& writers) {
+  registry.add_i64("optim/step", {1}, {&t_, 1}, writers.dense);
+  for (const Moment& m : moments())
+    for (size_t id = 0; id < arena.infos().size(); ++id) {
+      const ParamInfo& info = arena.info(id);
+      registry.add_f32(fmt::format("optim/{}.{}/{}", name(), m.name, info.name), info.shape,
+                       {m.buffer->data() + info.offset, info.numel},
+                       info.kind == ParamKind::kDense ? writers.dense : writers.experts);
+    }
+}
 
 const OptimizerRegistry& optimizer_registry() {
   using schema::real_field;

@@ -8,10 +8,12 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
 #include "runtime/core/registry.h"
+#include "runtime/core/state_registry.h"
 
 namespace moempi {
 
@@ -22,6 +24,16 @@ class Optimizer {
   // One update of every parameter in the arena from its gradient, at learning rate lr.
   virtual void step(ParamArena& arena, float lr) = 0;
   int64_t steps_taken() const { return t_; }
+  // Registers the optimizer's state for checkpoints: the step count "optim/step" (shape {1},
+  // dense writer) and one moment tensor per parameter and moment, "optim/<type>.<moment>/<param
+  // name>" (e.g. optim/adamw.m/wte), laid out like the arena, written like the parameter.
+  void register_state(StateRegistry& registry, ParamArena& arena, const StateWriters& writers);
+  // The moment buffers, laid out like the arena: adamw {m, v}, sgd {momentum}.
+  struct Moment {
+    std::string name;
+    FloatBuffer* buffer;
+  };
+  virtual std::vector<Moment> moments() = 0;
 
  protected:
   int64_t t_ = 0;

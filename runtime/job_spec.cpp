@@ -61,9 +61,9 @@ MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
 MOEMPI_SCHEMA_COVERS(DataSpec, 3);
-MOEMPI_SCHEMA_COVERS(TrainSpec, 6);
+MOEMPI_SCHEMA_COVERS(TrainSpec, 7);
 MOEMPI_SCHEMA_COVERS(EvalSpec, 2);
-MOEMPI_SCHEMA_COVERS(CheckpointSpec, 1);
+MOEMPI_SCHEMA_COVERS(CheckpointSpec, 3);
 MOEMPI_SCHEMA_COVERS(MetricsSpec, 1);
 MOEMPI_SCHEMA_COVERS(CommSpec, 1);
 MOEMPI_SCHEMA_COVERS(JobSpec, 11);
@@ -164,6 +164,7 @@ const Schema& root_schema() {
       int_field("log_interval", &TrainSpec::log_interval, 1),
       choice_field("nonfinite", &TrainSpec::nonfinite, {"abort", "skip"}),
       real_field("loss_spike_factor", &TrainSpec::loss_spike_factor, kNonNegative),
+      int_field("global_batch", &TrainSpec::global_batch, 0),
   }};
   static const Schema eval{{
       int_field("interval", &EvalSpec::interval, 0),
@@ -171,6 +172,8 @@ const Schema& root_schema() {
   }};
   static const Schema checkpoint{{
       int_field("interval", &CheckpointSpec::interval, 0),
+      int_field("keep_last", &CheckpointSpec::keep_last, 0),
+      choice_field("resume", &CheckpointSpec::resume, {"auto", "never"}),
   }};
   static const Schema metrics{{
       bool_field("jsonl", &MetricsSpec::jsonl),
@@ -281,11 +284,10 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
                      s.eval.batches, s.train.grad_accum, static_cast<int64_t>(s.eval.batches) * s.train.grad_accum,
                      INT_MAX));
 
-  if (s.checkpoint.interval != 0)
-    fail({"checkpoint.interval"},
-         fmt::format("checkpoint.interval: {} is not allowed: checkpoints are not implemented yet; set "
-                     "checkpoint.interval: 0",
-                     s.checkpoint.interval));
+  if (s.train.global_batch > 0 && s.train.global_batch % s.train.micro_batch != 0)
+    fail({"train.global_batch", "train.micro_batch"},
+         fmt::format("train.global_batch ({}) is not divisible by train.micro_batch ({})", s.train.global_batch,
+                     s.train.micro_batch));
 }
 
 JobSpec load_impl(const std::string& text, const std::string& origin_name,
@@ -343,6 +345,10 @@ JobSpec load_job_spec_from_string(const std::string& yaml, const std::vector<std
 void validate_job_spec(const JobSpec& spec) { validate_impl(spec, nullptr); }
 
 void resolve_for_world(JobSpec& spec, int world_size) {
+  if (spec.train.global_batch > 0 && world_size >= 1) {
+    validate_for_world(spec, world_size);  // checks global_batch against micro_batch × world
+    spec.train.grad_accum = spec.train.global_batch / (spec.train.micro_batch * world_size);
+  }
   if (spec.parallel.ep != 0) return validate_for_world(spec, world_size);
   spec.parallel.ep = world_size;
   try {
@@ -374,6 +380,15 @@ void validate_for_world(const JobSpec& spec, int world_size) {
                    "parallel.ep ({}) must be the world size ({}) with parallel.strategy fssdp (every rank owns a "
                    "shard of the experts); use 0 = all ranks",
                    p.ep, world_size);
+  const TrainSpec& t = spec.train;
+  if (t.global_batch > 0) {
+    const int64_t per_micro_step = static_cast<int64_t>(t.micro_batch) * world_size;
+    MOEMPI_CHECK_ALL(t.global_batch % per_micro_step == 0,
+                     "train.global_batch ({}) is not a multiple of train.micro_batch ({}) × world size ({}) = {}, so "
+                     "train.grad_accum cannot be derived; set train.global_batch to a multiple of {} or change "
+                     "train.micro_batch",
+                     t.global_batch, t.micro_batch, world_size, per_micro_step, per_micro_step);
+  }
   MOEMPI_CHECK_ALL(p.ranks_per_node == 0 || world_size % p.ranks_per_node == 0,
                    "parallel.ranks_per_node ({}) does not divide the world size ({}); use one of {}, or 0 "
                    "for the real nodes",

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <utility>
 
 #include <fmt/format.h>
@@ -41,6 +43,7 @@ std::string format_step_line(const StepMetrics& m) {
   if (m.maxvio_global) line += fmt::format(" | maxvio_g {:.2f}", *m.maxvio_global);
   if (!m.specialisation_norm_layers.empty())
     line += fmt::format(" | spec {:.2f}", mean_of(m.specialisation_norm_layers));
+  if (m.resumed_from) line += fmt::format(" | resumed from step {}", *m.resumed_from);
   return line;
 }
 
@@ -120,6 +123,32 @@ MetricsWriter::~MetricsWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+MetricsWriter::MetricsWriter(const std::string& path, int resumed_step) : path_(path) {
+  std::string kept;
+  {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() &&
+          j["step"].get<int64_t>() > resumed_step)
+        break;  // steps after the checkpoint: the resumed run writes them again
+      kept += line + '\n';
+    }
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    MetricsWriter out(tmp);
+    out.write_line(kept, resumed_step);
+    MOEMPI_CHECK_ONE(::fsync(out.fd_) == 0, "cannot sync '{}': {}", tmp, std::strerror(errno));
+  }
+  MOEMPI_CHECK_ONE(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '{}' to '{}': {}", tmp, path,
+                   std::strerror(errno));
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  MOEMPI_CHECK_ONE(fd_ >= 0, "cannot open metrics file '{}' for appending: {}", path, std::strerror(errno));
+  size_ = static_cast<int64_t>(kept.size());
+}
+
 void MetricsWriter::write(const StepMetrics& m) {
   if (fd_ < 0) return;
   nlohmann::json j;
@@ -154,7 +183,11 @@ void MetricsWriter::write(const StepMetrics& m) {
     j["specialisation"] = m.specialisation_layers;
     j["specialisation_norm"] = m.specialisation_norm_layers;
   }
-  const std::string line = j.dump() + '\n';
+  if (m.resumed_from) j["resumed_from"] = *m.resumed_from;
+  write_line(j.dump() + '\n', m.step);
+}
+
+void MetricsWriter::write_line(const std::string& line, int step) {
   size_t done = 0;
   while (done < line.size()) {
     const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
@@ -167,7 +200,7 @@ void MetricsWriter::write(const StepMetrics& m) {
       fail_local(__FILE__, __LINE__,
                  fmt::format("cannot write step {} to metrics file '{}': {} (the file keeps the {} bytes of "
                              "whole lines written before)",
-                             m.step, path_, std::strerror(err), size_));
+                             step, path_, std::strerror(err), size_));
     }
     done += static_cast<size_t>(n);
   }

@@ -41,6 +41,7 @@ struct StepMetrics {
   std::vector<double> maxvio_global_layers;
   std::vector<double> specialisation_layers;       // I(domain; chosen expert) in bits
   std::vector<double> specialisation_norm_layers;  // ÷ H(domain)
+  std::optional<int> resumed_from;  // first step after a resume: the checkpoint's step
 };
 
 // "step 120/2000 | loss 2.4312 | aux 0.0121 | lr 3.0e-04 | gnorm 0.84 | 212 ms | 19.3k tok/s | mfu 41% | maxvio 0.12 | eta 1m23s"
@@ -70,6 +71,10 @@ class MetricsWriter {
  public:
   MetricsWriter() = default;
   explicit MetricsWriter(const std::string& path);  // truncates; local error if it cannot open
+  // Resuming after step `resumed_step`: keeps the file's lines up to that step (dropping those of
+  // steps the resumed run will redo; rewritten through a temporary file and a rename, so a crash
+  // leaves the old file or the new one) and appends after them.
+  MetricsWriter(const std::string& path, int resumed_step);
   MetricsWriter(MetricsWriter&& other) noexcept;
   MetricsWriter& operator=(MetricsWriter&& other) noexcept;
   MetricsWriter(const MetricsWriter&) = delete;
@@ -79,6 +84,7 @@ class MetricsWriter {
   bool open() const { return fd_ >= 0; }
 
  private:
+  void write_line(const std::string& line, int step);  // whole line or local error (see above)
   int fd_ = -1;
   int64_t size_ = 0;  // bytes of whole lines written
   std::string path_;

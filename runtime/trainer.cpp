@@ -17,6 +17,7 @@
 #include "models/moe/router.h"
 #include "parallel/dispatcher_registry.h"
 #include "parallel/sharding_strategy.h"
+#include "runtime/checkpoint/checkpoint.h"
 #include "runtime/core/blas.h"
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
@@ -67,6 +68,12 @@ class TrainLoop {
     data_ranks_ = groups.world.size();
     B_ = spec.train.micro_batch;
     T_ = spec.model.seq_len;
+    // Every piece of training state, for checkpoints. The RNG position and the data position are
+    // functions of the step (counter-based RNG, globally numbered sequences): the step is enough.
+    const StateWriters writers{.dense = groups.world.rank() == 0, .experts = groups.world.rank() < groups.ep_size};
+    model_->register_state(state_, writers);
+    optimizer_->register_state(state_, model_->arena(), writers);
+    state_.add_i64("train/step", {1}, {&steps_done_, 1}, writers.dense);
   }
 
   TrainSummary run() {
@@ -79,6 +86,9 @@ class TrainLoop {
       if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
     });
     announce(summary);
+    const int start = resume();
+    summary.start_step = start;
+    if (opt_.write_files && g_.world.rank() == 0) open_metrics(start);
 
     const int steps = spec_.train.steps;
     const float grad_scale = 1.0f / (spec_.train.grad_accum * data_ranks_);
@@ -89,7 +99,8 @@ class TrainLoop {
     } stop_watchdog;
     double elapsed = 0;
     AllocationLabel label("activations and dispatch buffers of a training step");
-    for (int step = 0; step < steps; ++step) {
+    const int stop_after = stop_after_step();
+    for (int step = start; step < steps; ++step) {
       watchdog::set_step(step + 1);
       test_hooks::at_step(g_.world.rank(), step + 1);  // fault injection in the test binary only
       const double t0 = now_seconds();
@@ -153,16 +164,21 @@ class TrainLoop {
       const ShardingStrategy::StepStats sharded = strategy_->step_stats();
       summary.replicas.push_back(sharded.replicas);
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
-
+      steps_done_ = step + 1;
       const bool last = step + 1 == steps;
+      if (spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last)) save(summary);
+
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
       std::optional<EvalResult> eval;
       if (eval_now) eval = evaluate();
       std::optional<double> val;
       if (eval) val = eval->loss;
       if (last && val) summary.final_val_loss = val;
-      const bool log_now = (step + 1) % spec_.train.log_interval == 0 || step == 0 || last || eval_now;
-      if (!log_now) continue;
+      const bool first_after_resume = start > 0 && step == start;
+      const bool log_now =
+          (step + 1) % spec_.train.log_interval == 0 || step == 0 || last || eval_now || first_after_resume;
+      const bool stop_now = stop_after > 0 && step + 1 == stop_after;
+      if (!log_now && !stop_now) continue;
       StepMetrics m;
       m.step = step + 1;
       m.total_steps = steps;
@@ -186,7 +202,8 @@ class TrainLoop {
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
-      m.eta_s = elapsed / (step + 1) * (steps - step - 1);
+      m.eta_s = elapsed / (step + 1 - start) * (steps - step - 1);
+      if (first_after_resume) m.resumed_from = start;
       m.tokens = summary.tokens_per_step * (step + 1);
       for (int l = 0; l < routing.layers; ++l) m.expert_load.push_back(routing.layer(l));
       for (const auto& l : m.expert_load) {
@@ -202,8 +219,12 @@ class TrainLoop {
       add_bias_metrics(m);
       if (eval) add_eval_metrics(m, *eval);
       if (g_.world.rank() == 0) {
-        if (opt_.log_steps) spdlog::info("{}", format_step_line(m));
-        metrics_.write(m);
+        if (opt_.log_steps && log_now) spdlog::info("{}", format_step_line(m));
+        if (log_now) metrics_.write(m);
+      }
+      if (stop_now) {
+        if (g_.world.rank() == 0 && opt_.log_steps) spdlog::info("stopping after step {} (test hook)", step + 1);
+        break;
       }
     }
     watchdog::set_step(0);
@@ -335,6 +356,84 @@ class TrainLoop {
     spdlog::info("resolved job spec:\n{}", job_spec_to_yaml(spec_));
   }
 
+  int stop_after_step() const {
+    if (opt_.stop_after_step > 0) return opt_.stop_after_step;
+    const char* env = std::getenv("MOEMPI_TEST_STOP_AFTER");
+    return env ? std::atoi(env) : 0;
+  }
+
+  std::string ckpt_root() const { return spec_.job.run_dir + "/ckpt"; }
+
+  // Collective: one checkpoint of every registered state.
+  void save(TrainSummary& summary) {
+    const SaveStats st = save_checkpoint(ckpt_root(), steps_done_, state_, job_spec_to_yaml(spec_), spec_.parallel,
+                                         g_.world, spec_.checkpoint.keep_last);
+    ++summary.checkpoints_saved;
+    summary.checkpoint_bytes = st.bytes;
+    summary.checkpoint_seconds += st.seconds;
+    if (g_.world.rank() == 0 && opt_.log_steps)
+      spdlog::info("checkpoint {}: {:.2f} MB in {:.0f} ms", st.dir, st.bytes / 1e6, 1e3 * st.seconds);
+  }
+
+  // Collective. With checkpoint.resume auto: loads the newest usable checkpoint (the one `latest`
+  // names, then older complete ones, saying why one was refused) and returns its step; 0 when
+  // there is none. With never: starts fresh and removes <run_dir>/ckpt of an earlier run.
+  int resume() {
+    const bool rank0 = g_.world.rank() == 0;
+    if (spec_.checkpoint.resume == "never") {
+      agree_on_errors(g_.world, [&] {
+        std::error_code ec;
+        if (!rank0 || !std::filesystem::exists(ckpt_root(), ec)) return;
+        if (opt_.log_steps)
+          spdlog::info("checkpoint.resume never: removing the checkpoints of an earlier run in {}", ckpt_root());
+        std::filesystem::remove_all(ckpt_root(), ec);
+        if (ec) fail_collective(fmt::format("cannot remove '{}': {}", ckpt_root(), ec.message()));
+      });
+      return 0;
+    }
+    // Rank 0 lists the candidates and every rank tries them in the same order.
+    std::string list;
+    if (rank0)
+      for (const auto& c : checkpoint_candidates(ckpt_root())) list += c + "\n";
+    int64_t n = static_cast<int64_t>(list.size());
+    bcast(&n, 1, 0, g_.world);
+    list.resize(static_cast<size_t>(n));
+    bcast_bytes(list.data(), n, 0, g_.world);
+    std::vector<std::string> candidates;
+    for (size_t a = 0, b; a < list.size(); a = b + 1) {
+      b = list.find('\n', a);
+      candidates.push_back(list.substr(a, b - a));
+    }
+    std::vector<std::string> refused;
+    for (const std::string& dir : candidates) {
+      try {
+        const CheckpointInfo info = load_checkpoint(dir, state_, g_.world);
+        if (rank0 && opt_.log_steps) {
+          if (!refused.empty())
+            spdlog::warn("fell back to {}, the newest usable checkpoint ({} newer one{} refused)", dir,
+                         refused.size(), refused.size() > 1 ? "s" : "");
+          spdlog::info("resuming from {} (step {}; saved at world {}, strategy {}, ep {}; now world {}, strategy {}, "
+                       "ep {})", dir, info.step, info.world_size, info.strategy, info.ep, g_.world.size(),
+                       spec_.parallel.strategy, g_.ep_size);
+        }
+        MOEMPI_CHECK_ALL(steps_done_ == info.step, "{}: train/step is {} but the manifest says step {}", dir,
+                         steps_done_, info.step);
+        if (steps_done_ >= spec_.train.steps && rank0 && opt_.log_steps)
+          spdlog::info("the checkpoint is at step {} >= train.steps ({}): nothing left to train", steps_done_,
+                       spec_.train.steps);
+        return static_cast<int>(std::min<int64_t>(steps_done_, spec_.train.steps));
+      } catch (const CollectiveError& e) {
+        if (rank0 && opt_.log_steps) spdlog::warn("checkpoint refused: {}", e.what());
+        refused.push_back(e.what());
+      }
+    }
+    if (!refused.empty())
+      fail_collective(fmt::format("no usable checkpoint in {} ({} refused; the newest: {}); remove them or set "
+                                  "checkpoint.resume: never to start over", ckpt_root(), refused.size(),
+                                  refused.front()));
+    return 0;
+  }
+
   void prepare_run_dir() {
     std::string stale;
     run_dir_lock_ = RunDirLock(spec_.job.run_dir, &stale);  // creates the directory
@@ -343,7 +442,13 @@ class TrainLoop {
     std::ofstream out(spec_path, std::ios::trunc);
     out << job_spec_to_yaml(spec_);
     MOEMPI_CHECK_ONE(out.good(), "cannot write '{}'", spec_path);
-    if (spec_.metrics.jsonl) metrics_ = MetricsWriter(spec_.job.run_dir + "/metrics.jsonl");
+  }
+
+  // Rank 0, after resume(): metrics.jsonl new, or kept up to the resumed step and appended to.
+  void open_metrics(int resumed_step) {
+    const std::string jsonl = spec_.job.run_dir + "/metrics.jsonl";
+    if (spec_.metrics.jsonl)
+      metrics_ = resumed_step > 0 ? MetricsWriter(jsonl, resumed_step) : MetricsWriter(jsonl);
   }
 
   const JobSpec& spec_;
@@ -357,6 +462,8 @@ class TrainLoop {
   std::unique_ptr<ShardingStrategy> strategy_;
   RunDirLock run_dir_lock_;  // rank 0, while files are written
   MetricsWriter metrics_;
+  StateRegistry state_;
+  int64_t steps_done_ = 0;  // optimizer steps done: "train/step" in checkpoints
   Batch batch_;
   int data_ranks_ = 1, B_ = 1, T_ = 1;
   double loss_ema_ = 0;  // recent mean loss (warn_on_loss_spike)

@@ -24,6 +24,9 @@ struct TrainOptions {
   // step's global mean loss and the updated parameters, e.g. for `moempi bench train` to check
   // that replicas agree. If it communicates it must be collective over the world.
   std::function<void(int step, double loss, ParamArena& arena)> after_step = {};
+  // Stop after this step (after its checkpoint, if one is due), as a killed job would: for resume
+  // tests. 0 = run every step. The binary reads MOEMPI_TEST_STOP_AFTER=STEP.
+  int stop_after_step = 0;
 };
 
 struct TrainSummary {
@@ -37,10 +40,17 @@ struct TrainSummary {
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
   double exchange_seconds = 0;  // dispatchers' exchanges, rank 0 (included in the moe phase)
   std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
+  int start_step = 0;           // steps already done when this run started (from a checkpoint)
+  int checkpoints_saved = 0;
+  int64_t checkpoint_bytes = 0;     // of the last checkpoint saved
+  double checkpoint_seconds = 0;    // all saves, wall time (outside the step times)
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 
-// Runs the job described by `spec` on the process groups (collective over the world).
+// Runs the job described by `spec` on the process groups (collective over the world). With
+// checkpoint.resume auto, continues from the newest usable checkpoint in <run_dir>/ckpt (falling
+// back to older ones, and saying so); with checkpoint.interval > 0, saves every interval steps
+// and after the last one.
 TrainSummary train(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options);
 
 // Single-thread sgemm GFLOP/s at a mid-size shape, measured now (MFU's denominator).

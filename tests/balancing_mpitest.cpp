@@ -113,7 +113,7 @@ StepResult w_ranks_one_micro_batch(ScoreFn fn, const std::string& type,
                                    std::vector<float> (*tokens)(int)) {
   const int W = world_size();
   std::vector<std::unique_ptr<BalancingPass>> passes;
-  passes.push_back(make_balancing_pass(spec_of(type, 0.1f), "moe.balancing.0", world_env()));
+  passes.push_back(make_balancing_pass(spec_of(type, 0.1f), kE, "moe.balancing.0", world_env()));
   Router r(router_moe(fn, kE, kK), kD, std::move(passes));
   const auto w = router_weight();
   StepResult out;
@@ -131,7 +131,7 @@ StepResult w_ranks_one_micro_batch(ScoreFn fn, const std::string& type,
 StepResult one_rank_w_micro_batches(ScoreFn fn, const std::string& type, std::vector<float> (*tokens)(int)) {
   const int W = world_size();
   std::vector<std::unique_ptr<BalancingPass>> passes;
-  passes.push_back(make_balancing_pass(spec_of(type, 0.1f)));  // no env: one data rank
+  passes.push_back(make_balancing_pass(spec_of(type, 0.1f), kE));  // no env: one data rank
   Router r(router_moe(fn, kE, kK), kD, std::move(passes));
   const auto w = router_weight();
   StepResult out;
@@ -207,7 +207,7 @@ TEST_P(GlobalBatchScope, GradientOfTheGlobalObjectiveMatchesFiniteDifferences) {
   const ScoreFn fn = GetParam();
   const int W = world_size();
   std::vector<std::unique_ptr<BalancingPass>> passes;
-  passes.push_back(make_balancing_pass(spec_of("global_batch_aux_loss", 0.5f), "moe.balancing.0", world_env()));
+  passes.push_back(make_balancing_pass(spec_of("global_batch_aux_loss", 0.5f), kE, "moe.balancing.0", world_env()));
   Router r(router_moe(fn, kE, kK), kD, std::move(passes));
   auto w = router_weight();
   const auto x = skewed_tokens(world_rank());
@@ -267,7 +267,7 @@ TEST_P(LossFreeBiasBalances, BatchMaxVioBelow0p2WithinStatedStepsWithIdenticalBi
   spec.bias.rate = c.rate;
   spec.bias.update = c.update;
   std::vector<std::unique_ptr<BalancingPass>> passes;
-  passes.push_back(make_balancing_pass(spec));
+  passes.push_back(make_balancing_pass(spec, E));
   Router r(moe, D, std::move(passes));
   auto w = randn((size_t)D * E, 5, 0.3f);
   for (int e = 0; e < E; ++e) w[(size_t)(D - 1) * E + e] = e == 0 ? 2.0f : 0.0f;  // the skew

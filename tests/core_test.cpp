@@ -8,6 +8,7 @@
 #include "runtime/core/blas_env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/rng.h"
+#include "runtime/core/state_registry.h"
 
 namespace moempi {
 
@@ -26,7 +27,8 @@ TEST(ParamArena, DenseFirstThenExpertsAligned) {
   arena.grad(e0)[3] = 1.0f;
   arena.zero_grads();
   EXPECT_EQ(arena.grad(e0)[3], 0.0f);
-  EXPECT_THROW(arena.find("nope"), CollectiveError);
+  EXPECT_FALSE(arena.find("nope").has_value());  // a miss is not an error (it may differ by rank)
+  EXPECT_EQ(arena.find("experts.0.w"), e0);
 }
 
 TEST(ParamArena, DuplicateNameIsCollectiveError) {
@@ -135,6 +137,44 @@ TEST(BlasEnv, FastKernelSelectedWhenCpuAllowsIt) {
   EXPECT_TRUE(blas::is_fast_enough(blas::corename())) << blas::kernel_note();
   EXPECT_FALSE(blas::preferred_coretype()[0] != 0 && blas::is_fast_enough("Prescott"));
   EXPECT_EQ(blas::num_threads(), 1);
+}
+
+}  // namespace moempi
+
+namespace moempi {
+
+// Views under global names with this rank's slice; a miss returns nullptr (no error on one rank).
+TEST(StateRegistry, RegistersViewsAndFindsByName) {
+  StateRegistry reg;
+  std::vector<float> w(6, 1.5f);
+  std::vector<int64_t> step = {7};
+  reg.add_f32("param/w", {4, 3}, {w.data(), w.size()}, 6, true);  // elements [6, 12) of 12
+  reg.add_i64("train/step", {1}, {step.data(), 1}, false);
+  ASSERT_EQ(reg.size(), 2u);
+  const StateTensor* t = reg.find("param/w");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->global_numel(), 12);
+  EXPECT_EQ(t->begin, 6);
+  EXPECT_EQ(t->count, 6);
+  EXPECT_EQ(t->bytes(), 24u);
+  EXPECT_EQ(t->data, w.data());
+  EXPECT_FALSE(reg.find("train/step")->writer);
+  EXPECT_EQ(reg.find("param/nope"), nullptr);
+}
+
+// The arena registers every parameter; experts are written by the expert writer only.
+TEST(StateRegistry, ArenaRegistersParamsWithWriters) {
+  ParamArena arena;
+  arena.add("experts.0.w", {3, 5}, ParamKind::kExpert, true);
+  arena.add("wte", {7}, ParamKind::kDense, true);
+  arena.allocate();
+  StateRegistry reg;
+  arena.register_state(reg, {.dense = false, .experts = true});
+  ASSERT_EQ(reg.size(), 2u);
+  EXPECT_TRUE(reg.find("param/experts.0.w")->writer);
+  EXPECT_FALSE(reg.find("param/wte")->writer);
+  EXPECT_EQ(reg.find("param/experts.0.w")->data, arena.param(*arena.find("experts.0.w")));
+  EXPECT_EQ(reg.find("param/experts.0.w")->global_shape, (std::vector<int64_t>{3, 5}));
 }
 
 }  // namespace moempi

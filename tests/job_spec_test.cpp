@@ -223,9 +223,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadValueCase{"data:\n  type: tokens\n", {"data.path: missing; data.type tokens reads"}},
         BadValueCase{"model:\n  vocab_size: 100\n",
                      {"model.vocab_size (100) is smaller than 256, but data.type synthetic"}},
-        BadValueCase{"checkpoint:\n  interval: 100\n",
-                     {"x.yaml:2:13: checkpoint.interval: 100 is not allowed",
-                      "set checkpoint.interval: 0"}},
+        BadValueCase{"checkpoint:\n  resume: always\n",
+                     {"x.yaml:2:11: checkpoint.resume: 'always' is not one of auto, never"}},
+        BadValueCase{"train:\n  micro_batch: 3\n  global_batch: 16\n",
+                     {"train.global_batch (16) is not divisible by train.micro_batch (3)"}},
         BadValueCase{"eval: {interval: 10}\ndata: {val_fraction: 0}\n",
                      {"eval.interval (10) needs validation data, but data.val_fraction is 0"}},
         BadValueCase{"moe:\n  balancing: [{type: aux_loss}, {type: aux_loss}]\n",
@@ -251,8 +252,24 @@ TEST(JobSpecErrors, ValidateCatchesProgrammaticSpecs) {
   expect_contains(error_of([&] { validate_job_spec(s); }),
                   {"moe.balancing.0.type: missing; expected one of aux_loss, z_loss"});
   s = JobSpec();
-  s.checkpoint.interval = 5;
-  expect_contains(error_of([&] { validate_job_spec(s); }), {"checkpoints are not implemented yet"});
+  s.checkpoint.keep_last = -1;
+  expect_contains(error_of([&] { validate_job_spec(s); }), {"checkpoint.keep_last"});
+}
+
+// train.global_batch derives train.grad_accum from the world size; an impossible combination names
+// both values.
+TEST(JobSpecErrors, GlobalBatchDerivesGradAccum) {
+  JobSpec s;
+  s.train.micro_batch = 2;
+  s.train.global_batch = 24;
+  for (int w : {1, 2, 3, 4}) {
+    JobSpec r = s;
+    resolve_for_world(r, w);
+    EXPECT_EQ(r.train.grad_accum, 24 / (2 * w)) << "world " << w;
+  }
+  expect_contains(error_of([&] { JobSpec r = s; resolve_for_world(r, 5); }),
+                  {"train.global_batch (24) is not a multiple of train.micro_batch (2) × world size (5) = 10"});
+  expect_contains(error_of([&] { validate_for_world(s, 5); }), {"train.global_batch (24)"});
 }
 
 TEST(JobSpecErrors, ValidateForWorld) {
@@ -360,9 +377,9 @@ JobSpec everything_changed() {
   // adamw: its own keys changed, sgd's momentum left at its default (it is not printed).
   s.optim = {"adamw", 3e-4f, 0.1f, 0.8f, 0.999f, 1e-6f, OptimSpec().momentum, 0.7f, {"warmup_linear", 17, 0.05f}};
   s.data = {"tokens", "data/my shards: v2", 0.1f};
-  s.train = {321, 5, 3, 7};
+  s.train = {321, 5, 3, 7, 0};
   s.eval = {25, 2};
-  s.checkpoint = {0};
+  s.checkpoint = {50, 2, "never"};
   s.metrics = {false};
   s.comm = {12.5};
   return s;
@@ -643,7 +660,7 @@ TEST(Registry, ErrorListsAreTheRegistryNames) {
                   {"moe.balancing.0.type: 'x' is not one of " + join(balancing_pass_registry().names())});
   expect_contains(load_error("moe: {dispatch: {type: x}}\n"), {"moe.dispatch.type: 'x' is not one of local, flat, flat_packed"});
   // The factories use the same lists.
-  expect_contains(error_of([] { make_balancing_pass({.type = "x", .coeff = 0.1f}, "moe.balancing.2"); }),
+  expect_contains(error_of([] { make_balancing_pass({.type = "x", .coeff = 0.1f}, 4, "moe.balancing.2"); }),
                   {balancing_pass_registry().not_a("moe.balancing.2.type", "x")});
   EXPECT_EQ(balancing_pass_registry().not_a("moe.balancing.2.type", "x"),
             "moe.balancing.2.type ('x') is not a balancing pass; allowed: " + join(balancing_pass_types()));

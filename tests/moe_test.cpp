@@ -303,11 +303,11 @@ struct StateBuf {
   }
 };
 
-std::unique_ptr<BalancingPass> pass_of(const std::string& type, float coeff) {
+std::unique_ptr<BalancingPass> pass_of(const std::string& type, float coeff, int E) {
   BalancingSpec spec;
   spec.type = type;
   spec.coeff = coeff;
-  return make_balancing_pass(spec);
+  return make_balancing_pass(spec, E);
 }
 
 TEST(AuxLoss, EqualsAlphaAtPerfectBalance_softmax_and_sigmoid_k2) {
@@ -325,7 +325,7 @@ TEST(AuxLoss, EqualsAlphaAtPerfectBalance_softmax_and_sigmoid_k2) {
         for (int i = 0; i < 4; ++i) s[i] /= sum;
       }
     }
-    auto pass = pass_of("aux_loss", 0.03f);
+    auto pass = pass_of("aux_loss", 0.03f, 4);
     EXPECT_NEAR(pass->forward(b.view(fn), true), 0.03, 1e-7);
   }
 }
@@ -334,10 +334,10 @@ TEST(AuxLoss, HandComputed_softmax_and_sigmoid) {
   // Both tokens choose expert 0 (K=1): f = [1, 0].
   StateBuf b{2, 1, 2, {0, 0, 0, 0}, {0.7f, 0.3f, 0.6f, 0.4f}, {0, 0}, {2, 0}};
   // softmax: P = [0.65, 0.35], L = α·2·(1·0.65) = 1.3α
-  EXPECT_NEAR(pass_of("aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.013, 1e-8);
+  EXPECT_NEAR(pass_of("aux_loss", 0.01f, 2)->forward(b.view(ScoreFn::kSoftmax), true), 0.013, 1e-8);
   // sigmoid: normalised rows [0.75, 0.25], [0.2, 0.8]: P0 = 0.475, L = α·2·0.475 = 0.95α
   b.scores = {0.9f, 0.3f, 0.2f, 0.8f};
-  EXPECT_NEAR(pass_of("aux_loss", 0.01f)->forward(b.view(ScoreFn::kSigmoid), true), 0.0095, 1e-8);
+  EXPECT_NEAR(pass_of("aux_loss", 0.01f, 2)->forward(b.view(ScoreFn::kSigmoid), true), 0.0095, 1e-8);
 }
 
 TEST(ZLoss, MatchesFormula) {
@@ -345,7 +345,7 @@ TEST(ZLoss, MatchesFormula) {
   StateBuf b{2, 1, 2, {0.0f, 0.0f, std::log(3.0f), 0.0f}, {0.5f, 0.5f, 0.75f, 0.25f}, {0, 0},
              {2, 0}};
   const double ln2 = std::log(2.0);
-  EXPECT_NEAR(pass_of("z_loss", 0.001f)->forward(b.view(ScoreFn::kSoftmax), true),
+  EXPECT_NEAR(pass_of("z_loss", 0.001f, 2)->forward(b.view(ScoreFn::kSoftmax), true),
               0.001 * 2.5 * ln2 * ln2, 1e-9);
 }
 
@@ -358,7 +358,7 @@ void check_pass_gradient(const std::string& type, ScoreFn fn, int seq = 0) {
   for (auto& s : b.scores) s = 1.0f / (1.0f + std::exp(-s));  // positive; any scores do
   b.selected = {0, 1, 1, 2, 0, 3, 0, 1, 2, 0, 1, 0};
   b.counts = {5, 4, 2, 1};
-  auto pass = pass_of(type, 0.2f);
+  auto pass = pass_of(type, 0.2f, E);
   const float scale = 0.7f;
   pass->forward(b.view(fn), true);
   std::vector<float> ds(N * E, 0.0f), dz(N * E, 0.0f);
@@ -414,12 +414,12 @@ TEST(SeqAuxLoss, HandComputed_two_sequences) {
   // K=1, E=2, two sequences of 2 tokens. Sequence 0 picks [0, 0]: f = [1, 0], P0 = (0.7+0.6)/2;
   // sequence 1 picks [0, 1]: f = [.5, .5], ΣP = 1 → term 1. L = α·(2·0.65 + 2·0.5)/2 = 1.15α.
   StateBuf b{4, 1, 2, {}, {0.7f, 0.3f, 0.6f, 0.4f, 0.9f, 0.1f, 0.2f, 0.8f}, {0, 0, 0, 1}, {3, 1}, 2};
-  EXPECT_NEAR(pass_of("seq_aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.0115, 1e-8);
+  EXPECT_NEAR(pass_of("seq_aux_loss", 0.01f, 2)->forward(b.view(ScoreFn::kSoftmax), true), 0.0115, 1e-8);
   // The micro-batch aux loss of the same tokens differs: f = [.75, .25], P = [.6, .4] → 2·(.45+.1) = 1.1α.
-  EXPECT_NEAR(pass_of("aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.011, 1e-8);
+  EXPECT_NEAR(pass_of("aux_loss", 0.01f, 2)->forward(b.view(ScoreFn::kSoftmax), true), 0.011, 1e-8);
   // One sequence: equal to aux_loss.
   b.seq = 4;
-  EXPECT_NEAR(pass_of("seq_aux_loss", 0.01f)->forward(b.view(ScoreFn::kSoftmax), true), 0.011, 1e-8);
+  EXPECT_NEAR(pass_of("seq_aux_loss", 0.01f, 2)->forward(b.view(ScoreFn::kSoftmax), true), 0.011, 1e-8);
 }
 
 // With one rank (no all-reduce installed) and one micro-batch, global_batch_aux_loss is aux_loss:
@@ -430,7 +430,7 @@ TEST(GlobalBatchAuxLoss, OneRankOneMicroBatchEqualsAuxLoss_softmax_and_sigmoid) 
   b.scores = b.logits;
   softmax_rows(b.scores, E);
   for (auto fn : {ScoreFn::kSoftmax, ScoreFn::kSigmoid}) {
-    auto aux = pass_of("aux_loss", 0.05f), glob = pass_of("global_batch_aux_loss", 0.05f);
+    auto aux = pass_of("aux_loss", 0.05f, E), glob = pass_of("global_batch_aux_loss", 0.05f, E);
     EXPECT_EQ(aux->forward(b.view(fn), true), glob->forward(b.view(fn), true));
     std::vector<float> da(N * E, 0.0f), dg(N * E, 0.0f), dz(N * E, 0.0f);
     aux->backward(da.data(), dz.data(), b.view(fn), 0.25f);
@@ -445,12 +445,12 @@ TEST(GlobalBatchAuxLoss, BufferAccumulatesOverMicroBatchesAndResetsAtStepEnd) {
   // K=1, E=2, softmax, the same scores P = [0.5, 0.5]... with different choices per micro-batch.
   StateBuf mb1{2, 1, 2, {}, {0.8f, 0.2f, 0.6f, 0.4f}, {0, 0}, {2, 0}};  // P = [0.7, 0.3]
   StateBuf mb2{2, 1, 2, {}, {0.3f, 0.7f, 0.5f, 0.5f}, {1, 1}, {0, 2}};  // P = [0.4, 0.6]
-  auto pass = pass_of("global_batch_aux_loss", 1.0f);
+  auto pass = pass_of("global_batch_aux_loss", 1.0f, 2);
   // Micro-batch 1: C = [2, 0], f̄ = [1, 0]: L = 2·0.7 = 1.4.
   EXPECT_NEAR(pass->forward(mb1.view(ScoreFn::kSoftmax), true), 1.4, 1e-7);
   // Micro-batch 2: C = [2, 2], f̄ = [.5, .5]: L = 2·(.5·.4 + .5·.6) = 1.0 (the micro-batch loss would be 1.2).
   EXPECT_NEAR(pass->forward(mb2.view(ScoreFn::kSoftmax), true), 1.0, 1e-7);
-  EXPECT_NEAR(pass_of("aux_loss", 1.0f)->forward(mb2.view(ScoreFn::kSoftmax), true), 1.2, 1e-7);
+  EXPECT_NEAR(pass_of("aux_loss", 1.0f, 2)->forward(mb2.view(ScoreFn::kSoftmax), true), 1.2, 1e-7);
   // Its gradient uses f̄: α·E·f̄_i/N = 2·0.5/2 = 0.5 for every element.
   std::vector<float> ds(4, 0.0f), dz(4, 0.0f);
   pass->backward(ds.data(), dz.data(), mb2.view(ScoreFn::kSoftmax), 1.0f);
@@ -483,7 +483,7 @@ TEST(GlobalBatchAuxLoss, ReducesCountsThroughTheEnvOnlyWhenTraining) {
   BalancingSpec spec;
   spec.type = "global_batch_aux_loss";
   spec.coeff = 1.0f;
-  auto pass = make_balancing_pass(spec, "moe.balancing.0", env);
+  auto pass = make_balancing_pass(spec, 2, "moe.balancing.0", env);
   StateBuf mb{2, 1, 2, {}, {0.8f, 0.2f, 0.6f, 0.4f}, {0, 1}, {1, 1}};
   pass->forward(mb.view(ScoreFn::kSoftmax), true);
   EXPECT_EQ(calls, 1);
@@ -509,13 +509,13 @@ std::vector<float> bias_of(BalancingPass& pass) {
 TEST(LossFreeBias, UpdateMatchesTheRuleOnHandMadeCounts_sign_and_proportional) {
   // c = [10, 30, 20, 20]: mean 20, e = [10, -10, 0, 0].
   const int64_t c[4] = {10, 30, 20, 20};
-  auto sign = make_balancing_pass(bias_spec(BiasUpdate::kSign, 1e-3f));
+  auto sign = make_balancing_pass(bias_spec(BiasUpdate::kSign, 1e-3f), 4);
   sign->on_step_end(c, 4);
   EXPECT_EQ(bias_of(*sign), (std::vector<float>{1e-3f, -1e-3f, 0.0f, 0.0f}));
   sign->on_step_end(c, 4);
   EXPECT_EQ(bias_of(*sign), (std::vector<float>{2e-3f, -2e-3f, 0.0f, 0.0f}));
   // proportional: u · e_i / mean = 0.01 · [0.5, -0.5, 0, 0]
-  auto prop = make_balancing_pass(bias_spec(BiasUpdate::kProportional, 0.01f));
+  auto prop = make_balancing_pass(bias_spec(BiasUpdate::kProportional, 0.01f), 4);
   prop->on_step_end(c, 4);
   EXPECT_EQ(bias_of(*prop), (std::vector<float>{0.005f, -0.005f, 0.0f, 0.0f}));
   // No tokens: no update.
@@ -526,7 +526,7 @@ TEST(LossFreeBias, UpdateMatchesTheRuleOnHandMadeCounts_sign_and_proportional) {
 
 TEST(LossFreeBias, FreezeAfterStopsUpdates) {
   const int64_t c[2] = {1, 3};
-  auto pass = make_balancing_pass(bias_spec(BiasUpdate::kSign, 0.5f, 2));
+  auto pass = make_balancing_pass(bias_spec(BiasUpdate::kSign, 0.5f, 2), 2);
   for (int s = 0; s < 5; ++s) pass->on_step_end(c, 2);
   EXPECT_EQ(bias_of(*pass), (std::vector<float>{1.0f, -1.0f}));  // two updates, then frozen
   EXPECT_EQ(pass->state()[1].name, "steps");
@@ -534,7 +534,7 @@ TEST(LossFreeBias, FreezeAfterStopsUpdates) {
 }
 
 TEST(LossFreeBias, BiasChoosesButAddsNoLossAndNoGradient) {
-  auto pass = make_balancing_pass(bias_spec(BiasUpdate::kSign, 1.0f));
+  auto pass = make_balancing_pass(bias_spec(BiasUpdate::kSign, 1.0f), 2);
   const int64_t c[2] = {5, 1};  // expert 0 overloaded: b = [-1, +1]
   pass->on_step_end(c, 2);
   std::vector<float> s = {0.9f, 0.1f};
@@ -559,9 +559,9 @@ TEST(LossFreeBias, RouterGradientsIdenticalWithAndWithoutIt_softmax_and_sigmoid)
     aux.type = "aux_loss";
     aux.coeff = 0.1f;
     std::vector<std::unique_ptr<BalancingPass>> plain, biased;
-    plain.push_back(make_balancing_pass(aux));
-    biased.push_back(make_balancing_pass(aux));
-    biased.push_back(make_balancing_pass(bias_spec(BiasUpdate::kSign, 1e-4f)));
+    plain.push_back(make_balancing_pass(aux, E));
+    biased.push_back(make_balancing_pass(aux, E));
+    biased.push_back(make_balancing_pass(bias_spec(BiasUpdate::kSign, 1e-4f), E));
     const int64_t c[4] = {9, 3, 1, 3};
     biased[1]->on_step_end(c, 4);
     Router a(moe, D, std::move(plain)), b(moe, D, std::move(biased));
@@ -596,7 +596,7 @@ TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
   specs[0].type = "aux_loss";
   specs[1].type = "aux_los";
   try {
-    make_balancing_passes(specs);
+    make_balancing_passes(specs, 4);
     FAIL() << "no throw";
   } catch (const CollectiveError& e) {
     const std::string msg = e.what();
@@ -612,7 +612,7 @@ TEST(BalancingRegistry, UnknownTypeIsCollectiveErrorNamingPath) {
   EXPECT_THROW(MoeLayer(small_model(Activation::kGelu), moe, 0, placement, arena),
                CollectiveError);
   specs[1].type = "z_loss";
-  auto passes = make_balancing_passes(specs);
+  auto passes = make_balancing_passes(specs, 4);
   ASSERT_EQ(passes.size(), 2u);
   EXPECT_EQ(passes[0]->name(), "aux_loss");
   EXPECT_EQ(passes[1]->name(), "z_loss");
@@ -935,14 +935,14 @@ TEST(MoeLayer, RegistersNamedParamsOfEachKind_shared2_ep2) {
   MoeLayer layer(model, moe, 4, Placement::contiguous(4, 2, 0), arena);
   arena.allocate();
   layer.init_params(arena, 1, 0.02f);
-  EXPECT_EQ(arena.info(arena.find("layers.4.moe.router.w")).kind, ParamKind::kDense);
-  EXPECT_EQ(arena.info(arena.find("layers.4.moe.router.w")).shape, (std::vector<int64_t>{6, 4}));
-  EXPECT_EQ(arena.info(arena.find("layers.4.moe.shared.1.w2")).kind, ParamKind::kDense);
-  EXPECT_EQ(arena.info(arena.find("layers.4.moe.experts.1.w1")).kind, ParamKind::kExpert);
-  EXPECT_THROW(arena.find("layers.4.moe.experts.2.w1"), CollectiveError);  // on ep rank 1
+  EXPECT_EQ(arena.info(*arena.find("layers.4.moe.router.w")).kind, ParamKind::kDense);
+  EXPECT_EQ(arena.info(*arena.find("layers.4.moe.router.w")).shape, (std::vector<int64_t>{6, 4}));
+  EXPECT_EQ(arena.info(*arena.find("layers.4.moe.shared.1.w2")).kind, ParamKind::kDense);
+  EXPECT_EQ(arena.info(*arena.find("layers.4.moe.experts.1.w1")).kind, ParamKind::kExpert);
+  EXPECT_FALSE(arena.find("layers.4.moe.experts.2.w1").has_value());  // on ep rank 1
   EXPECT_EQ(arena.infos().size(), 1u + 2 * 2 + 2 * 2);
   // w2 std is init_std / sqrt(2 · n_layers) = 0.01: check the sample std is near it.
-  const auto id = arena.find("layers.4.moe.shared.0.w2");
+  const auto id = *arena.find("layers.4.moe.shared.0.w2");
   double s2 = 0;
   for (size_t i = 0; i < arena.info(id).numel; ++i) s2 += arena.param(id)[i] * arena.param(id)[i];
   EXPECT_NEAR(std::sqrt(s2 / arena.info(id).numel), 0.01, 0.004);

@@ -84,7 +84,7 @@ void load_fractions(double* f_E, const int64_t* counts_E, int E) {
   for (int i = 0; i < E; ++i) f_E[i] = total > 0 ? (double)counts_E[i] / (double)total : 0.0;
 }
 
-std::unique_ptr<BalancingPass> make_aux_loss(const BalancingSpec& spec, const std::string& path,
+std::unique_ptr<BalancingPass> make_aux_loss(const BalancingSpec& spec, int num_experts, const std::string& path,
                                              const BalancingEnv&) {
   MOEMPI_CHECK_ALL(spec.coeff >= 0.0f, "{}.coeff ({}) must be >= 0", path, spec.coeff);
   return std::make_unique<AuxLoss>(spec.coeff);

@@ -44,16 +44,17 @@ const BalancingRegistry& balancing_pass_registry() {
 
 std::vector<std::string> balancing_pass_types() { return balancing_pass_registry().names(); }
 
-std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec, const std::string& path,
-                                                   const BalancingEnv& env) {
-  return balancing_pass_registry().at(path + ".type", spec.type).factory(spec, path, env);
+std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec, int num_experts,
+                                                   const std::string& path, const BalancingEnv& env) {
+  MOEMPI_CHECK_ALL(num_experts >= 1, "{}: a balancing pass needs num_experts >= 1 (got {})", path, num_experts);
+  return balancing_pass_registry().at(path + ".type", spec.type).factory(spec, num_experts, path, env);
 }
 
 std::vector<std::unique_ptr<BalancingPass>> make_balancing_passes(
-    const std::vector<BalancingSpec>& specs, const BalancingEnv& env) {
+    const std::vector<BalancingSpec>& specs, int num_experts, const BalancingEnv& env) {
   std::vector<std::unique_ptr<BalancingPass>> passes;
   for (size_t i = 0; i < specs.size(); ++i)
-    passes.push_back(make_balancing_pass(specs[i], fmt::format("moe.balancing.{}", i), env));
+    passes.push_back(make_balancing_pass(specs[i], num_experts, fmt::format("moe.balancing.{}", i), env));
   return passes;
 }
 

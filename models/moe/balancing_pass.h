@@ -65,29 +65,35 @@ class BalancingPass {
   virtual std::vector<PassTensor> state() { return {}; }
 };
 
-using BalancingFactory = std::unique_ptr<BalancingPass> (*)(const BalancingSpec& spec, const std::string& path,
-                                                           const BalancingEnv& env);
+// num_experts: E of the layer, so that step-spanning state (biases, buffers) exists from
+// construction, before the first step (a checkpoint can restore it before any forward).
+using BalancingFactory = std::unique_ptr<BalancingPass> (*)(const BalancingSpec& spec, int num_experts,
+                                                           const std::string& path, const BalancingEnv& env);
 using BalancingRegistry = Registry<BalancingFactory>;
 
 // The passes, each defined in its own file (`path` is the YAML path of the spec, for messages).
-std::unique_ptr<BalancingPass> make_aux_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
-std::unique_ptr<BalancingPass> make_z_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
-std::unique_ptr<BalancingPass> make_seq_aux_loss(const BalancingSpec&, const std::string& path, const BalancingEnv&);
-std::unique_ptr<BalancingPass> make_global_batch_aux_loss(const BalancingSpec&, const std::string& path,
-                                                          const BalancingEnv&);
-std::unique_ptr<BalancingPass> make_loss_free_bias(const BalancingSpec&, const std::string& path, const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_aux_loss(const BalancingSpec&, int num_experts, const std::string& path,
+                                         const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_z_loss(const BalancingSpec&, int num_experts, const std::string& path,
+                                         const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_seq_aux_loss(const BalancingSpec&, int num_experts, const std::string& path,
+                                         const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_global_batch_aux_loss(const BalancingSpec&, int num_experts,
+                                                          const std::string& path, const BalancingEnv&);
+std::unique_ptr<BalancingPass> make_loss_free_bias(const BalancingSpec&, int num_experts, const std::string& path,
+                                         const BalancingEnv&);
 
 // moe.balancing.<i>.type -> pass, in registration order, with each pass's own keys.
 const BalancingRegistry& balancing_pass_registry();
 
 // The pass spec.type names. `path` is the YAML path of the spec, e.g. "moe.balancing.1"; an
 // unknown type is a collective error naming `<path>.type`, the value and the registered names.
-std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec,
+std::unique_ptr<BalancingPass> make_balancing_pass(const BalancingSpec& spec, int num_experts,
                                                    const std::string& path = "moe.balancing.0",
                                                    const BalancingEnv& env = {});
 // One pass per entry of moe.balancing, in order.
 std::vector<std::unique_ptr<BalancingPass>> make_balancing_passes(
-    const std::vector<BalancingSpec>& specs, const BalancingEnv& env = {});
+    const std::vector<BalancingSpec>& specs, int num_experts, const BalancingEnv& env = {});
 // The registered names, in registration order.
 std::vector<std::string> balancing_pass_types();
 

@@ -22,7 +22,7 @@ namespace {
 
 class GlobalBatchAuxLoss final : public BalancingPass {
  public:
-  GlobalBatchAuxLoss(float coeff, BalancingEnv env) : coeff_(coeff), env_(std::move(env)) {}
+  GlobalBatchAuxLoss(float coeff, int E, BalancingEnv env) : coeff_(coeff), env_(std::move(env)), counts_E_(E, 0) {}
   std::string name() const override { return "global_batch_aux_loss"; }
 
   // Collective over the data ranks when training (every rank, tokens or not).
@@ -30,7 +30,8 @@ class GlobalBatchAuxLoss final : public BalancingPass {
     step_counts_E_.assign(s.selected_per_expert_E, s.selected_per_expert_E + s.E);
     if (training) {
       if (env_.allreduce_counts_data) env_.allreduce_counts_data(step_counts_E_.data(), s.E);
-      if (counts_E_.size() != (size_t)s.E) counts_E_.assign(s.E, 0);
+      MOEMPI_CHECK_ONE(counts_E_.size() == (size_t)s.E, "global_batch_aux_loss built for {} experts, called with {}",
+                       counts_E_.size(), s.E);
       for (int i = 0; i < s.E; ++i) counts_E_[i] += step_counts_E_[i];
     }
     f_E_.resize(s.E);
@@ -59,10 +60,10 @@ class GlobalBatchAuxLoss final : public BalancingPass {
 
 }  // namespace
 
-std::unique_ptr<BalancingPass> make_global_batch_aux_loss(const BalancingSpec& spec, const std::string& path,
+std::unique_ptr<BalancingPass> make_global_batch_aux_loss(const BalancingSpec& spec, int num_experts, const std::string& path,
                                                           const BalancingEnv& env) {
   MOEMPI_CHECK_ALL(spec.coeff >= 0.0f, "{}.coeff ({}) must be >= 0", path, spec.coeff);
-  return std::make_unique<GlobalBatchAuxLoss>(spec.coeff, env);
+  return std::make_unique<GlobalBatchAuxLoss>(spec.coeff, num_experts, env);
 }
 
 }  // namespace moempi

@@ -19,18 +19,18 @@ namespace {
 
 class LossFreeBias final : public BalancingPass {
  public:
-  explicit LossFreeBias(const LossFreeBiasSpec& spec) : spec_(spec) {}
+  LossFreeBias(const LossFreeBiasSpec& spec, int E) : spec_(spec), bias_E_(E, 0.0f) {}
   std::string name() const override { return "loss_free_bias"; }
 
   void adjust_scores(float* scores_NE, int N, int E) override {
-    size_to(E);
+    check_experts(E);
     for (int t = 0; t < N; ++t)
       for (int i = 0; i < E; ++i) scores_NE[(size_t)t * E + i] += bias_E_[i];
   }
   double forward(const RouterState&, bool) override { return 0.0; }
 
   void on_step_end(const int64_t* counts_E, int E) override {
-    size_to(E);
+    check_experts(E);
     const bool frozen = spec_.freeze_after > 0 && steps_[0] >= spec_.freeze_after;
     ++steps_[0];
     int64_t total = 0;
@@ -49,8 +49,9 @@ class LossFreeBias final : public BalancingPass {
   }
 
  private:
-  void size_to(int E) {
-    if (bias_E_.size() != (size_t)E) bias_E_.assign(E, 0.0f);
+  void check_experts(int E) const {
+    MOEMPI_CHECK_ONE(bias_E_.size() == (size_t)E, "loss_free_bias built for {} experts, called with {}",
+                     bias_E_.size(), E);
   }
 
   LossFreeBiasSpec spec_;
@@ -60,13 +61,13 @@ class LossFreeBias final : public BalancingPass {
 
 }  // namespace
 
-std::unique_ptr<BalancingPass> make_loss_free_bias(const BalancingSpec& spec, const std::string& path,
+std::unique_ptr<BalancingPass> make_loss_free_bias(const BalancingSpec& spec, int num_experts, const std::string& path,
                                                    const BalancingEnv&) {
   MOEMPI_CHECK_ALL(spec.bias.rate >= 0.0f && std::isfinite(spec.bias.rate), "{}.rate ({}) must be >= 0", path,
                    spec.bias.rate);
   MOEMPI_CHECK_ALL(spec.bias.freeze_after >= 0, "{}.freeze_after ({}) must be >= 0 (0 = never freeze)", path,
                    spec.bias.freeze_after);
-  return std::make_unique<LossFreeBias>(spec.bias);
+  return std::make_unique<LossFreeBias>(spec.bias, num_experts);
 }
 
 }  // namespace moempi

@@ -83,7 +83,7 @@ static void choose_groups(const float* v_E, int E, int G, int M, int per_group, 
 }
 
 Router::Router(const MoeSpec& moe, int D, const BalancingEnv& env)
-    : Router(moe, D, make_balancing_passes(moe.balancing, env)) {}
+    : Router(moe, D, make_balancing_passes(moe.balancing, moe.num_experts, env)) {}
 
 Router::Router(const MoeSpec& moe, int D, std::vector<std::unique_ptr<BalancingPass>> passes)
     : moe_(moe), D_(D), passes_(std::move(passes)) {

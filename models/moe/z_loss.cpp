@@ -54,7 +54,7 @@ class ZLoss final : public BalancingPass {
 
 }  // namespace
 
-std::unique_ptr<BalancingPass> make_z_loss(const BalancingSpec& spec, const std::string& path,
+std::unique_ptr<BalancingPass> make_z_loss(const BalancingSpec& spec, int num_experts, const std::string& path,
                                            const BalancingEnv&) {
   MOEMPI_CHECK_ALL(spec.coeff >= 0.0f, "{}.coeff ({}) must be >= 0", path, spec.coeff);
   return std::make_unique<ZLoss>(spec.coeff);

@@ -70,9 +70,17 @@ void ParamArena::allocate() {
   allocated_ = true;
 }
 
-ParamArena::Id ParamArena::find(const std::string& name) const {
+std::optional<ParamArena::Id> ParamArena::find(const std::string& name) const {
   if (auto it = index_.find(name); it != index_.end()) return it->second;
-  fail_collective(fmt::format("no parameter named '{}'", name));
+  return std::nullopt;
+}
+
+void ParamArena::register_state(StateRegistry& registry, const StateWriters& writers) {
+  for (size_t id = 0; id < infos_.size(); ++id) {
+    const ParamInfo& info = infos_[id];
+    registry.add_f32("param/" + info.name, info.shape, {param(id), info.numel},
+                     info.kind == ParamKind::kDense ? writers.dense : writers.experts);
+  }
 }
 
 void ParamArena::zero_grads() { std::memset(grads_.data(), 0, total_ * sizeof(float)); }

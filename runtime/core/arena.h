@@ -7,10 +7,13 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "runtime/core/state_registry.h"
 
 namespace moempi {
 
@@ -53,7 +56,12 @@ class ParamArena {
   const float* param(Id id) const { return params_.data() + infos_[id].offset; }
   const ParamInfo& info(Id id) const { return infos_[id]; }
   const std::vector<ParamInfo>& infos() const { return infos_; }
-  Id find(const std::string& name) const;  // collective error if missing
+  // The tensor of that name, or nullopt when this rank holds none (with expert parallelism a
+  // name may exist on some ranks only, so a miss is not an error here).
+  std::optional<Id> find(const std::string& name) const;
+  // Registers every tensor as "param/<name>" (dense: writer when writers.dense; experts: when
+  // writers.experts) for checkpoints.
+  void register_state(StateRegistry& registry, const StateWriters& writers);
 
   std::span<float> params() { return {params_.data(), total_}; }
   std::span<float> grads() { return {grads_.data(), total_}; }

@@ -123,6 +123,7 @@ struct TrainSpec {
   // first offending tensor; "skip" leaves the parameters unchanged for that step and warns.
   std::string nonfinite = "abort";
   float loss_spike_factor = 2.0f;  // warn when a step's loss exceeds this × the recent mean; 0 = off
+  int global_batch = 0;  // sequences per optimizer step; > 0: grad_accum = global_batch / (micro_batch × world)
 };
 
 struct EvalSpec {
@@ -131,7 +132,9 @@ struct EvalSpec {
 };
 
 struct CheckpointSpec {
-  int interval = 0;  // checkpoints are not implemented yet: must stay 0
+  int interval = 0;             // save every this many steps and at the last step; 0 = never
+  int keep_last = 3;            // complete checkpoints kept (older ones removed); 0 = all
+  std::string resume = "auto";  // auto: continue from <run_dir>/ckpt's latest usable checkpoint, if any | never
 };
 
 struct MetricsSpec {
