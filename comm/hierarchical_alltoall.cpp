@@ -39,32 +39,55 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
       std::memcpy(&send_records[at * width], &records[i * width], sizeof(int64_t) * width);
     }
   }
-  // Count exchange, then the records.
-  std::vector<int64_t> send_counts(P), recv_counts(P);
-  for (int q = 0; q < P; ++q) send_counts[q] = send_first_[q + 1] - send_first_[q];
-  if (P > 1)
-    alltoall_i64(send_counts.data(), recv_counts.data(), 1, group);
-  else
-    recv_counts = send_counts;
+  // One message of records to every peer (empty ones too); the receiver learns the count from the
+  // message itself (MPI_Mprobe), so counts and records cost one exchange, not two (on a slow
+  // network every exchange pays its latency).
   recv_first_.assign(P + 1, 0);
-  for (int q = 0; q < P; ++q) recv_first_[q + 1] = recv_first_[q] + recv_counts[q];
-  MOEMPI_CHECK_ONE(recv_first_[P] * width <= INT_MAX && static_cast<int64_t>(n) * width <= INT_MAX,
-                   "routed hop over '{}': {} rows exceed one exchange", group.name(), recv_first_[P]);
-  recv_records.resize(static_cast<size_t>(recv_first_[P]) * width);
   if (P == 1) {
     recv_records = send_records;
-  } else {
-    std::vector<int> sc(P), sd(P), rc(P), rd(P);
-    for (int q = 0; q < P; ++q) {
-      sc[q] = static_cast<int>(send_counts[q] * width);
-      sd[q] = static_cast<int>(send_first_[q] * width);
-      rc[q] = static_cast<int>(recv_counts[q] * width);
-      rd[q] = static_cast<int>(recv_first_[q] * width);
-    }
-    watchdog::Pending pending("MPI_Alltoallv (hop records)", group.name().c_str());
-    MOEMPI_MPI_CHECK(MPI_Alltoallv(send_records.data(), sc.data(), sd.data(), MPI_INT64_T, recv_records.data(),
-                                   rc.data(), rd.data(), MPI_INT64_T, group.comm()));
+    recv_first_[1] = static_cast<int64_t>(n);
+    return;
   }
+  MOEMPI_CHECK_ONE(static_cast<int64_t>(n) * width <= INT_MAX, "routed hop over '{}': {} rows exceed one exchange",
+                   group.name(), n);
+  const int me = group.rank();
+  constexpr int kRecordTag = 1;
+  std::vector<MPI_Request> sends;
+  sends.reserve(P);
+  for (int q = 0; q < P; ++q) {
+    if (q == me) continue;
+    sends.push_back(MPI_REQUEST_NULL);
+    MOEMPI_MPI_CHECK(MPI_Isend(send_records.data() + send_first_[q] * width,
+                               static_cast<int>((send_first_[q + 1] - send_first_[q]) * width), MPI_INT64_T, q,
+                               kRecordTag, group.comm(), &sends.back()));
+  }
+  std::vector<MPI_Message> messages(P, MPI_MESSAGE_NULL);
+  {
+    watchdog::Pending pending("MPI_Mprobe (hop records)", group.name().c_str());
+    for (int q = 0; q < P; ++q) {
+      int64_t count = send_first_[me + 1] - send_first_[me];
+      if (q != me) {
+        MPI_Status status;
+        MOEMPI_MPI_CHECK(MPI_Mprobe(q, kRecordTag, group.comm(), &messages[q], &status));
+        int elements = 0;
+        MOEMPI_MPI_CHECK(MPI_Get_count(&status, MPI_INT64_T, &elements));
+        count = elements / width;
+      }
+      recv_first_[q + 1] = recv_first_[q] + count;
+    }
+  }
+  recv_records.resize(static_cast<size_t>(recv_first_[P]) * width);
+  for (int q = 0; q < P; ++q) {
+    int64_t* at = recv_records.data() + recv_first_[q] * width;
+    const int64_t count = recv_first_[q + 1] - recv_first_[q];
+    if (q == me) {
+      if (count) std::memcpy(at, send_records.data() + send_first_[me] * width, sizeof(int64_t) * count * width);
+      continue;
+    }
+    MOEMPI_MPI_CHECK(MPI_Mrecv(at, static_cast<int>(count * width), MPI_INT64_T, &messages[q], MPI_STATUS_IGNORE));
+  }
+  watchdog::Pending pending("MPI_Waitall (hop records)", group.name().c_str());
+  MOEMPI_MPI_CHECK(MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE));
 }
 
 void RoutedHop::gather(const float* in, float* send, int width, const float* scale) const {

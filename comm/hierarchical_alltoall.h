@@ -44,7 +44,8 @@ class RoutedHop {
  public:
   // Collective over `group` (a view; it must outlive the hop). `inter`: the group's members are on
   // different nodes (traffic counted as inter-node). from/peer: (n_send) input row and peer of
-  // each send; records: (n_send * width) int64. recv_records gets (recv_rows() * width).
+  // each send; records: (n_send * width) int64. recv_records gets (recv_rows() * width). One
+// message per peer (MPI_Isend + MPI_Mprobe/MPI_Mrecv): the count travels with the records.
   void plan(const Communicator& group, bool inter, int64_t in_rows, const std::vector<int64_t>& from,
             const std::vector<int>& peer, const std::vector<int64_t>& records, int width,
             std::vector<int64_t>& recv_records);

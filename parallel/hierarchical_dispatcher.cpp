@@ -7,6 +7,9 @@
 #include <cstring>
 #include <numeric>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "comm/mpi_check.h"
 #include "runtime/core/error.h"
 #include "runtime/core/timer.h"
@@ -81,9 +84,7 @@ HierarchicalDispatcher::HierarchicalDispatcher(const ProcessGroups& groups, Hier
   }
   int all_ok = ok ? 1 : 0;
   MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, groups.world.comm()));
-  std::string nodes;
-  for (int q = 0; q < static_cast<int>(groups.ep_rank_node.size()); ++q)
-    nodes += (q ? "," : "") + std::to_string(groups.ep_rank_node[q]);
+  const std::string nodes = fmt::format("{}", fmt::join(groups.ep_rank_node, ","));
   MOEMPI_CHECK_ALL(all_ok == 1,
                    "moe.dispatch.type 'hierarchical' needs every ep group to be N nodes x G ranks, with the same G "
                    "on every node and consecutive ep ranks per node (this rank's ep group has nodes [{}] by ep rank "
