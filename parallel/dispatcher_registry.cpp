@@ -67,7 +67,7 @@ const DispatcherRegistry& dispatcher_registry() {
            hierarchical_keys,
            "two-level all-to-all over nodes (algorithm 2dh | leader), optionally one copy per token and node "
            "(dedup); the ep group N nodes x G ranks"},
-          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node, flat across nodes"},
+          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node, flat across nodes (never hierarchical: bench/README.md)"},
       });
   return registry;
 }

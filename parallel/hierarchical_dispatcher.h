@@ -20,6 +20,11 @@
 // (the fan-out rank) and only the k scalars per unit travel back, and dy = p_tk · dout_t is formed
 // there; dx is summed per node before the return. x_RD, dy_RD and dprobs stay bit-identical to
 // local; out and dx differ only by summation order (tests: relative 1e-6 of the row scale).
+// Every hop is one MPI message per peer with rows (MPI_Isend/MPI_Irecv of contiguous blocks); inside
+// a node Open MPI carries them over shared memory (vader, single copy with CMA), not through the
+// shm dispatcher's window (comm/shm_window.h), which would need its own synchronisation per hop.
+// Routing records (8·(3+3k) bytes per unit with dedup, 32 bytes per slot row without) travel once
+// per hop in plan() and are not in the statistics.
 // Traffic statistics count every hop (a row crossing two hops counts twice); the inter-node
 // bytes are those of the one hop between nodes. Test: tests/dispatcher_mpitest.cpp.
 #pragma once
