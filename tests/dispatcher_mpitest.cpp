@@ -167,7 +167,9 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
     int64_t group_inter = st.bytes_inter;
     allreduce_sum(&group_inter, 1, groups.ep);
     EXPECT_EQ(group_inter, want_group_inter);
-    if (groups.ep_num_nodes() == 1) EXPECT_EQ(st.bytes_inter, 0);
+    if (groups.ep_num_nodes() == 1) {
+      EXPECT_EQ(st.bytes_inter, 0);
+    }
     return;
   }
   EXPECT_EQ(st.rows, want_rows);
