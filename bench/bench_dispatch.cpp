@@ -238,14 +238,16 @@ int run_dispatch(const DispatchOptions& o) {
         int T_src = 0;
         all_routings[src] = make_routings(pattern, o, src, W, T_src);
       }
+      // The timed dispatcher, then (--versus) the second one: the body below checks whichever
+      // under the names `dispatcher` and `plan` (they shadow the outer ones on purpose).
       for (int which = 0; which < (versus ? 2 : 1); ++which)
       for (size_t r = 0; r < routings.size(); ++r) {
-        Dispatcher* dispatcher_ = which ? vdispatcher.get() : dispatcher.get();
-        DispatchPlan* plan_ = which ? vplan.get() : plan.get();
+        Dispatcher* const checked = which ? vdispatcher.get() : dispatcher.get();
+        DispatchPlan* const checked_plan = which ? vplan.get() : plan.get();
         const bool near_ok = which == 0 && dedup;  // dedup: per-node partial sums
         const auto& ids = routings[r];
-        auto& dispatcher = dispatcher_;
-        auto& plan = plan_;
+        Dispatcher* const dispatcher = checked;
+        DispatchPlan* const plan = checked_plan;
         dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
         const int64_t R = plan->rows();
         // No poisoning of x_RD here: with shm, peers may already be writing it (dispatcher.h).
