@@ -14,6 +14,7 @@
 #include "bench/bench.h"
 #include "runtime/memory_estimate.h"
 #include "bench/bench_common.h"
+#include "bench/dispatch_flags.h"
 #include "comm/collectives.h"
 #include "comm/mpi_check.h"
 #include "comm/payload.h"
@@ -28,7 +29,7 @@ struct AlltoallOptions {
   std::string min_size = "1K", max_size = "16M";
   double factor = 2.0;
   TimingFlags timing;
-  std::string dispatcher = "auto";
+  DispatchFlags flags;
   int experts_per_rank = 2;
   uint64_t seed = 1;
 };
@@ -36,17 +37,19 @@ struct AlltoallOptions {
 int run_alltoall(const AlltoallOptions& o) {
   const Communicator world = Communicator::world();
   const int W = world.size(), me = world.rank();
-  ParallelSpec spec;
-  spec.strategy = "ep";
-  spec.ep = W;
-  const ProcessGroups groups = ProcessGroups::build(spec);
+  const ProcessGroups groups = build_bench_groups(o.flags);
   MOEMPI_CHECK_ALL(o.experts_per_rank >= 1, "--experts-per-rank ({}) must be >= 1", o.experts_per_rank);
   const int El = o.experts_per_rank;
   const Placement placement = make_placement(W * El, groups);
-  DispatchSpec dspec;
-  dspec.type = o.dispatcher;
+  const DispatchSpec dspec = dispatch_spec(o.flags, o.flags.dispatcher);
   std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(dspec, groups);
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
+  const bool versus = !o.flags.versus.empty();
+  const DispatchSpec vspec = dispatch_spec(o.flags, versus ? o.flags.versus : "flat");
+  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_dispatcher(vspec, groups) : nullptr;
+  std::unique_ptr<DispatchPlan> vplan = versus ? vdispatcher->new_plan() : nullptr;
+  const std::string label = dispatcher_label(*dispatcher, dspec);
+  const std::string vlabel = versus ? dispatcher_label(*vdispatcher, vspec) : "";
   const std::vector<int64_t> sizes =
       size_sweep(parse_size(o.min_size, "-b"), parse_size(o.max_size, "-e"), o.factor);
   {  // Refuse a sweep whose largest size cannot fit before allocating it: per rank the input, the
@@ -69,12 +72,22 @@ int run_alltoall(const AlltoallOptions& o) {
   Table table({{"size", "(B/peer)", 10}, {"count", "(floats)", 10}, {"min", "(us)", 9},
                {"avg", "(us)", 9}, {"max", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7},
                {"raw", "(us)", 9}, {"algbw", "(GB/s)", 7}, {"busbw", "(GB/s)", 7}, {"copy", "(us)", 9},
-               {"#wrong", "", 7}, {"ratio", "moe/raw", 7}, {"ratio", "moe/copy", 8}},
+               {"#wrong", "", 7}, {"ratio", "moe/raw", 7}, {"ratio", "moe/copy", 8}, {"intra", "(msg/rk)", 8},
+               {"intra", "(KB/rk)", 9}, {"inter", "(msg/rk)", 8}, {"inter", "(KB/rk)", 9}, {"vs", "(us)", 9},
+               {"vs_inter", "(msg/rk)", 8}, {"vs_inter", "(KB/rk)", 9}, {"ratio", "moe/vs", 7}},
               me == 0);
   table.print_header({
       fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
                   "warmup {}, iters {}, check {}",
-                  W, dispatcher->name(), W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
+                  W, label, W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
+      fmt::format("nodes: {} {} ({} ranks each); link model: {}", groups.num_nodes,
+                  groups.virtual_nodes ? "virtual" : "real", groups.node.size(),
+                  o.flags.link_gbps > 0 || o.flags.link_latency_us > 0
+                      ? fmt::format("{} Gbit/s, {} us per inter-node message", o.flags.link_gbps, o.flags.link_latency_us)
+                      : std::string("off")),
+      "intra/inter = messages and KB one rank sends to its node / other nodes per round (mean over ranks)",
+      versus ? fmt::format("vs = '{}' in the same rounds (interleaved); ratio moe/vs = time / vs", vlabel)
+             : std::string("vs = none (--versus NAME times a second dispatcher in the same run)"),
       "moempi path = the dispatcher's plan (count exchange) + dispatch (rows to experts), where",
       fmt::format("  {} = {}", dispatcher->name(), dispatcher_registry().find(dispatcher->name())->doc),
       "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
@@ -87,7 +100,11 @@ int run_alltoall(const AlltoallOptions& o) {
   nlohmann::json doc = {{"benchmark", "alltoall"},
                         {"cpu", cpu_model()},
                         {"ranks", W},
-                        {"dispatcher", dispatcher->name()},
+                        {"dispatcher", label},
+                        {"versus", vlabel},
+                        {"nodes", groups.num_nodes},
+                        {"link_gbps", o.flags.link_gbps},
+                        {"link_latency_us", o.flags.link_latency_us},
                         {"experts_per_rank", El},
                         {"iters", o.timing.iters},
                         {"warmup", o.timing.warmup},
@@ -147,6 +164,10 @@ int run_alltoall(const AlltoallOptions& o) {
       std::memset(raw_recv.data(), 0xff, raw_recv.size() * sizeof(float));
     };
 
+    auto versus_op = [&](int) {
+      vdispatcher->plan(*vplan, Routing{topk.data(), nullptr, T, 1}, x.data(), D, placement);
+      vdispatcher->dispatch(*vplan, x.data());
+    };
     int64_t wrong = 0;
     if (o.timing.check) {
       moempi_op(0);  // plans, so that the expert rows exist to be poisoned
@@ -156,7 +177,15 @@ int run_alltoall(const AlltoallOptions& o) {
       wrong += verify();
       poison();
     }
-    const auto seconds = time_interleaved({moempi_op, raw_op}, o.timing.warmup, o.timing.iters, world);
+    const DispatchStats before = dispatcher->stats();
+    const DispatchStats vbefore = versus ? vdispatcher->stats() : DispatchStats{};
+    std::vector<std::function<void(int)>> ops = {moempi_op, raw_op};
+    if (versus) ops.push_back(versus_op);
+    const auto seconds = time_interleaved(ops, o.timing.warmup, o.timing.iters, world);
+    const int rounds = o.timing.warmup + o.timing.iters;
+    const RoundTraffic tr = traffic_per_round(before, dispatcher->stats(), rounds, world);
+    const RoundTraffic vtr = traffic_per_round(vbefore, versus ? vdispatcher->stats() : DispatchStats{}, rounds, world);
+    const OverRanks vs = over_ranks(versus ? median(seconds[2]) : 0.0, world);
     if (o.timing.check) wrong += verify();
     allreduce_sum(&wrong, 1, world);
     all_wrong += wrong;
@@ -170,7 +199,12 @@ int run_alltoall(const AlltoallOptions& o) {
     table.print_row({cell(bytes), cell(c), cell(m.min * 1e6, 1), cell(m.avg * 1e6, 1),
                      cell(m.max * 1e6, 1), cell(gbps(total, m.max), 2), cell(gbps(total, m.max) * busf, 2),
                      cell(r.max * 1e6, 1), cell(gbps(total, r.max), 2), cell(gbps(total, r.max) * busf, 2),
-                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(m.max / cp.max, 2)});
+                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(m.max / cp.max, 2),
+                     cell(tr.messages_intra, 1), cell(tr.bytes_intra / 1024, 1), cell(tr.messages_inter, 1),
+                     cell(tr.bytes_inter / 1024, 1), versus ? cell(vs.max * 1e6, 1) : std::string("-"),
+                     versus ? cell(vtr.messages_inter, 1) : std::string("-"),
+                     versus ? cell(vtr.bytes_inter / 1024, 1) : std::string("-"),
+                     versus && vs.max > 0 ? cell(m.max / vs.max, 2) : std::string("-")});
     doc["rows"].push_back({{"bytes_per_peer", bytes},
                            {"floats_per_peer", c},
                            {"row_width", D},
@@ -182,7 +216,13 @@ int run_alltoall(const AlltoallOptions& o) {
                            {"wrong", wrong},
                            {"ratio", ratio},
                            {"copy_us", microseconds_json(cp)},
-                           {"ratio_copy", m.max / cp.max}});
+                           {"ratio_copy", m.max / cp.max},
+                           {"per_rank_round", {{"messages_intra", tr.messages_intra}, {"bytes_intra", tr.bytes_intra},
+                                               {"messages_inter", tr.messages_inter}, {"bytes_inter", tr.bytes_inter}}},
+                           {"versus_us", microseconds_json(vs)},
+                           {"versus_per_rank_round", {{"messages_intra", vtr.messages_intra}, {"bytes_intra", vtr.bytes_intra},
+                                                      {"messages_inter", vtr.messages_inter}, {"bytes_inter", vtr.bytes_inter}}},
+                           {"ratio_versus", versus && vs.max > 0 ? m.max / vs.max : 0.0}});
   }
   return finish_report(table, doc, all_wrong, o.timing.json, world);
 }
@@ -197,8 +237,7 @@ void add_alltoall_command(CLI::App& bench, int& exit_code) {
   cmd->add_option("-e,--maxbytes", o->max_size, "largest size, bytes per peer")->capture_default_str();
   cmd->add_option("-f,--stepfactor", o->factor, "size multiplier between steps")->capture_default_str();
   add_timing_flags(*cmd, o->timing);
-  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher whose exchange is timed (moe.dispatch.type: a registered name or auto)")
-      ->capture_default_str();
+  add_dispatch_flags(*cmd, o->flags);
   cmd->add_option("--experts-per-rank", o->experts_per_rank, "local experts per rank (regroup fan-out)")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "payload seed")->capture_default_str();

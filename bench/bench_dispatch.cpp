@@ -14,6 +14,7 @@
 
 #include "bench/bench.h"
 #include "bench/bench_common.h"
+#include "bench/dispatch_flags.h"
 #include "comm/collectives.h"
 #include "comm/mpi_check.h"
 #include "comm/payload.h"
@@ -34,7 +35,7 @@ struct DispatchOptions {
   std::vector<std::string> patterns;  // empty = all
   double zipf_s = 1.2;
   TimingFlags timing;
-  std::string dispatcher = "auto";
+  DispatchFlags flags;
   uint64_t seed = 1;
 };
 
@@ -94,10 +95,7 @@ std::vector<std::vector<int32_t>> make_routings(const std::string& pattern, cons
 
 int run_dispatch(const DispatchOptions& o) {
   const int W = Communicator::world().size();
-  ParallelSpec spec;
-  spec.strategy = "ep";
-  spec.ep = W;
-  const ProcessGroups groups = ProcessGroups::build(spec);
+  const ProcessGroups groups = build_bench_groups(o.flags);
   const Communicator& world = groups.world;
   const int me = world.rank();
   MOEMPI_CHECK_ALL(o.T >= 0, "-T ({}) must be >= 0 (tokens per rank)", o.T);
@@ -106,10 +104,17 @@ int run_dispatch(const DispatchOptions& o) {
   MOEMPI_CHECK_ALL(o.E % W == 0, "-E ({}) is not divisible by the number of ranks ({}); try -E {}", o.E, W,
                    (o.E / W + 1) * W);
   const Placement placement = make_placement(o.E, groups);
-  DispatchSpec dspec;
-  dspec.type = o.dispatcher;
+  const DispatchSpec dspec = dispatch_spec(o.flags, o.flags.dispatcher);
   std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(dspec, groups);
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
+  // --versus: a second dispatcher, verified and timed the same way in the same rounds.
+  const bool versus = !o.flags.versus.empty();
+  const DispatchSpec vspec = dispatch_spec(o.flags, versus ? o.flags.versus : "flat");
+  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_dispatcher(vspec, groups) : nullptr;
+  std::unique_ptr<DispatchPlan> vplan = versus ? vdispatcher->new_plan() : nullptr;
+  const std::string label = dispatcher_label(*dispatcher, dspec);
+  const std::string vlabel = versus ? dispatcher_label(*vdispatcher, vspec) : "";
+  const bool dedup = dispatcher->name() == "hierarchical" && o.flags.dedup;
   const int D = o.D, k = o.k, El = placement.num_local();
   // Combine weights 2^-(k+1): products are exact, so the expected sums below are exact to
   // recompute in the same order whether or not the compiler fuses multiply-adds.
@@ -119,12 +124,22 @@ int run_dispatch(const DispatchOptions& o) {
   Table table({{"pattern", "", 11}, {"rows", "(total)", 9}, {"max_in", "(rows)", 8}, {"MB", "(/dir)", 8},
                {"min", "(us)", 9}, {"avg", "(us)", 9}, {"time", "(us)", 9}, {"raw", "(us)", 9},
                {"busbw", "(GB/s)", 7}, {"copy", "(us)", 9}, {"#wrong", "", 7}, {"ratio", "moe/raw", 7},
-               {"ratio", "moe/copy", 8}},
+               {"ratio", "moe/copy", 8}, {"intra", "(msg/rk)", 8}, {"intra", "(KB/rk)", 9},
+               {"inter", "(msg/rk)", 8}, {"inter", "(KB/rk)", 9}, {"vs", "(us)", 9}, {"vs_inter", "(KB/rk)", 9},
+               {"ratio", "moe/vs", 7}},
               me == 0);
   table.print_header({
       fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
                   "E {} ({} per rank), k {}, warmup {}, iters {}",
-                  W, dispatcher->name(), o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
+                  W, label, o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
+      fmt::format("nodes: {} {} ({} ranks each); link model: {}", groups.num_nodes,
+                  groups.virtual_nodes ? "virtual" : "real", groups.node.size(),
+                  o.flags.link_gbps > 0 || o.flags.link_latency_us > 0
+                      ? fmt::format("{} Gbit/s, {} us per inter-node message", o.flags.link_gbps, o.flags.link_latency_us)
+                      : std::string("off")),
+      "intra/inter = messages and KB one rank sends to its node / other nodes per round (mean over ranks)",
+      versus ? fmt::format("vs = '{}' in the same rounds (interleaved); ratio moe/vs = time / vs", vlabel)
+             : std::string("vs = none (--versus NAME times a second dispatcher in the same run)"),
       fmt::format("moempi = plan (count exchange) + dispatch + combine (weighted sum) per round; {} = {}",
                   dispatcher->name(), dispatcher_registry().find(dispatcher->name())->doc),
       "raw = MPI_Alltoallv of the same bytes there and back, packed; the two alternate round by round",
@@ -137,7 +152,8 @@ int run_dispatch(const DispatchOptions& o) {
       fmt::format("CPU: {}", cpu_model()),
   });
   nlohmann::json doc = {{"benchmark", "dispatch"}, {"cpu", cpu_model()}, {"ranks", W},
-                        {"dispatcher", dispatcher->name()},
+                        {"dispatcher", label}, {"versus", vlabel}, {"nodes", groups.num_nodes},
+                        {"link_gbps", o.flags.link_gbps}, {"link_latency_us", o.flags.link_latency_us},
                         {"T", o.T}, {"D", D}, {"E", o.E}, {"k", k}, {"iters", o.timing.iters},
                         {"warmup", o.timing.warmup}, {"rows", nlohmann::json::array()}};
 
@@ -167,6 +183,10 @@ int run_dispatch(const DispatchOptions& o) {
       return out;
     };
 
+    // Exact, or (dedup: a token's per-node partial sums) within 1e-5 of the scale.
+    auto same = [](float got, float want, bool near) {
+      return near ? std::fabs(got - want) <= 1e-5f * (1.0f + std::fabs(want)) : got == want;
+    };
     // Per routing: rows this rank sends to / receives from each peer (the raw baseline's counts).
     struct RawLayout {
       std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
@@ -219,8 +239,16 @@ int run_dispatch(const DispatchOptions& o) {
         int T_src = 0;
         all_routings[src] = make_routings(pattern, o, src, W, T_src);
       }
+      // The timed dispatcher, then (--versus) the second one: the body below checks whichever
+      // under the names `dispatcher` and `plan` (they shadow the outer ones on purpose).
+      for (int which = 0; which < (versus ? 2 : 1); ++which)
       for (size_t r = 0; r < routings.size(); ++r) {
+        Dispatcher* const checked = which ? vdispatcher.get() : dispatcher.get();
+        DispatchPlan* const checked_plan = which ? vplan.get() : plan.get();
+        const bool near_ok = which == 0 && dedup;  // dedup: per-node partial sums
         const auto& ids = routings[r];
+        Dispatcher* const dispatcher = checked;
+        DispatchPlan* const plan = checked_plan;
         dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
         const int64_t R = plan->rows();
         // No poisoning of x_RD here: with shm, peers may already be writing it (dispatcher.h).
@@ -250,7 +278,8 @@ int run_dispatch(const DispatchOptions& o) {
         std::fill(z.begin(), z.end(), -1.0f);
         dispatcher->combine(*plan, z.data());
         for (int t = 0; t < T; ++t)
-          for (int d = 0; d < D; ++d) wrong += z[static_cast<size_t>(t) * D + d] != expected_combine(ids, t, d, true);
+          for (int d = 0; d < D; ++d)
+            wrong += !same(z[static_cast<size_t>(t) * D + d], expected_combine(ids, t, d, true), near_ok);
       }
     }
 
@@ -260,6 +289,12 @@ int run_dispatch(const DispatchOptions& o) {
       dispatcher->plan(*plan, routing(ids), x.data(), D, placement);
       dispatcher->dispatch(*plan, x.data());
       dispatcher->combine(*plan, z.data());  // the experts' rows hold stale (finite) values here
+    };
+    auto versus_op = [&](int round) {
+      const auto& ids = routings[round % n_routings];
+      vdispatcher->plan(*vplan, routing(ids), x.data(), D, placement);
+      vdispatcher->dispatch(*vplan, x.data());
+      vdispatcher->combine(*vplan, z.data());
     };
     auto raw_op = [&](int round) {
       const RawLayout& L = raw[round % n_routings];
@@ -271,7 +306,16 @@ int run_dispatch(const DispatchOptions& o) {
                                      raw_send.data(), L.send_counts.data(), L.send_displs.data(),
                                      MPI_FLOAT, world.comm()));
     };
-    const auto seconds = time_interleaved({moempi_op, raw_op}, o.timing.warmup, o.timing.iters, world);
+    const DispatchStats before = dispatcher->stats();
+    const DispatchStats vbefore = versus ? vdispatcher->stats() : DispatchStats{};
+    std::vector<std::function<void(int)>> ops = {moempi_op, raw_op};
+    if (versus) ops.push_back(versus_op);
+    const auto seconds = time_interleaved(ops, o.timing.warmup, o.timing.iters, world);
+    const int rounds = o.timing.warmup + o.timing.iters;
+    const RoundTraffic tr = traffic_per_round(before, dispatcher->stats(), rounds, world);
+    const RoundTraffic vtr =
+        traffic_per_round(vbefore, versus ? vdispatcher->stats() : DispatchStats{}, rounds, world);
+    const OverRanks vs = over_ranks(versus ? median(seconds[2]) : 0.0, world);
     if (o.timing.check) {
       // After timing: the last round again with identity experts (y = x), checked.
       const auto& ids = routings[(o.timing.warmup + o.timing.iters - 1) % n_routings];
@@ -281,7 +325,7 @@ int run_dispatch(const DispatchOptions& o) {
       std::fill(z.begin(), z.end(), -1.0f);
       dispatcher->combine(*plan, z.data());
       for (int t = 0; t < T; ++t)
-        for (int d = 0; d < D; ++d) wrong += z[static_cast<size_t>(t) * D + d] != expected_combine(ids, t, d, false);
+        for (int d = 0; d < D; ++d) wrong += !same(z[static_cast<size_t>(t) * D + d], expected_combine(ids, t, d, false), dedup);
     }
     allreduce_sum(&wrong, 1, world);
     all_wrong += wrong;
@@ -295,7 +339,11 @@ int run_dispatch(const DispatchOptions& o) {
     const double ratio = r.max > 0 ? m.max / r.max : 0.0;
     table.print_row({pattern, cell(rows_total), cell(max_in), cell(bytes_dir / 1e6, 1), cell(m.min * 1e6, 1),
                      cell(m.avg * 1e6, 1), cell(m.max * 1e6, 1), cell(r.max * 1e6, 1), cell(raw_busbw, 2),
-                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(cp.max > 0 ? m.max / cp.max : 0.0, 2)});
+                     cell(cp.max * 1e6, 1), cell(wrong), cell(ratio, 2), cell(cp.max > 0 ? m.max / cp.max : 0.0, 2),
+                     cell(tr.messages_intra, 1), cell(tr.bytes_intra / 1024, 1), cell(tr.messages_inter, 1),
+                     cell(tr.bytes_inter / 1024, 1), versus ? cell(vs.max * 1e6, 1) : std::string("-"),
+                     versus ? cell(vtr.bytes_inter / 1024, 1) : std::string("-"),
+                     versus && vs.max > 0 ? cell(m.max / vs.max, 2) : std::string("-")});
     doc["rows"].push_back({{"pattern", pattern},
                            {"rows_total", rows_total},
                            {"max_rows_in", max_in},
@@ -305,7 +353,13 @@ int run_dispatch(const DispatchOptions& o) {
                            {"wrong", wrong},
                            {"ratio", ratio},
                            {"copy_us", microseconds_json(cp)},
-                           {"ratio_copy", cp.max > 0 ? m.max / cp.max : 0.0}});
+                           {"ratio_copy", cp.max > 0 ? m.max / cp.max : 0.0},
+                           {"per_rank_round", {{"messages_intra", tr.messages_intra}, {"bytes_intra", tr.bytes_intra},
+                                               {"messages_inter", tr.messages_inter}, {"bytes_inter", tr.bytes_inter}}},
+                           {"versus_us", microseconds_json(vs)},
+                           {"versus_per_rank_round", {{"messages_intra", vtr.messages_intra}, {"bytes_intra", vtr.bytes_intra},
+                                                      {"messages_inter", vtr.messages_inter}, {"bytes_inter", vtr.bytes_inter}}},
+                           {"ratio_versus", versus && vs.max > 0 ? m.max / vs.max : 0.0}});
   }
   return finish_report(table, doc, all_wrong, o.timing.json, world);
 }
@@ -325,7 +379,7 @@ void add_dispatch_command(CLI::App& bench, int& exit_code) {
       ->check(CLI::IsMember(kPatterns));
   cmd->add_option("--zipf-s", o->zipf_s, "Zipf exponent for --pattern zipf")->capture_default_str();
   add_timing_flags(*cmd, o->timing);
-  cmd->add_option("--dispatcher", o->dispatcher, "dispatcher to time (moe.dispatch.type: a registered name or auto)")->capture_default_str();
+  add_dispatch_flags(*cmd, o->flags);
   cmd->add_option("--seed", o->seed, "routing and payload seed")->capture_default_str();
   cmd->callback([o, &exit_code] { exit_code = run_dispatch(*o); });
 }

@@ -7,6 +7,9 @@
 # namespaces. Usage:
 #   launch/netns_cluster.sh up N [RATE]     create N nodes (RATE e.g. 200mbit: inter-node bandwidth)
 #   launch/netns_cluster.sh run SLOTS -- mpirun-args...   mpirun from node0 over N nodes x SLOTS ranks
+#     (with mpi_yield_when_idle: the "nodes" share this machine's cores, and Open MPI, which sees
+#     SLOTS free slots per node, would otherwise busy-poll; on a shared 2-core machine that turned
+#     a 1 KiB all-to-all from 0.2 ms into 24-48 ms)
 #   launch/netns_cluster.sh down            remove every namespace this script made
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -59,7 +62,8 @@ run() {
   hostfile=$(mktemp)
   for ns in $(nodes); do echo "$SUBNET.$(( ${ns#$PREFIX} + 1 )) slots=$slots"; done > "$hostfile"
   local mpirun=(mpirun --hostfile "$hostfile" --mca plm_rsh_agent "env MOEMPI_NETNS_PREFIX=${MOEMPI_NETNS_PREFIX:-moempi} MOEMPI_NETNS_SUBNET=$SUBNET $HERE/netns_cluster.sh agent"
-                --mca btl self,vader,tcp --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0)
+                --mca btl self,vader,tcp --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0
+                --mca mpi_yield_when_idle 1)
   [ "$(id -u)" -eq 0 ] && mpirun+=(--allow-run-as-root)
   local code=0
   ip netns exec "${PREFIX}0" unshare --uts sh -c 'hostname node0; exec "$@"' sh "${mpirun[@]}" "$@" || code=$?

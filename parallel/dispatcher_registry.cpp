@@ -3,7 +3,10 @@
 
 #include <fmt/format.h>
 
+#include "comm/link_model.h"
 #include "parallel/flat_dispatcher.h"
+#include "parallel/hierarchical_dispatcher.h"
+#include "parallel/link_model_dispatcher.h"
 #include "parallel/local_dispatcher.h"
 #include "parallel/shm_dispatcher.h"
 #include "runtime/core/error.h"
@@ -23,6 +26,16 @@ const DispatcherRegistry& dispatcher_registry() {
   // shm's own keys; auto accepts them too, since it may become shm.
   static const std::vector<schema::Field> shm_keys = {
       schema::lift(&DispatchSpec::shm, schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::at_least(1)))};
+  // hierarchical's own keys; auto accepts them too, since it may become hierarchical.
+  static const std::vector<schema::Field> hierarchical_keys = {
+      schema::lift(&DispatchSpec::hierarchical,
+                   schema::choice_field("algorithm", &HierarchicalDispatchSpec::algorithm, {"2dh", "leader"})),
+      schema::lift(&DispatchSpec::hierarchical, schema::bool_field("dedup", &HierarchicalDispatchSpec::dedup))};
+  static const std::vector<schema::Field> auto_keys = [] {
+    std::vector<schema::Field> keys = shm_keys;
+    keys.insert(keys.end(), hierarchical_keys.begin(), hierarchical_keys.end());
+    return keys;
+  }();
   static const DispatcherRegistry registry(
       "a dispatcher",
       {
@@ -46,7 +59,15 @@ const DispatcherRegistry& dispatcher_registry() {
            },
            shm_keys,
            "single copy per row through an MPI-3 shared-memory window; the ep group within one node"},
-          {"auto", nullptr, shm_keys, "local for parallel.ep 1, shm within a node, flat across nodes"},
+          {"hierarchical",
+           [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             return std::make_unique<HierarchicalDispatcher>(g, parse_hier_algorithm(s.hierarchical.algorithm),
+                                                             s.hierarchical.dedup);
+           },
+           hierarchical_keys,
+           "two-level all-to-all over nodes (algorithm 2dh | leader), optionally one copy per token and node "
+           "(dedup); the ep group N nodes x G ranks"},
+          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node, flat across nodes (never hierarchical: bench/README.md)"},
       });
   return registry;
 }
@@ -73,7 +94,10 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
   const DispatcherRegistry& registry = dispatcher_registry();
   registry.at("moe.dispatch.type", spec.type);  // unknown names: one message listing the registry
-  return registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
+  std::unique_ptr<Dispatcher> d =
+      registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
+  if (link_model().active()) return std::make_unique<LinkModelDispatcher>(std::move(d));
+  return d;
 }
 
 }  // namespace moempi

@@ -2,7 +2,9 @@
 // (runtime/core/registry.h) whose entries carry their own keys (the job spec's schema reads them).
 // A new dispatcher is a new file plus one line in the table in dispatcher_registry.cpp.
 // `auto` (the default) resolves by layout: local for an ep group of one rank, shm for an ep group
-// within one node, flat otherwise. Test: tests/dispatcher_mpitest.cpp (Registry.*).
+// within one node, flat otherwise. It never picks hierarchical: in bench/README.md's measurements
+// (2 nodes x 2 ranks) hierarchical+dedup only won the forward exchange on links of ~200 Mbit/s and
+// no training step, so choosing it is left to the user. Test: tests/dispatcher_mpitest.cpp (Registry.*).
 #pragma once
 #include <memory>
 #include <string>

@@ -54,7 +54,8 @@ MOEMPI_SCHEMA_COVERS(ModelSpec, 9);
 MOEMPI_SCHEMA_COVERS(BalancingSpec, 3);
 MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
-MOEMPI_SCHEMA_COVERS(DispatchSpec, 2);
+MOEMPI_SCHEMA_COVERS(HierarchicalDispatchSpec, 2);
+MOEMPI_SCHEMA_COVERS(DispatchSpec, 3);
 MOEMPI_SCHEMA_COVERS(MoeSpec, 13);
 MOEMPI_SCHEMA_COVERS(ParallelSpec, 4);
 MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
@@ -65,7 +66,8 @@ MOEMPI_SCHEMA_COVERS(TrainSpec, 7);
 MOEMPI_SCHEMA_COVERS(EvalSpec, 2);
 MOEMPI_SCHEMA_COVERS(CheckpointSpec, 3);
 MOEMPI_SCHEMA_COVERS(MetricsSpec, 1);
-MOEMPI_SCHEMA_COVERS(CommSpec, 1);
+MOEMPI_SCHEMA_COVERS(LinkModelSpec, 2);
+MOEMPI_SCHEMA_COVERS(CommSpec, 2);
 MOEMPI_SCHEMA_COVERS(JobSpec, 11);
 #undef MOEMPI_SCHEMA_COVERS
 
@@ -178,8 +180,13 @@ const Schema& root_schema() {
   static const Schema metrics{{
       bool_field("jsonl", &MetricsSpec::jsonl),
   }};
+  static const Schema link_model{{
+      real_field("inter_node_gbps", &LinkModelSpec::inter_node_gbps, kNonNegative),
+      real_field("inter_node_latency_us", &LinkModelSpec::inter_node_latency_us, kNonNegative),
+  }};
   static const Schema comm{{
       real_field("timeout_s", &CommSpec::timeout_s, kNonNegative),  // 0 = no watchdog
+      section_field("link_model", &CommSpec::link_model, &link_model),
   }};
   static const Schema root{{
       section_field("job", &JobSpec::job, &job),

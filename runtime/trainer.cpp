@@ -11,6 +11,7 @@
 
 #include "comm/agreement.h"
 #include "comm/collectives.h"
+#include "comm/link_model.h"
 #include "comm/watchdog.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
@@ -50,6 +51,7 @@ class TrainLoop {
   TrainLoop(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options)
       : spec_(spec), g_(groups), opt_(options) {
     dispatch_choice_ = resolve_dispatcher(spec.moe.dispatch, groups);
+    set_link_model(spec.comm.link_model);  // comm.link_model: make_dispatcher wraps the dispatcher in it
     // Passes that reduce counts do it over the data group (every rank that sees different data).
     BalancingEnv env;
     env.allreduce_counts_data = [&g = g_](int64_t* counts, int n) { allreduce_sum(counts, n, g.data); };

@@ -163,25 +163,35 @@ inline std::vector<float> expected_rows(const std::vector<DispatchProblem>& grou
   return out;
 }
 
-// Elements where a and b differ bitwise (a size mismatch counts as every element wrong).
-inline int64_t differing(const std::vector<float>& a, const std::vector<float>& b) {
+// Elements where a and b differ bitwise (a size mismatch counts as every element wrong); with
+// rel_tol > 0, elements that differ by more than rel_tol * (1 + max |b|) instead.
+inline int64_t differing(const std::vector<float>& a, const std::vector<float>& b, float rel_tol = 0.0f) {
   if (a.size() != b.size()) return static_cast<int64_t>(std::max(a.size(), b.size())) + 1;
   int64_t n = 0;
+  if (rel_tol > 0.0f) {
+    float scale = 0.0f;
+    for (float v : b) scale = std::max(scale, std::fabs(v));
+    const float tol = rel_tol * (1.0f + scale);
+    for (size_t i = 0; i < a.size(); ++i) n += !(std::fabs(a[i] - b[i]) <= tol);
+    return n;
+  }
   for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
   return n;
 }
 
 // #wrong of ep rank m's result (all of out, dprobs, dx, x_RD, dy_RD and the row layout) against
-// `local` on its own problem and the rows its group sends it; `what` says where.
+// `local` on its own problem and the rows its group sends it; `what` says where. sum_tol > 0:
+// out and dx (sums whose order a dispatcher may change, e.g. hierarchical dedup) within sum_tol
+// of their scale (differing()); everything else still bit for bit.
 inline int64_t check_against_local(const Result& got, const std::vector<DispatchProblem>& group, const Placement& placement,
-                            std::string* what) {
+                            std::string* what, float sum_tol = 0.0f) {
   const int m = placement.rank();
   const Result want = local_reference(group[m], placement.num_experts());
   std::vector<int64_t> want_rows;
   const std::vector<float> want_x = expected_rows(group, placement, m, false, &want_rows);
   const std::vector<float> want_dy = expected_rows(group, placement, m, true, &want_rows);
   const int64_t wrong[6] = {
-      differing(got.out, want.out), differing(got.dprobs, want.dprobs), differing(got.dx, want.dx),
+      differing(got.out, want.out, sum_tol), differing(got.dprobs, want.dprobs), differing(got.dx, want.dx, sum_tol),
       differing(got.x_RD, want_x),  differing(got.dy_RD, want_dy),
       got.rows_per_local_expert == want_rows && got.local_experts == placement.local_experts() ? 0 : 1};
   *what = fmt::format("#wrong out {} dprobs {} dx {} x_RD {} dy_RD {} layout {}", wrong[0], wrong[1], wrong[2],

@@ -9,6 +9,7 @@
 // the registry's errors. Every rank builds every rank's inputs (tests/dispatch_problem.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -31,13 +32,40 @@ constexpr int kExperts = 12;  // divisible by 1, 2, 3, 4
 
 using test_util::world_size;
 
+// One dispatcher spec under test: a registered name, or one of its sub-specs (hierarchical's
+// algorithm x dedup), labelled for the test name.
+struct Variant {
+  std::string label;
+  DispatchSpec spec;
+};
+
+std::vector<Variant> dispatch_variants() {
+  std::vector<Variant> out;
+  for (const std::string& name : dispatcher_names()) {
+    DispatchSpec s;
+    s.type = name;
+    if (name != "hierarchical") {
+      out.push_back({name, s});
+      continue;
+    }
+    for (const char* algorithm : {"2dh", "leader"})
+      for (bool dedup : {false, true}) {
+        s.hierarchical.algorithm = algorithm;
+        s.hierarchical.dedup = dedup;
+        out.push_back({fmt::format("hierarchical_{}{}", algorithm, dedup ? "_dedup" : ""), s});
+      }
+  }
+  return out;
+}
+
 struct Case {
-  std::string dispatcher;
+  std::string dispatcher;  // the variant's label
+  DispatchSpec spec;
   int ep;
   std::string pattern;
   int K;
   bool replicas;       // expert replicas in the placement (FSSDP-like), else the ep layout
-  int ranks_per_node;  // 0 = real nodes; 2 = virtual nodes of 2 ranks
+  int ranks_per_node;  // 0 = real nodes; 1 or 2 = virtual nodes of 1 or 2 ranks
 };
 
 std::string case_name(const Case& c) {
@@ -68,8 +96,7 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
   spec.ep = c.ep;
   spec.ranks_per_node = c.ranks_per_node;
   const ProcessGroups groups = ProcessGroups::build(spec);
-  DispatchSpec dspec;
-  dspec.type = c.dispatcher;
+  const DispatchSpec& dspec = c.spec;
   std::unique_ptr<Dispatcher> d;
   try {
     d = make_dispatcher(dspec, groups);
@@ -84,6 +111,12 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
   // leak rows of an earlier round).
   const int widths[3] = {24, 40, 8};
   int64_t want_rows = 0, want_intra = 0, want_inter = 0;
+  // hierarchical: rows take several hops and leaders send for their node, so its per-rank
+  // statistics differ from flat's; the ep group's inter-node bytes are exact: every slot row
+  // crossing nodes crosses once per direction and call (4 D floats), with dedup every
+  // (token, remote node) unit once (4 D floats + K dprobs).
+  const bool hier = dspec.type == "hierarchical", dedup = hier && dspec.hierarchical.dedup;
+  int64_t want_group_inter = 0;
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     const int D = widths[round];
@@ -94,7 +127,26 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
     test_util::run_forward(*d, *plan, group[m], placement, got);
     test_util::run_backward(*d, *plan, group[m], got);
     std::string what;
-    EXPECT_EQ(test_util::check_against_local(got, group, placement, &what), 0) << what;
+    // dedup sums a token's outputs per node first: out and dx within 1e-6 of the row scale.
+    EXPECT_EQ(test_util::check_against_local(got, group, placement, &what, dedup ? 1e-6f : 0.0f), 0) << what;
+    for (int q = 0; q < c.ep; ++q) {
+      const DispatchProblem& pq = group[q];
+      const int node_q = groups.ep_rank_node[q];
+      for (int t = 0; t < pq.T; ++t) {
+        std::vector<int> remote_nodes;
+        for (int k = 0; k < pq.K; ++k) {
+          const int32_t e = pq.topk[static_cast<size_t>(t) * pq.K + k];
+          if (e < 0) continue;
+          const int node = groups.ep_rank_node[placement.destination(e, q)];
+          if (node == node_q) continue;
+          if (!dedup)
+            want_group_inter += 4 * D * static_cast<int64_t>(sizeof(float));
+          else if (std::find(remote_nodes.begin(), remote_nodes.end(), node) == remote_nodes.end())
+            remote_nodes.push_back(node);
+        }
+        want_group_inter += static_cast<int64_t>(remote_nodes.size()) * (4 * D + pq.K) * sizeof(float);
+      }
+    }
     // Rows that cross ranks: dispatch and combine_backward move the slots this rank routes
     // elsewhere, combine and dispatch_backward the rows its experts received from others.
     // Bytes go to the intra- or inter-node count by the peer's node.
@@ -110,10 +162,19 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
       }
   }
   const DispatchStats& st = d->stats();
+  EXPECT_GT(st.seconds, 0.0);  // every call is timed
+  if (hier) {
+    int64_t group_inter = st.bytes_inter;
+    allreduce_sum(&group_inter, 1, groups.ep);
+    EXPECT_EQ(group_inter, want_group_inter);
+    if (groups.ep_num_nodes() == 1) {
+      EXPECT_EQ(st.bytes_inter, 0);
+    }
+    return;
+  }
   EXPECT_EQ(st.rows, want_rows);
   EXPECT_EQ(st.bytes_intra, want_intra);
   EXPECT_EQ(st.bytes_inter, want_inter);
-  EXPECT_GT(st.seconds, 0.0);  // every call is timed
 }
 
 std::vector<Case> all_cases() {
@@ -121,14 +182,17 @@ std::vector<Case> all_cases() {
   const std::pair<const char*, int> patterns[] = {{"balanced", 1},  {"balanced", 2}, {"zero_rank", 2},
                                                   {"hot_expert", 2}, {"dropped", 2},  {"all_dropped", 2},
                                                   {"empty", 2}};
-  for (const std::string& name : dispatcher_names())
+  for (const Variant& v : dispatch_variants())
     for (int ep : {1, 2, 3, 4})
       for (const auto& [pattern, K] : patterns) {
-        cases.push_back({name, ep, pattern, K, false, 0});
+        const std::string name = v.label;
+        cases.push_back({name, v.spec, ep, pattern, K, false, 0});
         if (std::string(pattern) == "hot_expert" || std::string(pattern) == "dropped") {
-          cases.push_back({name, ep, pattern, K, true, 0});
-          cases.push_back({name, ep, pattern, K, false, 2});
-          cases.push_back({name, ep, pattern, K, true, 2});
+          cases.push_back({name, v.spec, ep, pattern, K, true, 0});
+          cases.push_back({name, v.spec, ep, pattern, K, false, 2});
+          cases.push_back({name, v.spec, ep, pattern, K, true, 2});
+          // One rank per node: 4x1 and 3x1 (the hierarchical layouts without an intra-node phase).
+          cases.push_back({name, v.spec, ep, pattern, K, false, 1});
         }
       }
   return cases;
@@ -141,13 +205,12 @@ INSTANTIATE_TEST_SUITE_P(Registered, DispatcherContract, ::testing::ValuesIn(all
 // Finite differences through dispatch -> experts -> combine at ep = W: J = Σ_ranks <out, dout>.
 // Every rank perturbs its own entry at once, so dJ = h · Σ_ranks (analytic gradient there).
 
-class DispatcherFiniteDifferences : public ::testing::TestWithParam<std::string> {};
+class DispatcherFiniteDifferences : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(DispatcherFiniteDifferences, ProbsAndInputs) {
   const int W = world_size();
   const ProcessGroups groups = ProcessGroups::build(test_util::expert_parallel_over_world());
-  DispatchSpec dspec;
-  dspec.type = GetParam();
+  const DispatchSpec& dspec = GetParam().spec;
   std::unique_ptr<Dispatcher> d;
   try {
     d = make_dispatcher(dspec, groups);
@@ -193,8 +256,9 @@ TEST_P(DispatcherFiniteDifferences, ProbsAndInputs) {
   for (size_t i : {0, 5, 17, 40, 99}) check(p.x, dx, i, "x");
 }
 
-INSTANTIATE_TEST_SUITE_P(Registered, DispatcherFiniteDifferences, ::testing::ValuesIn(dispatcher_names()),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+void PrintTo(const Variant& v, std::ostream* os) { *os << v.label; }
+INSTANTIATE_TEST_SUITE_P(Registered, DispatcherFiniteDifferences, ::testing::ValuesIn(dispatch_variants()),
+                         [](const ::testing::TestParamInfo<Variant>& info) { return info.param.label; });
 
 // ---------------------------------------------------------------------------------------------
 // Registry, auto and construction errors.
@@ -234,6 +298,22 @@ TEST(Registry, AutoPicksLocalForOneRankElseByNodes) {
     EXPECT_EQ(split.ep_num_nodes(), world_size() / 2);
     EXPECT_EQ(resolve_dispatcher(s, split).name, "flat");
   }
+}
+
+TEST(Registry, HierarchicalRefusesUnevenNodes) {
+  if (world_size() != 3) GTEST_SKIP() << "needs 3 ranks (virtual nodes of 2 + 1)";
+  ParallelSpec spec = test_util::expert_parallel_over_world();
+  spec.ranks_per_node = 2;
+  const ProcessGroups groups = ProcessGroups::build(spec);
+  DispatchSpec s;
+  s.type = "hierarchical";
+  test_util::expect_contains(test_util::error_of([&] { make_dispatcher(s, groups); }),
+                             {"moe.dispatch.type 'hierarchical'", "same G", "parallel.ranks_per_node"});
+  s.hierarchical.algorithm = "ring";
+  spec.ranks_per_node = 0;
+  const ProcessGroups one_node = ProcessGroups::build(spec);
+  test_util::expect_contains(test_util::error_of([&] { make_dispatcher(s, one_node); }),
+                             {"moe.dispatch.algorithm", "ring", "2dh, leader"});
 }
 
 TEST(Registry, LocalNeedsEp1) {

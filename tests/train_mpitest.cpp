@@ -70,11 +70,16 @@ struct Layout {
   int ep;  // 0 = every rank
   std::string dispatch;
   int ranks_per_node = 0;
+  std::string algorithm = "2dh";  // hierarchical's sub-spec
+  bool dedup = false;
 };
 
 std::string layout_name(const Layout& l) {
-  return fmt::format("{}_ep{}_{}{}", l.strategy, l.ep ? std::to_string(l.ep) : std::string("W"), l.dispatch,
-                     l.ranks_per_node ? "_vnodes" : "");
+  const std::string sub = l.dispatch == "hierarchical" && (l.algorithm != "2dh" || l.dedup)
+                              ? fmt::format("_{}{}", l.algorithm, l.dedup ? "_dedup" : "")
+                              : "";
+  return fmt::format("{}_ep{}_{}{}{}", l.strategy, l.ep ? std::to_string(l.ep) : std::string("W"), l.dispatch, sub,
+                     l.ranks_per_node ? fmt::format("_vnodes{}", l.ranks_per_node == 2 ? "" : std::to_string(l.ranks_per_node)) : "");
 }
 void PrintTo(const Layout& l, std::ostream* os) { *os << layout_name(l); }
 
@@ -86,6 +91,8 @@ void expect_same_losses(const Layout& layout) {
   s.parallel.ep = layout.ep;
   s.parallel.ranks_per_node = layout.ranks_per_node;
   s.moe.dispatch.type = layout.dispatch;
+  s.moe.dispatch.hierarchical.algorithm = layout.algorithm;
+  s.moe.dispatch.hierarchical.dedup = layout.dedup;
   s.train.grad_accum = kMicroBatchesPerStep / W;
   resolve_for_world(s, W);
   ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
@@ -132,6 +139,10 @@ std::vector<Layout> all_layouts() {
       for (int ep : {1, 2, 3, 4, 0}) out.push_back({strategy, ep, dispatch});
       out.push_back({strategy, 0, dispatch, 2});  // 2x2 virtual nodes at 4 ranks
     }
+  // hierarchical's other sub-specs over 2x2 and one-rank virtual nodes (4x1, 3x1, 2x1).
+  for (const auto& [algorithm, dedup] : std::vector<std::pair<std::string, bool>>{
+           {"2dh", true}, {"leader", false}, {"leader", true}})
+    for (int rpn : {2, 1}) out.push_back({"ep", 0, "hierarchical", rpn, algorithm, dedup});
   return out;
 }
 
@@ -144,6 +155,33 @@ INSTANTIATE_TEST_SUITE_P(Registered, TrainInvariance, ::testing::ValuesIn(all_la
 // asked and that training over them gives the one-rank losses. flat reads the nodes only for its
 // intra/inter-node traffic statistics, so this is the ep = W case again plus the group layout; it
 // becomes a hierarchical-dispatch invariance test when a dispatcher uses groups.ep_node/ep_inter.
+// hierarchical without dedup moves the same rows and sums in the same order as flat: the same
+// losses bit for bit, over 2x2 virtual nodes at 4 ranks and one rank per node below; with dedup
+// the per-node partial sums change the summation order (the one-rank tolerance above).
+TEST(TrainVirtualNodes, HierarchicalEqualsFlat) {
+  const int W = world_size();
+  if (W == 1) GTEST_SKIP() << "needs 2 or more ranks";
+  auto losses_of = [&](const std::string& type, const std::string& algorithm, bool dedup) {
+    JobSpec s = invariance_spec();
+    s.parallel = {.strategy = "ep", .ep = W, .ranks_per_node = W == 4 ? 2 : 1};
+    s.moe.dispatch.type = type;
+    s.moe.dispatch.hierarchical.algorithm = algorithm;
+    s.moe.dispatch.hierarchical.dedup = dedup;
+    s.train.grad_accum = kMicroBatchesPerStep / W;
+    validate_for_world(s, W);
+    ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+    return train(s, groups, {.log_steps = false, .write_files = false}).losses;
+  };
+  const auto flat = losses_of("flat", "2dh", false);
+  for (const char* algorithm : {"2dh", "leader"}) {
+    SCOPED_TRACE(algorithm);
+    EXPECT_EQ(losses_of("hierarchical", algorithm, false), flat);
+    const auto dedup = losses_of("hierarchical", algorithm, true);
+    ASSERT_EQ(dedup.size(), flat.size());
+    for (size_t i = 0; i < flat.size(); ++i) EXPECT_NEAR(dedup[i], flat[i], 2e-5 * flat[i]) << "step " << i + 1;
+  }
+}
+
 TEST(TrainVirtualNodes, ExpertParallelOverVirtualNodesMatchesOneRank) {
   const int W = world_size();
   const int ranks_per_node = W == 4 ? 2 : 1;

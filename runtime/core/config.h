@@ -51,9 +51,15 @@ struct ShmDispatchSpec {
   float headroom = 1.25f;  // moe.dispatch.headroom (>= 1): shared-window slack over the expected rows
 };
 
+struct HierarchicalDispatchSpec {
+  std::string algorithm = "2dh";  // moe.dispatch.algorithm: 2dh | leader
+  bool dedup = false;             // moe.dispatch.dedup: send a token once per destination node (k > 1)
+};
+
 struct DispatchSpec {
   std::string type = "auto";  // a dispatcher name; auto picks by layout
   ShmDispatchSpec shm{};      // keys owned by type shm
+  HierarchicalDispatchSpec hierarchical{};  // keys owned by type hierarchical
 };
 
 struct MoeSpec {
@@ -141,8 +147,16 @@ struct MetricsSpec {
   bool jsonl = true;  // write <run_dir>/metrics.jsonl
 };
 
+// A software model of the inter-node link (comm/link_model.h): a delay added to inter-node
+// messages only, so that virtual nodes on one machine show a cluster's asymmetry. 0 = off.
+struct LinkModelSpec {
+  double inter_node_gbps = 0.0;        // comm.link_model.inter_node_gbps (0 = unlimited)
+  double inter_node_latency_us = 0.0;  // comm.link_model.inter_node_latency_us per message
+};
+
 struct CommSpec {
   double timeout_s = 600.0;
+  LinkModelSpec link_model{};
 };
 
 struct JobSpec {

@@ -14,6 +14,10 @@ expect_error "impossible combination" "model.d_model" "model.n_heads" -- \
   "$MOEMPI" validate configs/tiny.yaml --set model.n_heads=5
 expect_error "bad enum" "moe.score" "softmax" "sigmoid" -- \
   "$MOEMPI" validate configs/tiny.yaml --set moe.score=relu
+expect_error "bad hierarchical algorithm" "moe.dispatch.algorithm" "ring" "2dh, leader" -- \
+  "$MOEMPI" validate configs/tiny_ep.yaml --set moe.dispatch.type=hierarchical --set moe.dispatch.algorithm=ring
+expect_error "dedup on a flat dispatcher" "moe.dispatch.dedup" "hierarchical" -- \
+  "$MOEMPI" validate configs/tiny_ep.yaml --set moe.dispatch.type=flat --set moe.dispatch.dedup=true
 expect_error "experts not divisible by ep" "moe.num_experts (4)" "parallel.ep (3)" -- \
   "$MOEMPI" validate configs/tiny_ep.yaml --set parallel.ep=3 --np 3
 expect_error "world not divisible by ep (under mpirun)" "parallel.ep" -- \

@@ -2,14 +2,18 @@
 # Two emulated nodes (network namespaces joined by veth through a bridge; launch/netns_cluster.sh)
 # with two ranks each: MPI_Comm_split_type sees two hosts, `auto` picks flat for an ep group that
 # spans them and shm for one within a node, shm refuses to span nodes, and expert-parallel training
-# over TCP between the nodes logs the same losses as one rank (tolerance as in parallel.sh). Needs
-# root and `ip netns`; elsewhere it says so and passes nothing. Cleans up its own namespaces only.
+# over TCP between the nodes logs the same losses as one rank (tolerance as in parallel.sh); the
+# hierarchical dispatcher (2dh with node-level dedup) over the two real nodes logs the same losses
+# as the same run on 2x2 virtual nodes, and sends fewer inter-node bytes than flat. Needs root,
+# `ip netns` and `tc`; elsewhere it says so and passes nothing (ctest label netns). Cleans up its
+# own namespaces only.
 source "$(dirname "$0")/lib.bash"
 
 export MOEMPI_NETNS_PREFIX=moempitest MOEMPI_NETNS_SUBNET=10.78.0
 CLUSTER="$SRC/launch/netns_cluster.sh"
-if [ "$(id -u)" -ne 0 ] || ! "$CLUSTER" up 2 > "$TMP/up.log" 2>&1; then
-  echo "skipped: needs root and network namespaces ($(tail -1 "$TMP/up.log" 2>/dev/null))"
+if [ "$(id -u)" -ne 0 ] || ! command -v ip > /dev/null || ! command -v tc > /dev/null ||
+   ! "$CLUSTER" up 2 > "$TMP/up.log" 2>&1; then
+  echo "skipped: needs root, ip and tc (network namespaces) ($(tail -1 "$TMP/up.log" 2>/dev/null))"
   "$CLUSTER" down > /dev/null 2>&1 || true
   exit 0
 fi
@@ -45,4 +49,22 @@ code=0
 run2x2 "$TMP/shm.log" train configs/tiny_ep.yaml "${common[@]}" --set moe.dispatch.type=shm --set job.run_dir="$TMP/shm" || code=$?
 grep -q "moe.dispatch.type shm needs the ep group within one node" "$TMP/shm.log" && [ "$code" -ne 0 ] \
   && pass "shm across real nodes: refused ($code)" || fail "shm across nodes: code $code, $(tail -3 "$TMP/shm.log")"
+# hierarchical over the two real nodes = the same run on 2x2 virtual nodes (same groups, same sums).
+hier=(--set moe.dispatch.type=hierarchical --set moe.dispatch.dedup=true)
+run2x2 "$TMP/hier.log" train configs/tiny_ep.yaml "${common[@]}" "${hier[@]}" --set job.run_dir="$TMP/hier" \
+  && pass "hierarchical 2dh+dedup over 2 nodes trains" || fail "hierarchical: $(tail -5 "$TMP/hier.log")"
+"${MPIRUN[@]}" -np 4 "$MOEMPI" train configs/tiny_ep.yaml "${common[@]}" "${hier[@]}" --set parallel.ranks_per_node=2 \
+  --set job.run_dir="$TMP/hier_virtual" > "$TMP/hier_virtual.log" 2>&1 \
+  && pass "hierarchical on 2x2 virtual nodes trains" || fail "virtual: $(tail -5 "$TMP/hier_virtual.log")"
+worst=$(paste <(jsonl_values "$TMP/hier_virtual/metrics.jsonl" loss) <(jsonl_values "$TMP/hier/metrics.jsonl" loss) |
+        awk 'NF == 2 { d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d; n++ } END { if (n != 12) print "missing"; else printf "%.3g", w }')
+if [ "$worst" != "missing" ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-6) }'; then
+  pass "hierarchical: real 2x2 nodes = virtual 2x2 nodes over 12 losses (worst relative difference $worst)"
+else
+  fail "hierarchical: real and virtual nodes differ ($worst)"
+fi
+hinter=$(jsonl_values "$TMP/hier/metrics.jsonl" a2a_bytes_inter | tail -1)
+[ "${hinter:-0}" -gt 0 ] && [ "$hinter" -lt "$inter" ] \
+  && pass "hierarchical+dedup: $hinter inter-node bytes in the last step, flat $inter" \
+  || fail "hierarchical+dedup inter-node bytes $hinter not below flat's $inter"
 finish

@@ -1,0 +1,60 @@
+// Shared dispatcher flags of the exchange benchmarks; see dispatch_flags.h.
+#include "bench/dispatch_flags.h"
+
+#include <fmt/format.h>
+
+#include "comm/collectives.h"
+#include "comm/link_model.h"
+
+namespace moempi::bench {
+
+void add_dispatch_flags(CLI::App& app, DispatchFlags& f) {
+  app.add_option("--dispatcher", f.dispatcher, "dispatcher to time (moe.dispatch.type: a registered name or auto)")
+      ->capture_default_str();
+  app.add_option("--algorithm", f.algorithm, "hierarchical: 2dh | leader (moe.dispatch.algorithm)")
+      ->check(CLI::IsMember({"2dh", "leader"}))
+      ->capture_default_str();
+  app.add_flag("--dedup", f.dedup, "hierarchical: send a token once per destination node (moe.dispatch.dedup)");
+  app.add_option("--ranks-per-node", f.ranks_per_node, "virtual nodes of this many ranks (0 = real nodes)")
+      ->capture_default_str();
+  app.add_option("--link-gbps", f.link_gbps, "link model: inter-node bandwidth in Gbit/s (0 = off)")
+      ->capture_default_str();
+  app.add_option("--link-latency-us", f.link_latency_us, "link model: inter-node latency per message in us")
+      ->capture_default_str();
+  app.add_option("--versus", f.versus, "a second dispatcher (e.g. flat) timed in the same run, interleaved");
+}
+
+ProcessGroups build_bench_groups(const DispatchFlags& f) {
+  set_link_model({.inter_node_gbps = f.link_gbps, .inter_node_latency_us = f.link_latency_us});
+  ParallelSpec spec;
+  spec.strategy = "ep";
+  spec.ep = 0;
+  spec.ranks_per_node = f.ranks_per_node;
+  int W = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &W);
+  spec.ep = W;
+  return ProcessGroups::build(spec);
+}
+
+DispatchSpec dispatch_spec(const DispatchFlags& f, const std::string& type) {
+  DispatchSpec s;
+  s.type = type;
+  s.hierarchical.algorithm = f.algorithm;
+  s.hierarchical.dedup = f.dedup;
+  return s;
+}
+
+std::string dispatcher_label(const Dispatcher& d, const DispatchSpec& spec) {
+  if (d.name() != "hierarchical") return d.name();
+  return fmt::format("hierarchical({}{})", spec.hierarchical.algorithm, spec.hierarchical.dedup ? ", dedup" : "");
+}
+
+RoundTraffic traffic_per_round(const DispatchStats& a, const DispatchStats& b, int rounds, const Communicator& group) {
+  double v[4] = {static_cast<double>(b.messages_intra - a.messages_intra), static_cast<double>(b.bytes_intra - a.bytes_intra),
+                 static_cast<double>(b.messages_inter - a.messages_inter), static_cast<double>(b.bytes_inter - a.bytes_inter)};
+  allreduce_sum(v, 4, group);
+  const double n = static_cast<double>(rounds > 0 ? rounds : 1) * group.size();
+  return {v[0] / n, v[1] / n, v[2] / n, v[3] / n};
+}
+
+}  // namespace moempi::bench

@@ -1,0 +1,39 @@
+// The dispatcher flags `bench alltoall` and `bench dispatch` share: which dispatcher (and
+// hierarchical's sub-spec), the node layout (virtual nodes), the software link model, an optional
+// second dispatcher timed in the same run (--versus), and the per-rank traffic of one round.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+
+#include "comm/process_groups.h"
+#include "parallel/dispatcher.h"
+#include "runtime/core/config.h"
+
+namespace moempi::bench {
+
+struct DispatchFlags {
+  std::string dispatcher = "auto";
+  std::string algorithm = "2dh";   // hierarchical: 2dh | leader
+  bool dedup = false;              // hierarchical: one copy per token and destination node
+  int ranks_per_node = 0;          // 0 = real nodes, > 0 = virtual nodes
+  double link_gbps = 0.0, link_latency_us = 0.0;  // comm.link_model (inter-node messages only)
+  std::string versus;              // a second dispatcher timed in the same run ("" = none)
+};
+void add_dispatch_flags(CLI::App& app, DispatchFlags& flags);
+
+// ep = world over parallel.ranks_per_node; sets the process-wide link model first.
+ProcessGroups build_bench_groups(const DispatchFlags& flags);
+DispatchSpec dispatch_spec(const DispatchFlags& flags, const std::string& type);
+// "flat" or "hierarchical(2dh, dedup)" for headers.
+std::string dispatcher_label(const Dispatcher& d, const DispatchSpec& spec);
+
+// Per-rank traffic of one round (stats delta / rounds), averaged over the ranks (collective).
+struct RoundTraffic {
+  double messages_intra = 0, bytes_intra = 0, messages_inter = 0, bytes_inter = 0;
+};
+RoundTraffic traffic_per_round(const DispatchStats& before, const DispatchStats& after, int rounds,
+                               const Communicator& group);
+
+}  // namespace moempi::bench

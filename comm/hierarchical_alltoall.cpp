@@ -1,0 +1,157 @@
+// RoutedHop: a counting sort of sends by peer, the count and record exchange, and row moves as one
+// contiguous message per peer (RowBlockExchange); see hierarchical_alltoall.h.
+#include "comm/hierarchical_alltoall.h"
+
+#include <climits>
+#include <cstring>
+
+#include "comm/mpi_check.h"
+#include "comm/watchdog.h"
+#include "runtime/core/error.h"
+
+namespace moempi {
+
+void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, const std::vector<int64_t>& from,
+                     const std::vector<int>& peer, const std::vector<int64_t>& records, int width,
+                     std::vector<int64_t>& recv_records) {
+  view_ = group.view();
+  inter_ = inter;
+  in_rows_ = in_rows;
+  const int P = group.size();
+  const size_t n = from.size();
+  MOEMPI_CHECK_ONE(peer.size() == n && records.size() == n * width, "routed hop: {} sends, {} peers, {} records",
+                   n, peer.size(), records.size());
+  send_first_.assign(P + 1, 0);
+  for (size_t i = 0; i < n; ++i) {
+    MOEMPI_CHECK_ONE(peer[i] >= 0 && peer[i] < P, "routed hop over '{}': peer {} of {}", group.name(), peer[i], P);
+    ++send_first_[peer[i] + 1];
+  }
+  for (int q = 0; q < P; ++q) send_first_[q + 1] += send_first_[q];
+  from_.resize(n);
+  position_.resize(n);
+  std::vector<int64_t> send_records(n * width);
+  {
+    std::vector<int64_t> next(send_first_.begin(), send_first_.end() - 1);
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t at = next[peer[i]]++;
+      from_[at] = from[i];
+      position_[i] = at;
+      std::memcpy(&send_records[at * width], &records[i * width], sizeof(int64_t) * width);
+    }
+  }
+  // One message of records to every peer (empty ones too); the receiver learns the count from the
+  // message itself (MPI_Mprobe), so counts and records cost one exchange, not two (on a slow
+  // network every exchange pays its latency).
+  recv_first_.assign(P + 1, 0);
+  if (P == 1) {
+    recv_records = send_records;
+    recv_first_[1] = static_cast<int64_t>(n);
+    return;
+  }
+  MOEMPI_CHECK_ONE(static_cast<int64_t>(n) * width <= INT_MAX, "routed hop over '{}': {} rows exceed one exchange",
+                   group.name(), n);
+  const int me = group.rank();
+  constexpr int kRecordTag = 1;
+  std::vector<MPI_Request> sends;
+  sends.reserve(P);
+  for (int q = 0; q < P; ++q) {
+    if (q == me) continue;
+    sends.push_back(MPI_REQUEST_NULL);
+    MOEMPI_MPI_CHECK(MPI_Isend(send_records.data() + send_first_[q] * width,
+                               static_cast<int>((send_first_[q + 1] - send_first_[q]) * width), MPI_INT64_T, q,
+                               kRecordTag, group.comm(), &sends.back()));
+  }
+  std::vector<MPI_Message> messages(P, MPI_MESSAGE_NULL);
+  {
+    watchdog::Pending pending("MPI_Mprobe (hop records)", group.name().c_str());
+    for (int q = 0; q < P; ++q) {
+      int64_t count = send_first_[me + 1] - send_first_[me];
+      if (q != me) {
+        MPI_Status status;
+        MOEMPI_MPI_CHECK(MPI_Mprobe(q, kRecordTag, group.comm(), &messages[q], &status));
+        int elements = 0;
+        MOEMPI_MPI_CHECK(MPI_Get_count(&status, MPI_INT64_T, &elements));
+        count = elements / width;
+      }
+      recv_first_[q + 1] = recv_first_[q] + count;
+    }
+  }
+  recv_records.resize(static_cast<size_t>(recv_first_[P]) * width);
+  for (int q = 0; q < P; ++q) {
+    int64_t* at = recv_records.data() + recv_first_[q] * width;
+    const int64_t count = recv_first_[q + 1] - recv_first_[q];
+    if (q == me) {
+      if (count) std::memcpy(at, send_records.data() + send_first_[me] * width, sizeof(int64_t) * count * width);
+      continue;
+    }
+    MOEMPI_MPI_CHECK(MPI_Mrecv(at, static_cast<int>(count * width), MPI_INT64_T, &messages[q], MPI_STATUS_IGNORE));
+  }
+  watchdog::Pending pending("MPI_Waitall (hop records)", group.name().c_str());
+  MOEMPI_MPI_CHECK(MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE));
+}
+
+void RoutedHop::gather(const float* in, float* send, int width, const float* scale) const {
+  const size_t row = sizeof(float) * width;
+  for (size_t i = 0; i < from_.size(); ++i) {
+    const float* src = in + from_[i] * width;
+    float* dst = send + i * width;
+    if (scale) {
+      const float p = scale[i];
+      for (int d = 0; d < width; ++d) dst[d] = p * src[d];
+    } else {
+      std::memcpy(dst, src, row);
+    }
+  }
+}
+
+void RoutedHop::move_rows(const float* from_buf, const std::vector<int64_t>& from_first, float* to_buf,
+                          const std::vector<int64_t>& to_first, int width, HopTraffic& traffic) {
+  const int P = view_.size(), me = view_.rank();
+  sends_.clear();
+  recvs_.clear();
+  for (int q = 0; q < P; ++q) {
+    if (q == me) continue;
+    const int64_t ns = from_first[q + 1] - from_first[q], nr = to_first[q + 1] - to_first[q];
+    if (ns) {
+      sends_.push_back({q, 0, const_cast<float*>(from_buf) + from_first[q] * width, ns});
+      traffic.rows += ns;
+      traffic.bytes += ns * width * static_cast<int64_t>(sizeof(float));
+      ++traffic.messages;
+    }
+    if (nr) recvs_.push_back({q, 0, to_buf + to_first[q] * width, nr});
+  }
+  row_.reset(width);
+  if (!sends_.empty() || !recvs_.empty()) blocks_.start(sends_, recvs_, row_, view_);
+  const int64_t own = from_first[me + 1] - from_first[me];
+  if (own) std::memcpy(to_buf + to_first[me] * width, from_buf + from_first[me] * width, sizeof(float) * own * width);
+  blocks_.wait();
+}
+
+void RoutedHop::exchange(const float* send, float* recv, int width, HopTraffic& traffic) {
+  move_rows(send, send_first_, recv, recv_first_, width, traffic);
+}
+
+void RoutedHop::exchange_back(const float* recv, float* send, int width, HopTraffic& traffic) {
+  move_rows(recv, recv_first_, send, send_first_, width, traffic);
+}
+
+void RoutedHop::scatter(const float* send, float* in, int width) const {
+  const size_t row = sizeof(float) * width;
+  for (size_t i = 0; i < from_.size(); ++i) std::memcpy(in + from_[i] * width, send + i * width, row);
+}
+
+void RoutedHop::reduce(const float* send, float* in, int width, const float* scale, bool accumulate) const {
+  if (!accumulate) std::memset(in, 0, sizeof(float) * in_rows_ * width);
+  for (size_t i = 0; i < from_.size(); ++i) {
+    float* dst = in + from_[i] * width;
+    const float* src = send + i * width;
+    if (scale) {
+      const float p = scale[i];
+      for (int d = 0; d < width; ++d) dst[d] += p * src[d];
+    } else {
+      for (int d = 0; d < width; ++d) dst[d] += src[d];
+    }
+  }
+}
+
+}  // namespace moempi
