@@ -54,6 +54,7 @@ class GptMoe {
   std::array<double, kPhaseCount>& phase_seconds() { return phase_seconds_; }
   double exchange_seconds() const { return dispatcher_->stats().seconds; }  // part of kPhaseMoe
   const Dispatcher& dispatcher() const { return *dispatcher_; }
+  Dispatcher& dispatcher() { return *dispatcher_; }  // the trainer calls begin_step on it
 
  private:
   struct Block {

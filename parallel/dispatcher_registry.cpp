@@ -5,6 +5,7 @@
 
 #include "parallel/flat_dispatcher.h"
 #include "parallel/local_dispatcher.h"
+#include "parallel/lsh_dispatcher.h"
 #include "parallel/shm_dispatcher.h"
 #include "runtime/core/error.h"
 
@@ -58,6 +59,23 @@ Placement make_placement(int num_experts, const ProcessGroups& groups) {
   return Placement::contiguous(num_experts, groups.ep_size, groups.ep.rank());
 }
 
+std::vector<schema::TypeChoice> compression_choices() {
+  using C = CompressionSpec;
+  return {
+      {"none", {}, "rows travel as they are"},
+      {"lsh",
+       {
+           schema::int_field("num_hashes", &C::num_hashes, 1, 16),
+           schema::int_field("buckets_per_hash", &C::buckets_per_hash, 2, 65536),
+           schema::u64_field("rotation_seed", &C::rotation_seed),
+           schema::int_field("rotation_interval", &C::rotation_interval, 0),
+           schema::int_field("min_tokens", &C::min_tokens, 0),
+           schema::bool_field("residual", &C::residual),
+       },
+       "cross-polytope buckets per destination expert; centroids travel, residuals stay (ALGORITHMS.md 3.3)"},
+  };
+}
+
 std::vector<std::string> dispatcher_names() { return dispatcher_registry().names(); }
 
 DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
@@ -73,7 +91,12 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
   const DispatcherRegistry& registry = dispatcher_registry();
   registry.at("moe.dispatch.type", spec.type);  // unknown names: one message listing the registry
-  return registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
+  std::unique_ptr<Dispatcher> d =
+      registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
+  if (spec.compression.type == "none") return d;
+  MOEMPI_CHECK_ALL(spec.compression.type == "lsh", "moe.dispatch.compression.type: {}",
+                   schema::not_one_of(spec.compression.type, {"none", "lsh"}));
+  return std::make_unique<LshDispatcher>(std::move(d), spec.compression);
 }
 
 }  // namespace moempi

@@ -83,6 +83,7 @@ class TrainLoop {
       maybe_inject_hang(step + 1);
       const double t0 = now_seconds();
       const double exchange0 = model_->exchange_seconds();
+      model_->dispatcher().begin_step(step);
       const DispatchStats traffic0 = model_->dispatcher().stats();
       model_->arena().zero_grads();
       double loss_sum = 0, aux_sum = 0;
@@ -148,6 +149,13 @@ class TrainLoop {
       m.a2a_frac = exchange_s / dt;
       m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
       m.a2a_bytes_inter = traffic.bytes_inter - traffic0.bytes_inter;
+      m.wire_bytes = m.a2a_bytes_intra + m.a2a_bytes_inter;
+      {  // compression over every rank (collective; every rank logs the same steps)
+        int64_t rows[2] = {traffic.slot_rows - traffic0.slot_rows, traffic.exchange_rows - traffic0.exchange_rows};
+        allreduce_sum(rows, 2, g_.world);
+        m.compressed = spec_.moe.dispatch.compression.type != "none";
+        if (rows[0] > 0) m.compression_ratio = static_cast<double>(rows[1]) / static_cast<double>(rows[0]);
+      }
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
