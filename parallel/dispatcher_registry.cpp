@@ -14,8 +14,8 @@ namespace moempi {
 namespace {
 
 template <FlatExchange kExchange>
-std::unique_ptr<Dispatcher> make_flat(const DispatchSpec&, const ProcessGroups& g) {
-  return std::make_unique<FlatDispatcher>(g, kExchange);
+std::unique_ptr<Dispatcher> make_flat(const DispatchSpec& s, const ProcessGroups& g) {
+  return std::make_unique<FlatDispatcher>(g, kExchange, s.wire_dtype);
 }
 
 }  // namespace
@@ -43,6 +43,10 @@ const DispatcherRegistry& dispatcher_registry() {
            "one MPI_Alltoallw of rows per direction, rows placed by MPI datatypes"},
           {"shm",
            [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             MOEMPI_CHECK_ALL(s.wire_dtype == WireDtype::kFp32,
+                              "moe.dispatch.wire_dtype bf16 does not apply to moe.dispatch.type shm: its rows "
+                              "never cross a wire (one copy through shared memory); use wire_dtype fp32, or "
+                              "type flat or auto (auto picks flat for a bf16 wire)");
              return std::make_unique<ShmDispatcher>(g, s.shm.headroom);
            },
            shm_keys,
@@ -81,6 +85,8 @@ std::vector<std::string> dispatcher_names() { return dispatcher_registry().names
 DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
   if (spec.type != "auto") return {spec.type, ""};
   if (groups.ep_size == 1) return {"local", "parallel.ep is 1: no expert leaves its rank"};
+  if (spec.wire_dtype == WireDtype::kBf16)
+    return {"flat", "moe.dispatch.wire_dtype is bf16: rows travel as bf16 messages (shm has no wire)"};
   if (groups.every_ep_within_node)
     return {"shm", fmt::format("every ep group ({} ranks) is on one node: single copy per row through "
                                "shared memory", groups.ep_size)};

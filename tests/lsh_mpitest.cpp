@@ -20,6 +20,7 @@
 
 #include "comm/collectives.h"
 #include "comm/payload.h"
+#include "comm/wire_dtype.h"
 #include "comm/process_groups.h"
 #include "parallel/dispatcher_registry.h"
 #include "parallel/local_dispatcher.h"
@@ -378,6 +379,85 @@ TEST(LshHash, BucketsIdenticalOnEveryRankAndRotateWithTheStep) {
       seen[p.topk[s]].push_back(bos[s]);
   for (int e = 0; e < kExperts; ++e) EXPECT_LE(seen[e].size(), 8u) << "expert " << e;
   EXPECT_GT(d.stats().slot_rows, d.stats().exchange_rows);
+}
+
+}  // namespace
+}  // namespace moempi
+
+// ---------------------------------------------------------------------------------------------
+// bf16 wire (moe.dispatch.wire_dtype).
+
+namespace moempi {
+namespace {
+
+TEST(WireDtype, Bf16RoundsToNearestEvenWithinTwoToTheMinusEight) {
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f)), 1.0f);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + std::ldexp(1.0f, -8))), 1.0f);  // tie -> even (1.0)
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8))), 1.0f + std::ldexp(1.0f, -6));  // tie -> even
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 1.5f * std::ldexp(1.0f, -8))), 1.0f + std::ldexp(1.0f, -7));  // nearest
+  EXPECT_EQ(bf16_to_float(float_to_bf16(-2.5f)), -2.5f);  // representable: exact
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+  EXPECT_EQ(bf16_to_float(float_to_bf16(INFINITY)), INFINITY);
+  Rng rng(3, 0, 0, 0);
+  double worst = 0;
+  for (int i = 0; i < 100000; ++i) {
+    const float x = rng.normal() * std::ldexp(1.0f, static_cast<int>(rng.below(60)) - 30);
+    const float y = bf16_to_float(float_to_bf16(x));
+    worst = std::max(worst, std::fabs(static_cast<double>(y) - x) / std::fabs(static_cast<double>(x)));
+  }
+  EXPECT_LE(worst, std::ldexp(1.0, -8));
+  EXPECT_GT(worst, std::ldexp(1.0, -10));  // it does round
+}
+
+// flat and flat_packed with a bf16 wire: rows that cross ranks arrive as bf16(x) (within 2^-8
+// relative, exactly the rounded value), own rows exact, half the bytes; the layout rules: auto picks
+// flat, shm and flat_typed refuse with one error naming moe.dispatch.wire_dtype.
+TEST(WireDtype, FlatExchangesCarryBf16Rows) {
+  const int W = world_size(), D = 20;
+  const ProcessGroups groups = ProcessGroups::build(test_util::expert_parallel_over_world());
+  const Placement placement = make_placement(kExperts, groups);
+  const int me = groups.ep.rank();
+  std::vector<DispatchProblem> group;
+  for (int q = 0; q < W; ++q) group.push_back(make_dispatch_problem("balanced", kExperts, 2, D, q, W, 0));
+  std::vector<int64_t> rows;
+  const std::vector<float> want_x = test_util::expected_rows(group, placement, me, false, &rows);
+  const std::vector<float> want_dy = test_util::expected_rows(group, placement, me, true, &rows);
+  for (const char* type : {"flat", "flat_packed", "auto"}) {
+    SCOPED_TRACE(type);
+    DispatchSpec s;
+    s.type = type;
+    s.wire_dtype = WireDtype::kBf16;
+    if (W > 1 && std::string(type) == "auto") EXPECT_EQ(resolve_dispatcher(s, groups).name, "flat");
+    std::unique_ptr<Dispatcher> d = make_dispatcher(s, groups);
+    auto plan = d->new_plan();
+    test_util::Result got;
+    test_util::run_forward(*d, *plan, group[me], placement, got);
+    test_util::run_backward(*d, *plan, group[me], got);
+    ASSERT_EQ(got.x_RD.size(), want_x.size());
+    int64_t rounded = 0, beyond = 0, not_bf16 = 0;
+    for (const auto* pair : {&got.x_RD, &got.dy_RD}) {
+      const std::vector<float>& want = pair == &got.x_RD ? want_x : want_dy;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const float g = (*pair)[i], w = want[i];
+        if (g == w) continue;
+        ++rounded;
+        beyond += std::fabs(g - w) > std::ldexp(std::fabs(w), -8);
+        not_bf16 += g != bf16_to_float(float_to_bf16(w));
+      }
+    }
+    EXPECT_EQ(beyond, 0) << "elements off by more than 2^-8 relative";
+    EXPECT_EQ(not_bf16, 0) << "elements that are not the bf16 rounding of the fp32 value";
+    if (W > 1) EXPECT_GT(rounded, 0) << "nothing crossed a bf16 wire";
+    if (W > 1) EXPECT_EQ(d->stats().bytes_intra + d->stats().bytes_inter, d->stats().rows * D * 2);
+  }
+  DispatchSpec shm;
+  shm.type = "shm";
+  shm.wire_dtype = WireDtype::kBf16;
+  test_util::expect_contains(test_util::error_of([&] { make_dispatcher(shm, groups); }),
+                             {"moe.dispatch.wire_dtype bf16", "shm"});
+  shm.type = "flat_typed";
+  test_util::expect_contains(test_util::error_of([&] { make_dispatcher(shm, groups); }),
+                             {"moe.dispatch.wire_dtype bf16", "flat_typed"});
 }
 
 }  // namespace

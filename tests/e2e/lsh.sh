@@ -45,6 +45,25 @@ done
 bytes=$(jsonl_values "$TMP/np2_flat/metrics.jsonl" wire_bytes | tail -1)
 [ "${bytes:-0}" -gt 0 ] && pass "wire_bytes $bytes > 0 at 2 ranks" || fail "wire_bytes at 2 ranks: $bytes"
 
+# bf16 wire through the binary: auto picks flat and says why; the bytes on the wire are half of
+# fp32's (the same routing at step 1: same seed, same initial weights); training works.
+for wire in fp32 bf16; do
+  timeout 300 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml "${short[@]}" --set moe.dispatch.type=flat \
+    --set moe.dispatch.wire_dtype=$wire --set job.run_dir="$TMP/wire_$wire" > "$TMP/wire_$wire.log" 2>&1 \
+    && pass "2 ranks, flat, wire $wire trains" || fail "wire $wire: $(tail -3 "$TMP/wire_$wire.log")"
+done
+b32=$(jsonl_values "$TMP/wire_fp32/metrics.jsonl" wire_bytes | head -1)
+b16=$(jsonl_values "$TMP/wire_bf16/metrics.jsonl" wire_bytes | head -1)
+[ -n "$b16" ] && [ "$((2 * b16))" -eq "$b32" ] && pass "bf16 wire bytes at step 1: $b16 = $b32 / 2" \
+  || fail "wire bytes at step 1: bf16 $b16, fp32 $b32"
+timeout 300 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml "${short[@]}" --set moe.dispatch.wire_dtype=bf16 \
+  --set job.run_dir="$TMP/wire_auto" > "$TMP/wire_auto.log" 2>&1
+grep -q "chose flat (moe.dispatch.wire_dtype is bf16" "$TMP/wire_auto.log" && pass "auto picks flat for a bf16 wire" \
+  || fail "auto with bf16: $(grep 'auto' "$TMP/wire_auto.log" | head -2)"
+expect_error "bf16 on shm" "moe.dispatch.wire_dtype bf16 does not apply to moe.dispatch.type shm" -- \
+  "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml --set moe.dispatch.type=shm --set moe.dispatch.wire_dtype=bf16 \
+  --set job.run_dir="$TMP/wire_shm"
+
 # Bad keys: one error naming moe.dispatch.compression.<key>, exit code 2.
 t=configs/tiny.yaml
 expect_error "num_hashes range" "moe.dispatch.compression.num_hashes" -- \
