@@ -13,6 +13,10 @@
 #      AB_ROUNDS (0): then times the baseline and every setting side by side, AB_STEPS (20) steps
 #      each, alternated AB_ROUNDS times, and reports the median step time of each (the training
 #      runs above run one after another, so their step times are not a comparison on a shared machine).
+#      STEPS=0 runs only the side-by-side timing.
+#      NETNS_RATE (unset): as root, the side-by-side runs go over an emulated cluster instead, NP
+#      nodes x 1 rank joined by TCP shaped to this rate (e.g. 200mbit; launch/netns_cluster.sh), so
+#      every expert-parallel exchange crosses a limited link; use DISPATCH=flat.
 # The issue's full plan is this grid at 0.5M tokens at 4 ranks, then the baseline and the best three
 # at 2M tokens:
 #   NP=4 bench/lsh_experiment.sh runs/lsh_grid
@@ -37,6 +41,9 @@ if [ -z "${SETTINGS:-}" ]; then
   done
 fi
 MPIRUN=(mpirun --oversubscribe -x OPENBLAS_NUM_THREADS=1)
+NETNS_RATE=${NETNS_RATE:-}
+CLUSTER=$PWD/launch/netns_cluster.sh
+export MOEMPI_NETNS_PREFIX=moempilsh MOEMPI_NETNS_SUBNET=10.79.0  # its own namespaces
 [ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
 MB=$((16 / NP))   # 16 sequences of 128 tokens per step at any NP
 mkdir -p "$OUT"
@@ -57,13 +64,19 @@ done
 train() {  # dir steps name [more moempi arguments]
   local dir=$1 steps=$2 name=$3
   shift 3
+  local launch=("${MPIRUN[@]}")
+  if [ -n "${USE_NETNS:-}" ]; then
+    launch=("$CLUSTER" run 1 -- -x OPENBLAS_NUM_THREADS=1)
+    dir=$(realpath -m "$dir")
+  fi
   # shellcheck disable=SC2086
-  "${MPIRUN[@]}" -np "$NP" "$MOEMPI" train configs/small_ep.yaml --set job.seed="$SEED" \
+  "${launch[@]}" -np "$NP" "$(realpath "$MOEMPI")" train "$PWD/configs/small_ep.yaml" --set job.seed="$SEED" \
     --set train.steps="$steps" --set train.micro_batch="$MB" --set eval.interval=50 --set eval.batches=8 \
     --set moe.dispatch.type="$DISPATCH" --set job.run_dir="$dir" ${ARGS[$name]} "$@" > "$dir.log" 2>&1
 }
 
 for name in "${names[@]}"; do
+  [ "$STEPS" -gt 0 ] || break  # STEPS=0: only the side-by-side timing
   dir="$OUT/$name"
   if [ -s "$dir/metrics.jsonl" ] && grep -q "\"step\":$STEPS," "$dir/metrics.jsonl"; then continue; fi
   echo "run $name -> $dir"
@@ -86,8 +99,7 @@ describe() {  # the run's dispatch settings, from its job.yaml
     echo "uncompressed, wire $w"
   fi
 }
-base_val=$(value "$OUT/none/metrics.jsonl" val_loss | tail -1)
-{
+[ "$STEPS" -gt 0 ] && base_val=$(value "$OUT/none/metrics.jsonl" val_loss | tail -1) && {
   echo "# $(date -u +%FT%TZ) | CPU: $CPU (shared machine) | NP $NP | $STEPS steps x 2048 tokens | seed $SEED | dispatch $DISPATCH"
   echo
   echo "| run | setting | compression ratio (mean over logged steps) | final val loss | vs none | step ms (median, sequential runs) | wire MB/step (rank 0, median) |"
@@ -103,9 +115,15 @@ base_val=$(value "$OUT/none/metrics.jsonl" val_loss | tail -1)
     printf '| %s | %s | %s | %.4f | %s | %s | %s |\n' "$name" "$(describe "$name")" "$ratio" "$val" "$gap" "$ms" "$mb"
   done
 } | tee "$OUT/table.md"
+[ "$STEPS" -gt 0 ] || : > "$OUT/table.md"
 
 if [ "$AB_ROUNDS" -gt 0 ]; then
   mkdir -p "$OUT/ab"
+  if [ -n "$NETNS_RATE" ]; then
+    "$CLUSTER" up "$NP" "$NETNS_RATE" > "$OUT/ab/cluster.log" 2>&1
+    trap '"$CLUSTER" down > /dev/null 2>&1' EXIT
+    USE_NETNS=1
+  fi
   for r in $(seq 1 "$AB_ROUNDS"); do
     for name in "${names[@]}"; do
       dir="$OUT/ab/${name}_r$r"
@@ -115,7 +133,7 @@ if [ "$AB_ROUNDS" -gt 0 ]; then
   done
   {
     echo
-    echo "Side by side ($AB_ROUNDS alternated rounds of $AB_STEPS steps each, step 1 dropped; median over all rounds' logged steps):"
+    echo "Side by side ($AB_ROUNDS alternated rounds of $AB_STEPS steps each, step 1 dropped; median over all rounds' logged steps)${NETNS_RATE:+, over $NP emulated nodes x 1 rank, inter-node TCP at $NETNS_RATE}:"
     echo
     echo "| run | step ms (median) | vs none |"
     echo "|---|---|---|"
@@ -126,5 +144,5 @@ if [ "$AB_ROUNDS" -gt 0 ]; then
     done
   } | tee -a "$OUT/table.md"
 fi
-"$MOEMPI" plot "${names[@]/#/$OUT/}" -o "$OUT/plots" > /dev/null 2>&1 || echo "(moempi plot failed; table only)"
+if [ "$STEPS" -gt 0 ]; then "$MOEMPI" plot "${names[@]/#/$OUT/}" -o "$OUT/plots" > /dev/null 2>&1 || echo "(moempi plot failed; table only)"; fi
 echo "table: $OUT/table.md"
