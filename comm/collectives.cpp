@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/mpi_check.h"
+#include "comm/wire_dtype.h"
 #include "comm/watchdog.h"
 
 namespace moempi {
@@ -124,24 +125,28 @@ void alltoallv_float(const float* send, std::span<const int64_t> send_counts,
 RowType::~RowType() { release(); }
 
 RowType::RowType(RowType&& other) noexcept
-    : type_(std::exchange(other.type_, MPI_DATATYPE_NULL)), width_(std::exchange(other.width_, 0)) {}
+    : type_(std::exchange(other.type_, MPI_DATATYPE_NULL)),
+      width_(std::exchange(other.width_, 0)),
+      wire_(other.wire_) {}
 
 RowType& RowType::operator=(RowType&& other) noexcept {
   if (this != &other) {
     release();
     type_ = std::exchange(other.type_, MPI_DATATYPE_NULL);
     width_ = std::exchange(other.width_, 0);
+    wire_ = other.wire_;
   }
   return *this;
 }
 
-void RowType::reset(int width) {
-  if (width == width_ && type_ != MPI_DATATYPE_NULL) return;
+void RowType::reset(int width, WireDtype wire) {
+  if (width == width_ && wire == wire_ && type_ != MPI_DATATYPE_NULL) return;
   MOEMPI_CHECK_ONE(width > 0, "row width must be positive (got {})", width);
   release();
-  MOEMPI_MPI_CHECK(MPI_Type_contiguous(width, MPI_FLOAT, &type_));
+  MOEMPI_MPI_CHECK(MPI_Type_contiguous(width, wire == WireDtype::kBf16 ? MPI_UINT16_T : MPI_FLOAT, &type_));
   MOEMPI_MPI_CHECK(MPI_Type_commit(&type_));
   width_ = width;
+  wire_ = wire;
 }
 
 void RowType::release() {
@@ -158,6 +163,29 @@ void alltoallv_rows(const float* send, const int* send_counts, const int* send_d
                     const int* recv_counts, const int* recv_displs, const RowType& row,
                     const Communicator& group) {
   watchdog::Pending pending("MPI_Alltoallv", group.name().c_str());
+  if (row.wire() == WireDtype::kBf16) {
+    // Stage rows [0, end) of each side, end = the furthest displacement + count.
+    int64_t send_end = 0, recv_end = 0;
+    for (int q = 0; q < group.size(); ++q) {
+      if (send_counts[q]) send_end = std::max<int64_t>(send_end, int64_t{send_displs[q]} + send_counts[q]);
+      if (recv_counts[q]) recv_end = std::max<int64_t>(recv_end, int64_t{recv_displs[q]} + recv_counts[q]);
+    }
+    const int W = row.width();
+    static thread_local std::vector<uint16_t> send_stage, recv_stage;
+    send_stage.resize(static_cast<size_t>(send_end) * W);
+    recv_stage.resize(static_cast<size_t>(recv_end) * W);
+    for (int q = 0; q < group.size(); ++q)
+      if (send_counts[q])
+        floats_to_bf16(send_stage.data() + static_cast<size_t>(send_displs[q]) * W,
+                       send + static_cast<size_t>(send_displs[q]) * W, int64_t{send_counts[q]} * W);
+    MOEMPI_MPI_CHECK(MPI_Alltoallv(send_stage.data(), send_counts, send_displs, row.type(), recv_stage.data(),
+                                   recv_counts, recv_displs, row.type(), group.comm()));
+    for (int q = 0; q < group.size(); ++q)
+      if (recv_counts[q])
+        bf16_to_floats(recv + static_cast<size_t>(recv_displs[q]) * W,
+                       recv_stage.data() + static_cast<size_t>(recv_displs[q]) * W, int64_t{recv_counts[q]} * W);
+    return;
+  }
   MOEMPI_MPI_CHECK(MPI_Alltoallv(send, send_counts, send_displs, row.type(), recv, recv_counts,
                                  recv_displs, row.type(), group.comm()));
 }
@@ -167,6 +195,36 @@ void RowBlockExchange::start(const std::vector<RowBlock>& sends, const std::vect
   MOEMPI_CHECK_ONE(requests_.empty(), "row block exchange over '{}' started twice", group.name());
   group_ = &group;
   requests_.reserve(sends.size() + recvs.size());
+  recv_blocks_.clear();
+  if (row.wire() == WireDtype::kBf16) {  // convert at the edges; see collectives.h
+    const int W = width_ = row.width();
+    int64_t n = 0;
+    recv_blocks_ = recvs;
+    recv_offsets_.clear();
+    for (const RowBlock& b : recvs) recv_offsets_.push_back(n), n += b.count;
+    recv_stage_.resize(static_cast<size_t>(n) * W);
+    for (size_t i = 0; i < recvs.size(); ++i) {
+      const RowBlock& b = recvs[i];
+      MOEMPI_CHECK_ONE(b.count > 0 && b.count <= INT_MAX, "row block of {} rows from peer {}", b.count, b.peer);
+      requests_.push_back(MPI_REQUEST_NULL);
+      MOEMPI_MPI_CHECK(MPI_Irecv(recv_stage_.data() + recv_offsets_[i] * W, static_cast<int>(b.count), row.type(),
+                                 b.peer, b.tag, group.comm(), &requests_.back()));
+    }
+    n = 0;
+    for (const RowBlock& b : sends) n += b.count;
+    send_stage_.resize(static_cast<size_t>(n) * W);
+    n = 0;
+    for (const RowBlock& b : sends) {
+      MOEMPI_CHECK_ONE(b.count > 0 && b.count <= INT_MAX, "row block of {} rows to peer {}", b.count, b.peer);
+      uint16_t* stage = send_stage_.data() + n * W;
+      floats_to_bf16(stage, b.rows, b.count * W);
+      n += b.count;
+      requests_.push_back(MPI_REQUEST_NULL);
+      MOEMPI_MPI_CHECK(
+          MPI_Isend(stage, static_cast<int>(b.count), row.type(), b.peer, b.tag, group.comm(), &requests_.back()));
+    }
+    return;
+  }
   for (const RowBlock& b : recvs) {
     MOEMPI_CHECK_ONE(b.count > 0 && b.count <= INT_MAX, "row block of {} rows from peer {}", b.count, b.peer);
     requests_.push_back(MPI_REQUEST_NULL);
@@ -186,6 +244,10 @@ void RowBlockExchange::wait() {
   watchdog::Pending pending("MPI_Waitall (row blocks)", group_->name().c_str());
   MOEMPI_MPI_CHECK(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE));
   requests_.clear();
+  for (size_t i = 0; i < recv_blocks_.size(); ++i)  // bf16 wire: widen into the fp32 rows
+    bf16_to_floats(recv_blocks_[i].rows, recv_stage_.data() + recv_offsets_[i] * width_,
+                   recv_blocks_[i].count * width_);
+  recv_blocks_.clear();
 }
 
 PeerLayouts::~PeerLayouts() { reset(0); }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "runtime/core/config.h"
 
 namespace moempi {
 
@@ -47,32 +48,38 @@ void alltoallv_float(const float* send, std::span<const int64_t> send_counts,
                      std::span<const int64_t> recv_counts, std::span<const int64_t> recv_displs,
                      const Communicator& group);
 
-// A committed MPI datatype of `width` contiguous floats (one token row). Counting in rows keeps
-// counts far below INT_MAX for any realistic width. Movable, not copyable; freed on destruction.
+// A committed MPI datatype of one token row on the wire: `width` contiguous floats, or `width`
+// uint16 when the wire dtype is bf16 (moe.dispatch.wire_dtype; the exchanges below convert at the
+// edges, comm/wire_dtype.h). Counting in rows keeps counts far below INT_MAX for any realistic
+// width. Movable, not copyable; freed on destruction.
 class RowType {
  public:
   RowType() = default;
-  explicit RowType(int width) { reset(width); }
+  explicit RowType(int width, WireDtype wire = WireDtype::kFp32) { reset(width, wire); }
   ~RowType();
   RowType(RowType&& other) noexcept;
   RowType& operator=(RowType&& other) noexcept;
   RowType(const RowType&) = delete;
   RowType& operator=(const RowType&) = delete;
 
-  // Re-creates the type only if the width changes (not collective).
-  void reset(int width);
+  // Re-creates the type only if the width or the wire dtype changes (not collective).
+  void reset(int width, WireDtype wire = WireDtype::kFp32);
   int width() const { return width_; }
+  WireDtype wire() const { return wire_; }
+  int64_t wire_bytes() const { return static_cast<int64_t>(width_) * (wire_ == WireDtype::kBf16 ? 2 : 4); }
   MPI_Datatype type() const { return type_; }
 
  private:
   void release();
   MPI_Datatype type_ = MPI_DATATYPE_NULL;
   int width_ = 0;
+  WireDtype wire_ = WireDtype::kFp32;
 };
 
 // MPI_Alltoallv over `group` of rows of row.width() floats; counts and displacements are in rows,
 // already int (the caller validated them collectively, e.g. FlatDispatcher::plan). No extra
-// communication: this is the dispatcher's hot path.
+// communication: this is the dispatcher's hot path. With a bf16 RowType the rows are converted
+// into a bf16 staging buffer, exchanged as bf16, and widened into `recv`.
 void alltoallv_rows(const float* send, const int* send_counts, const int* send_displs, float* recv,
                     const int* recv_counts, const int* recv_displs, const RowType& row,
                     const Communicator& group);
@@ -134,6 +141,10 @@ struct RowBlock {
 // transfer (send buffers must stay untouched, receive buffers unread, until wait() returns). Both
 // sides know the counts (a count exchange came first); each (peer, tag) pair occurs at most once
 // per direction. Every rank that names a peer must post the matching block.
+// With a bf16 RowType, start() converts every send block into one bf16 staging buffer (so the send
+// rows may be reused as soon as start() returns) and receives into another; wait() widens the
+// received blocks into their fp32 rows. This is where moe.dispatch.wire_dtype bf16 happens for
+// `flat` (and whatever exchanges rows through RowBlockExchange).
 class RowBlockExchange {
  public:
   void start(const std::vector<RowBlock>& sends, const std::vector<RowBlock>& recvs, const RowType& row,
@@ -143,6 +154,11 @@ class RowBlockExchange {
  private:
   std::vector<MPI_Request> requests_;
   const Communicator* group_ = nullptr;
+  // bf16 wire: staging buffers, and where each received block goes.
+  std::vector<uint16_t> send_stage_, recv_stage_;
+  std::vector<RowBlock> recv_blocks_;
+  std::vector<int64_t> recv_offsets_;
+  int width_ = 0;
 };
 
 // MPI_Barrier over `group`.

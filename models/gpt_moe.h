@@ -62,6 +62,7 @@ class GptMoe final : public ExpertHost {
   std::array<double, kPhaseCount>& phase_seconds() { return phase_seconds_; }
   double exchange_seconds() const { return dispatcher_->stats().seconds; }  // part of kPhaseMoe
   const Dispatcher& dispatcher() const { return *dispatcher_; }
+  Dispatcher& dispatcher() { return *dispatcher_; }  // the trainer calls begin_step on it
 
   // ExpertHost (the sharding strategy's view of the routed experts; MoE layers counted 0..).
   int num_moe_layers() const override { return (int)layer_placements_.size(); }

@@ -55,6 +55,9 @@ struct DispatchStats {
   int64_t rows = 0;         // rows sent to other ranks
   int64_t bytes_intra = 0, bytes_inter = 0;        // to ranks on this node / on other nodes
   int64_t messages_intra = 0, messages_inter = 0;
+  // Compressing dispatchers (lsh): routed slots of this rank, and the rows it handed to the
+  // exchange for them (centroids); both stay 0 without compression. Ratio = exchange / slot rows.
+  int64_t slot_rows = 0, exchange_rows = 0;
 };
 
 // Per-micro-batch state of one layer. Implementations derive from it; the base holds what every
@@ -110,6 +113,11 @@ class Dispatcher {
   virtual void combine(DispatchPlan& plan, float* out_TD) = 0;
   virtual void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) = 0;
   virtual void dispatch_backward(DispatchPlan& plan, float* dx_TD) = 0;
+
+  // Called by the trainer before the first plan() of every optimizer step (0-based; validation
+  // passes run under the step just done). Dispatchers that depend on the step (lsh: its hash
+  // projections rotate every rotation_interval steps) read it; wrappers forward it. Not collective.
+  virtual void begin_step(int64_t step) { (void)step; }
 
   const DispatchStats& stats() const { return stats_; }
   // Unique per dispatcher object in this process (never reused), so a plan's owner can be told

@@ -8,6 +8,7 @@
 #include "parallel/hierarchical_dispatcher.h"
 #include "parallel/link_model_dispatcher.h"
 #include "parallel/local_dispatcher.h"
+#include "parallel/lsh_dispatcher.h"
 #include "parallel/shm_dispatcher.h"
 #include "runtime/core/error.h"
 
@@ -16,8 +17,8 @@ namespace moempi {
 namespace {
 
 template <FlatExchange kExchange>
-std::unique_ptr<Dispatcher> make_flat(const DispatchSpec&, const ProcessGroups& g) {
-  return std::make_unique<FlatDispatcher>(g, kExchange);
+std::unique_ptr<Dispatcher> make_flat(const DispatchSpec& s, const ProcessGroups& g) {
+  return std::make_unique<FlatDispatcher>(g, kExchange, s.wire_dtype);
 }
 
 }  // namespace
@@ -55,6 +56,10 @@ const DispatcherRegistry& dispatcher_registry() {
            "one MPI_Alltoallw of rows per direction, rows placed by MPI datatypes"},
           {"shm",
            [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             MOEMPI_CHECK_ALL(s.wire_dtype == WireDtype::kFp32,
+                              "moe.dispatch.wire_dtype bf16 does not apply to moe.dispatch.type shm: its rows "
+                              "never cross a wire (one copy through shared memory); use wire_dtype fp32, or "
+                              "type flat or auto (auto picks flat for a bf16 wire)");
              return std::make_unique<ShmDispatcher>(g, s.shm.headroom);
            },
            shm_keys,
@@ -79,11 +84,30 @@ Placement make_placement(int num_experts, const ProcessGroups& groups) {
   return Placement::contiguous(num_experts, groups.ep_size, groups.ep.rank());
 }
 
+std::vector<schema::TypeChoice> compression_choices() {
+  using C = CompressionSpec;
+  return {
+      {"none", {}, "rows travel as they are"},
+      {"lsh",
+       {
+           schema::int_field("num_hashes", &C::num_hashes, 1, 16),
+           schema::int_field("buckets_per_hash", &C::buckets_per_hash, 2, 65536),
+           schema::u64_field("rotation_seed", &C::rotation_seed),
+           schema::int_field("rotation_interval", &C::rotation_interval, 0),
+           schema::int_field("min_tokens", &C::min_tokens, 0),
+           schema::bool_field("residual", &C::residual),
+       },
+       "cross-polytope buckets per destination expert; centroids travel, residuals stay (ALGORITHMS.md 3.3)"},
+  };
+}
+
 std::vector<std::string> dispatcher_names() { return dispatcher_registry().names(); }
 
 DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
   if (spec.type != "auto") return {spec.type, ""};
   if (groups.ep_size == 1) return {"local", "parallel.ep is 1: no expert leaves its rank"};
+  if (spec.wire_dtype == WireDtype::kBf16)
+    return {"flat", "moe.dispatch.wire_dtype is bf16: rows travel as bf16 messages (shm has no wire)"};
   if (groups.every_ep_within_node)
     return {"shm", fmt::format("every ep group ({} ranks) is on one node: single copy per row through "
                                "shared memory", groups.ep_size)};
@@ -96,7 +120,12 @@ std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const Proc
   registry.at("moe.dispatch.type", spec.type);  // unknown names: one message listing the registry
   std::unique_ptr<Dispatcher> d =
       registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
-  if (link_model().active()) return std::make_unique<LinkModelDispatcher>(std::move(d));
+  if (spec.compression.type != "none") {
+    MOEMPI_CHECK_ALL(spec.compression.type == "lsh", "moe.dispatch.compression.type: {}",
+                     schema::not_one_of(spec.compression.type, {"none", "lsh"}));
+    d = std::make_unique<LshDispatcher>(std::move(d), spec.compression);
+  }
+  if (link_model().active()) return std::make_unique<LinkModelDispatcher>(std::move(d));  // sees the wire bytes
   return d;
 }
 

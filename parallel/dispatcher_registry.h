@@ -41,6 +41,11 @@ using DispatcherFactory = std::unique_ptr<Dispatcher> (*)(const DispatchSpec& sp
 using DispatcherRegistry = Registry<DispatcherFactory>;
 const DispatcherRegistry& dispatcher_registry();
 
+// moe.dispatch.compression.type: none | lsh, with lsh's own keys (fields over CompressionSpec).
+// make_dispatcher wraps the chosen dispatcher in an LshDispatcher (parallel/lsh_dispatcher.h) when
+// the type is lsh, whatever the dispatcher.
+std::vector<schema::TypeChoice> compression_choices();
+
 // Registered names, in registration order.
 std::vector<std::string> dispatcher_names();
 

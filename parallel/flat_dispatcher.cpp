@@ -65,8 +65,11 @@ void exchange_blocks(FlatDispatcher::Plan& p, const std::vector<FlatDispatcher::
 
 }  // namespace
 
-FlatDispatcher::FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange)
-    : ep_(groups.ep.view()), node_of_rank_(groups.ep_rank_node), exchange_(exchange) {
+FlatDispatcher::FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange, WireDtype wire)
+    : ep_(groups.ep.view()), node_of_rank_(groups.ep_rank_node), exchange_(exchange), wire_(wire) {
+  MOEMPI_CHECK_ALL(!(exchange == FlatExchange::kTyped && wire == WireDtype::kBf16),
+                   "moe.dispatch.wire_dtype bf16 is not supported by moe.dispatch.type flat_typed (MPI places its "
+                   "fp32 rows by datatype); use flat or flat_packed, or wire_dtype fp32");
   P_ = ep_.size();
   me_ = ep_.rank();
   MOEMPI_CHECK_ALL(P_ >= 1, "moe.dispatch.type 'flat' needs an EP communicator (got a null one)");
@@ -195,7 +198,7 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
   p.src_side.resize(static_cast<size_t>(p.src_rows) * D);
   p.use_own_buffers();
 
-  p.row.reset(D);
+  p.row.reset(D, wire_);
   if (exchange_ == FlatExchange::kBlocks) {
     p.src_blocks.clear();
     p.exp_blocks.clear();
@@ -242,7 +245,7 @@ void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, in
 }
 
 void FlatDispatcher::count_traffic(const Plan& p, bool to_experts) {
-  const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * p.D_;
+  const int64_t row_bytes = p.row.wire_bytes();  // 2 bytes per value on a bf16 wire
   auto add = [&](int q, int64_t rows, int64_t messages) {
     const bool intra = node_of_rank_[q] == node_of_rank_[me_];
     stats_.rows += rows;

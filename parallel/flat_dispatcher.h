@@ -32,7 +32,11 @@ class FlatDispatcher final : public Dispatcher {
  public:
   // Non-owning view of groups.ep (the ProcessGroups must outlive the dispatcher); the node of each
   // ep rank (groups.ep_rank_node) splits the traffic statistics into intra- and inter-node.
-  FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange = FlatExchange::kBlocks);
+  // `wire` (moe.dispatch.wire_dtype): bf16 rows between ranks for kBlocks and kPacked (converted in
+  // comm/collectives' RowBlockExchange and alltoallv_rows; own rows never convert); kTyped refuses
+  // bf16 with a collective error (MPI places its fp32 rows by datatype, nothing to convert).
+  FlatDispatcher(const ProcessGroups& groups, FlatExchange exchange = FlatExchange::kBlocks,
+                 WireDtype wire = WireDtype::kFp32);
   std::string name() const override;
   std::unique_ptr<DispatchPlan> new_plan() const override;
 
@@ -55,6 +59,7 @@ class FlatDispatcher final : public Dispatcher {
   Communicator ep_;  // view of the EP group
   std::vector<int> node_of_rank_;
   FlatExchange exchange_;
+  WireDtype wire_;
   int P_ = 1, me_ = 0;
   FloatBuffer expert_side_;  // packed: rows in (source, local expert) order; scratch for all layers
 };

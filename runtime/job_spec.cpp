@@ -55,7 +55,8 @@ MOEMPI_SCHEMA_COVERS(BalancingSpec, 3);
 MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
 MOEMPI_SCHEMA_COVERS(HierarchicalDispatchSpec, 2);
-MOEMPI_SCHEMA_COVERS(DispatchSpec, 3);
+MOEMPI_SCHEMA_COVERS(CompressionSpec, 7);
+MOEMPI_SCHEMA_COVERS(DispatchSpec, 5);
 MOEMPI_SCHEMA_COVERS(MoeSpec, 13);
 MOEMPI_SCHEMA_COVERS(ParallelSpec, 4);
 MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
@@ -74,6 +75,7 @@ MOEMPI_SCHEMA_COVERS(JobSpec, 11);
 const std::vector<std::string> kNormNames = {"layernorm", "rmsnorm"};
 const std::vector<std::string> kActivationNames = {"gelu", "swiglu"};
 const std::vector<std::string> kScoreNames = {"softmax", "sigmoid"};
+const std::vector<std::string> kWireDtypeNames = {"fp32", "bf16"};
 
 std::string check_job_name(const std::string& v) {
   if (v.empty()) return "missing; the job needs a name (it names runs/<name>)";
@@ -115,8 +117,14 @@ const Schema& root_schema() {
   static const Schema balancing = typed_schema(
       required(choice_field("type", &BalancingSpec::type, names_of(balancing_types))), {}, balancing_types);
   static const auto dispatch_types = dispatch_choices();
+  static const auto compression_types = compression_choices();
+  static const Schema compression = typed_schema(
+      choice_field("type", &CompressionSpec::type, names_of(compression_types)), {}, compression_types);
   static const Schema dispatch =
-      typed_schema(choice_field("type", &DispatchSpec::type, names_of(dispatch_types)), {}, dispatch_types);
+      typed_schema(choice_field("type", &DispatchSpec::type, names_of(dispatch_types)),
+                   {enum_field("wire_dtype", &DispatchSpec::wire_dtype, kWireDtypeNames),
+                    section_field("compression", &DispatchSpec::compression, &compression)},
+                   dispatch_types);
   static const Schema moe{{
       int_field("num_experts", &MoeSpec::num_experts, 1),
       int_field("top_k", &MoeSpec::top_k, 1),
@@ -254,6 +262,13 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
         fail({fmt::format("moe.balancing.{}.type", i)},
              fmt::format("moe.balancing.{}.type: '{}' is already moe.balancing.{}; list each pass once", i,
                          moe.balancing[i].type, j));
+
+  const CompressionSpec& cmp = moe.dispatch.compression;
+  if (cmp.type == "lsh" && (cmp.buckets_per_hash % 2 != 0 || cmp.buckets_per_hash > 2 * m.d_model))
+    fail({"moe.dispatch.compression.buckets_per_hash", "model.d_model"},
+         fmt::format("moe.dispatch.compression.buckets_per_hash ({}) must be even and at most 2 x model.d_model "
+                     "({}): a cross-polytope hash codes argmax over [Rx; -Rx] with R of b/2 rows; use 2, 4, ..., {}",
+                     cmp.buckets_per_hash, 2 * m.d_model, 2 * m.d_model));
 
   const ParallelSpec& par = s.parallel;
   if (par.strategy == "dp" && par.ep != 1)

@@ -35,6 +35,7 @@ std::string format_step_line(const StepMetrics& m) {
   line += fmt::format(" | lr {:.1e} | gnorm {:.2f} | {:.0f} ms | {} tok/s | mfu {:.0f}% | maxvio {:.2f} | a2a {:.0f}% | eta {}",
                       m.lr, m.grad_norm, m.step_ms, tok, 100.0 * m.mfu, m.maxvio,
                       100.0 * m.a2a_frac, format_duration(m.eta_s));
+  if (m.compressed) line += fmt::format(" | lsh {:.2f}", m.compression_ratio);
   if (m.dropped_frac) line += fmt::format(" | drop {:.1f}%", 100.0 * *m.dropped_frac);
   if (m.skipped) line += " | SKIPPED (non-finite)";
   line += fmt::format(" | cv {:.2f}", m.load_cv);
@@ -166,6 +167,8 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["a2a_frac"] = m.a2a_frac;
   j["a2a_bytes_intra"] = m.a2a_bytes_intra;
   j["a2a_bytes_inter"] = m.a2a_bytes_inter;
+  j["compression_ratio"] = m.compression_ratio;
+  j["wire_bytes"] = m.wire_bytes;
   if (m.dropped_frac) j["dropped_frac"] = *m.dropped_frac;
   j["tokens"] = m.tokens;
   j["maxvio_layers"] = m.maxvio_layers;

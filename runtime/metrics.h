@@ -24,6 +24,11 @@ struct StepMetrics {
   std::optional<double> dropped_frac;  // with moe.capacity_factor > 0: share of routed slots dropped
   double a2a_frac = 0;   // share of the step spent in the dispatcher (rank 0)
   int64_t a2a_bytes_intra = 0, a2a_bytes_inter = 0;  // rank 0's dispatch bytes to other ranks this step
+  // Rows handed to the exchanges ÷ routed slot rows this step, over every rank (1 without
+  // compression); `compressed` puts it in the step line as "lsh 0.21".
+  double compression_ratio = 1;
+  bool compressed = false;
+  int64_t wire_bytes = 0;  // bytes rank 0's exchanges sent to other ranks this step (any wire dtype)
   double maxvio = 0;     // mean over MoE layers of (max_i c_i - mean c) / mean c, global counts
   double eta_s = 0;
   int64_t tokens = 0;    // tokens seen so far (global)

@@ -107,6 +107,7 @@ class TrainLoop {
       test_hooks::at_step(g_.world.rank(), step + 1);  // fault injection in the test binary only
       const double t0 = now_seconds();
       const double exchange0 = model_->exchange_seconds();
+      model_->dispatcher().begin_step(step);
       const DispatchStats traffic0 = model_->dispatcher().stats();
       model_->arena().zero_grads();
       strategy_->begin_step(*model_);  // fssdp: place and gather this step's replicas
@@ -200,6 +201,13 @@ class TrainLoop {
         m.replicas = sharded.replicas;
         m.sparse_bytes = sharded.bytes_sent;
         m.replica_bytes_max = static_cast<int64_t>(replica_bytes);
+      }
+      m.wire_bytes = m.a2a_bytes_intra + m.a2a_bytes_inter;
+      {  // compression over every rank (collective; every rank logs the same steps)
+        int64_t rows[2] = {traffic.slot_rows - traffic0.slot_rows, traffic.exchange_rows - traffic0.exchange_rows};
+        allreduce_sum(rows, 2, g_.world);
+        m.compressed = spec_.moe.dispatch.compression.type != "none";
+        if (rows[0] > 0) m.compression_ratio = static_cast<double>(rows[1]) / static_cast<double>(rows[0]);
       }
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /

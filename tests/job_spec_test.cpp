@@ -604,7 +604,7 @@ TEST(JobSpecTypedKeys, UnknownKeyOfNoTypeListsEveryKey) {
                    "(allowed: type, lr, weight_decay, grad_clip, beta1, beta2, eps, momentum, schedule)",
                    "did you mean 'beta1'?"});
   expect_contains(load_error("moe: {dispatch: {headrom: 2}}\n"),
-                  {"moe.dispatch.headrom: unknown key 'headrom'", "(allowed: type, headroom, algorithm, dedup)"});
+                  {"moe.dispatch.headrom: unknown key 'headrom'", "(allowed: type, wire_dtype, headroom, compression, algorithm, dedup)"});
 }
 
 TEST(JobSpecTypedKeys, ResolvedSpecPrintsOnlyTheChosenTypesKeysAndRoundTrips) {

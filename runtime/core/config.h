@@ -56,10 +56,27 @@ struct HierarchicalDispatchSpec {
   bool dedup = false;             // moe.dispatch.dedup: send a token once per destination node (k > 1)
 };
 
+// moe.dispatch.compression: a wrapper over any dispatcher (parallel/lsh_dispatcher.h).
+struct CompressionSpec {
+  std::string type = "none";  // none | lsh
+  // lsh only (ALGORITHMS.md 3.3):
+  int num_hashes = 6;         // cross-polytope hashes per token; the bucket is the tuple of their codes
+  int buckets_per_hash = 2;   // b: codes per hash (even, 2..2*d_model; 2 = hyperplane LSH)
+  uint64_t rotation_seed = 1; // the shared random projections derive from it (same on every rank)
+  int rotation_interval = 100;  // projections redrawn every this many optimizer steps; 0 = never
+  int min_tokens = 16;        // a destination expert with fewer slots from this rank goes uncompressed
+  bool residual = true;       // each token gets E(centroid) + (x - centroid); false: E(centroid)
+};
+
+// moe.dispatch.wire_dtype: what rows travel as between ranks (compute is always fp32).
+enum class WireDtype { kFp32, kBf16 };
+
 struct DispatchSpec {
   std::string type = "auto";  // a dispatcher name; auto picks by layout
   ShmDispatchSpec shm{};      // keys owned by type shm
   HierarchicalDispatchSpec hierarchical{};  // keys owned by type hierarchical
+  CompressionSpec compression{};
+  WireDtype wire_dtype = WireDtype::kFp32;
 };
 
 struct MoeSpec {
