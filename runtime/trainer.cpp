@@ -75,7 +75,7 @@ class TrainLoop {
     summary.flops_per_token = model_->flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
     announce(summary);
-    const int start = resume();
+    const int start = opt_.checkpoints ? resume() : 0;
     summary.start_step = start;
     if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir(start);
 
@@ -138,7 +138,7 @@ class TrainLoop {
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
       steps_done_ = step + 1;
       const bool last = step + 1 == steps;
-      if (spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last)) save(summary);
+      if (opt_.checkpoints && spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last)) save(summary);
 
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
       std::optional<EvalResult> eval;

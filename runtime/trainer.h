@@ -20,6 +20,7 @@ namespace moempi {
 struct TrainOptions {
   bool log_steps = true;    // progress lines on rank 0
   bool write_files = true;  // job.yaml and metrics.jsonl in the run directory
+  bool checkpoints = true;  // resume (checkpoint.resume) and save (checkpoint.interval); off for benchmarks
   // Called on every rank after each step (outside its step time) with the 1-based step, the
   // step's global mean loss and the updated parameters, e.g. for `moempi bench train` to check
   // that replicas agree. If it communicates it must be collective over the world.
