@@ -308,17 +308,19 @@ JobSpec load_job_spec_from_string(const std::string& yaml, const std::vector<std
 void validate_job_spec(const JobSpec& spec) { validate_impl(spec, nullptr); }
 
 void resolve_for_world(JobSpec& spec, int world_size) {
-  if (spec.train.global_batch > 0 && world_size >= 1) {
-    validate_for_world(spec, world_size);  // checks global_batch against micro_batch × world
-    spec.train.grad_accum = spec.train.global_batch / (spec.train.micro_batch * world_size);
-  }
-  if (spec.parallel.ep != 0) return validate_for_world(spec, world_size);
-  spec.parallel.ep = world_size;
-  try {
+  if (spec.parallel.ep != 0) {
     validate_for_world(spec, world_size);
-  } catch (const CollectiveError& e) {  // say where the resolved value came from
-    fail_collective(fmt::format("{} (parallel.ep 0 = all {} ranks)", e.what(), world_size));
+  } else {
+    spec.parallel.ep = world_size;
+    try {
+      validate_for_world(spec, world_size);
+    } catch (const CollectiveError& e) {  // say where the resolved value came from
+      fail_collective(fmt::format("{} (parallel.ep 0 = all {} ranks)", e.what(), world_size));
+    }
   }
+  // validate_for_world checked that micro_batch × world divides global_batch.
+  if (spec.train.global_batch > 0)
+    spec.train.grad_accum = spec.train.global_batch / (spec.train.micro_batch * world_size);
 }
 
 void validate_for_world(const JobSpec& spec, int world_size) {

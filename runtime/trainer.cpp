@@ -353,6 +353,9 @@ class TrainLoop {
           spdlog::info("resuming from {} (step {}; saved at world {}, strategy {}, ep {}; now world {}, strategy {}, "
                        "ep {})", dir, info.step, info.world_size, info.strategy, info.ep, g_.world.size(),
                        spec_.parallel.strategy, g_.ep_size);
+          const auto changed = spec_differences(info.spec_yaml, job_spec_to_yaml(spec_));
+          if (!changed.empty())
+            spdlog::info("spec changed since the checkpoint (saved -> now): {}", fmt::join(changed, "; "));
         }
         MOEMPI_CHECK_ALL(steps_done_ == info.step, "{}: train/step is {} but the manifest says step {}", dir,
                          steps_done_, info.step);

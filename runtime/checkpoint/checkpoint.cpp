@@ -18,6 +18,8 @@
 #include <random>
 #include <set>
 
+#include <yaml-cpp/yaml.h>
+
 #include "comm/agreement.h"
 #include "comm/collectives.h"
 #include "runtime/checkpoint/checkpoint.pb.h"
@@ -497,6 +499,39 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
   info.ep = m.body.ep();
   info.moempi_version = m.body.moempi_version();
   return info;
+}
+
+namespace {
+void flatten_yaml(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out) {
+  if (n.IsMap()) {
+    for (const auto& kv : n) flatten_yaml(kv.second, path.empty() ? kv.first.as<std::string>() : path + "." + kv.first.as<std::string>(), out);
+  } else if (n.IsSequence()) {
+    for (size_t i = 0; i < n.size(); ++i) flatten_yaml(n[i], path + "." + std::to_string(i), out);
+    if (n.size() == 0) out[path] = "[]";
+  } else if (n.IsScalar()) {
+    out[path] = n.Scalar();
+  }
+}
+}  // namespace
+
+std::vector<std::string> spec_differences(const std::string& saved_yaml, const std::string& current_yaml) {
+  std::map<std::string, std::string> a, b;
+  try {
+    flatten_yaml(YAML::Load(saved_yaml), "", a);
+    flatten_yaml(YAML::Load(current_yaml), "", b);
+  } catch (const YAML::Exception& e) {
+    return {fmt::format("(the saved spec cannot be read: {})", e.what())};
+  }
+  std::set<std::string> keys;
+  for (const auto& [k, v] : a) keys.insert(k);
+  for (const auto& [k, v] : b) keys.insert(k);
+  std::vector<std::string> out;
+  for (const auto& k : keys) {
+    const auto ia = a.find(k), ib = b.find(k);
+    const std::string va = ia == a.end() ? "-" : ia->second, vb = ib == b.end() ? "-" : ib->second;
+    if (va != vb) out.push_back(fmt::format("{}: {} -> {}", k, va, vb));
+  }
+  return out;
 }
 
 std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root) {

@@ -72,6 +72,11 @@ done
 a=$(loss_at "$TMP/one/metrics.jsonl" 12); b=$(loss_at "$TMP/chain/metrics.jsonl" 12); d=$(rel "$a" "$b")
 awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' && pass "reshard chain: step 12 loss $b vs $a on one rank throughout (rel diff $d)" \
   || fail "reshard chain: step 12 loss $b vs $a (rel diff $d)"
+grep -q "spec changed since the checkpoint (saved -> now): .*parallel.strategy: ep -> dp" "$TMP/chain_5.log" &&
+  grep -q "train.grad_accum: 3 -> 12" "$TMP/chain_5.log" && pass "resume names the spec changes (strategy, derived grad_accum)" ||
+  fail "no spec change line: $(grep -i 'spec changed' "$TMP/chain_5.log")"
+"$MOEMPI" validate configs/tiny_ep.yaml --set train.global_batch=32 --np 2 > "$TMP/val.log" 2>&1 &&
+  pass "global_batch with parallel.ep 0 (all ranks) validates" || fail "validate tiny_ep global_batch: $(cat "$TMP/val.log")"
 expect_error "global_batch impossible at 5 ranks" "train.global_batch (24)" "train.micro_batch (2) × world size (5) = 10" -- \
   "$MOEMPI" validate configs/tiny.yaml "${common[@]}" --np 5
 
