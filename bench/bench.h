@@ -9,5 +9,6 @@ void add_alltoall_command(CLI::App& bench, int& exit_code);  // bench/bench_allt
 void add_dispatch_command(CLI::App& bench, int& exit_code);  // bench/bench_dispatch.cpp
 void add_experts_command(CLI::App& bench, int& exit_code);   // bench/bench_experts.cpp
 void add_train_command(CLI::App& bench, int& exit_code);     // bench/bench_train.cpp
+void add_sparse_command(CLI::App& bench, int& exit_code);    // bench/bench_sparse.cpp
 
 }  // namespace moempi::bench

@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
   moempi::bench::add_dispatch_command(*bench, exit_code);
   moempi::bench::add_experts_command(*bench, exit_code);
   moempi::bench::add_train_command(*bench, exit_code);
+  moempi::bench::add_sparse_command(*bench, exit_code);
 
   std::string encode_in, encode_out;
   auto* data = app.add_subcommand("data", "Data tools");

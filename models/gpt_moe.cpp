@@ -52,6 +52,8 @@ GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& plac
     b.is_moe = is_moe_layer(moe, l);
     if (b.is_moe) {
       b.moe = std::make_unique<MoeLayer>(model, moe, l, placement_, arena_, env);
+      b.moe_index = (int)layer_placements_.size();
+      layer_placements_.push_back(placement_);
     } else {
       b.ffn_w1 = arena_.add(p + "ffn.w1", {D, ffn_in_width(model, F)}, ParamKind::kDense, true);
       b.ffn_b1 = arena_.add(p + "ffn.b1", {ffn_in_width(model, F)}, ParamKind::kDense, false);
@@ -62,6 +64,10 @@ GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& plac
   lnf_w_ = arena_.add("lnf.w", {D}, ParamKind::kDense, false);
   lnf_b_ = ln ? arena_.add("lnf.b", {D}, ParamKind::kDense, false) : kNoParam;
   arena_.allocate();
+}
+
+void GptMoe::set_position(uint64_t seed, int64_t step, int64_t first_seq) {
+  for (MoeLayer* layer : moe_layers()) layer->set_position(seed, step, first_seq * model_.seq_len);
 }
 
 void GptMoe::init_params(uint64_t seed) {
@@ -190,7 +196,8 @@ double GptMoe::forward(const int32_t* tokens_BT, const int32_t* targets_BT, int 
     }
     if (b.is_moe) {
       ScopedTimer t(phase_seconds_[kPhaseMoe]);
-      b.moe->forward(arena_, b.ffn_out.data(), b.ln2_out.data(), N, *dispatcher_, placement_, training);
+      b.moe->forward(arena_, b.ffn_out.data(), b.ln2_out.data(), N, *dispatcher_, layer_placements_[b.moe_index],
+                     training);
     } else {
       ScopedTimer t(phase_seconds_[kPhaseDenseFfn]);
       dense_ffn_forward(b, b.ffn_out.data(), b.ln2_out.data(), N);
@@ -275,6 +282,33 @@ std::vector<MoeLayer*> GptMoe::moe_layers() {
   for (auto& b : blocks_)
     if (b.is_moe) out.push_back(b.moe.get());
   return out;
+}
+
+void GptMoe::set_placement(int layer, const Placement& placement) {
+  MoeLayer* moe = moe_layers().at(layer);
+  moe->experts().set_local_experts(placement.local_experts());
+  layer_placements_[layer] = placement;
+}
+
+int64_t GptMoe::part_numel(int part) const {
+  for (const auto& b : blocks_)
+    if (b.is_moe) return b.moe->experts().part_numel(part);
+  return 0;
+}
+
+float* GptMoe::expert_param(int layer, int e, int part) {
+  return moe_layers().at(layer)->experts().param(arena_, e, part);
+}
+
+float* GptMoe::expert_grad(int layer, int e, int part) {
+  return moe_layers().at(layer)->experts().grad(arena_, e, part);
+}
+
+int64_t GptMoe::replica_floats() const {
+  int64_t n = 0;
+  for (const auto& b : blocks_)
+    if (b.is_moe) n += b.moe->experts().replica_floats();
+  return n;
 }
 
 void GptMoe::add_routing(RoutingStats& stats) {

@@ -12,6 +12,7 @@
 #include "models/moe/moe_layer.h"
 #include "models/moe/routing_stats.h"
 #include "parallel/dispatcher.h"
+#include "parallel/sharding_strategy.h"
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
 #include "runtime/core/state_registry.h"
@@ -21,7 +22,7 @@ namespace moempi {
 // Wall time of one training step split by phase (seconds, accumulated until reset).
 enum Phase { kPhaseAttention, kPhaseMoe, kPhaseDenseFfn, kPhaseOther, kPhaseCount };
 
-class GptMoe {
+class GptMoe final : public ExpertHost {
  public:
   // Registers every parameter and allocates the arena. One dispatcher serves every MoE layer
   // (each layer keeps its own DispatchPlan); every layer uses `placement` (ep / dp layouts).
@@ -36,6 +37,9 @@ class GptMoe {
   // One micro-batch of B sequences of model.seq_len tokens. Returns the mean cross-entropy;
   // saves activations for backward. Collective over the EP group (dispatch), every rank.
   double forward(const int32_t* tokens_BT, const int32_t* targets_BT, int B, bool training);
+  // Where the next forward's sequences are: `first_seq` is the global index of its first sequence
+  // in `step` (0-based; for moe.force_routing's layout-independent draws).
+  void set_position(uint64_t seed, int64_t step, int64_t first_seq);
   // Adds this micro-batch's gradients into the arena; grad_scale weights the micro-batch's mean
   // loss in the step's objective (1 / (micro-batches per step × data-parallel ranks)).
   void backward(float grad_scale);
@@ -59,12 +63,23 @@ class GptMoe {
   double exchange_seconds() const { return dispatcher_->stats().seconds; }  // part of kPhaseMoe
   const Dispatcher& dispatcher() const { return *dispatcher_; }
 
+  // ExpertHost (the sharding strategy's view of the routed experts; MoE layers counted 0..).
+  int num_moe_layers() const override { return (int)layer_placements_.size(); }
+  const Placement& owners() const override { return placement_; }
+  void set_placement(int layer, const Placement& placement) override;
+  const Placement& placement(int layer) const override { return layer_placements_[layer]; }
+  int64_t part_numel(int part) const override;
+  float* expert_param(int layer, int e, int part) override;
+  float* expert_grad(int layer, int e, int part) override;
+  int64_t replica_floats() const override;
+
  private:
   struct Block {
     bool is_moe = false;
     ParamArena::Id ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
     ParamArena::Id ffn_w1, ffn_b1, ffn_w2, ffn_b2;  // dense FFN layers only
     std::unique_ptr<MoeLayer> moe;
+    int moe_index = -1;  // among the MoE layers
     // activations of the current micro-batch
     FloatBuffer ln1_out, ln1_mean, ln1_rstd, qkv, att, attn_out, resid_mid;
     FloatBuffer ln2_out, ln2_mean, ln2_rstd, ffn_pre, ffn_act, ffn_out;
@@ -78,7 +93,8 @@ class GptMoe {
 
   ModelSpec model_;
   MoeSpec moe_;
-  Placement placement_;
+  Placement placement_;                       // owners (construction)
+  std::vector<Placement> layer_placements_;  // per MoE layer: this step's (owners + replicas)
   std::unique_ptr<Dispatcher> dispatcher_;
   ParamArena arena_;
   ParamArena::Id wte_, wpe_, lnf_w_, lnf_b_;

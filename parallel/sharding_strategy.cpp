@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "comm/collectives.h"
+#include "parallel/fssdp_strategy.h"
 #include "runtime/core/error.h"
 
 namespace moempi {
@@ -62,13 +63,20 @@ class ExpertParallel final : public ShardingStrategy {
 
 }  // namespace
 
+std::unique_ptr<ShardingStrategy> make_expert_parallel(const ProcessGroups& groups) {
+  return std::make_unique<ExpertParallel>(groups);
+}
+
 const ShardingRegistry& sharding_strategy_registry() {
   static const ShardingRegistry registry("a sharding strategy", {
       // name, factory, keys only this strategy accepts, one-line doc
-      {"dp", [](const ProcessGroups& g) -> std::unique_ptr<ShardingStrategy> { return std::make_unique<DataParallel>(g); },
+      {"dp", [](const ParallelSpec&, const ProcessGroups& g) -> std::unique_ptr<ShardingStrategy> { return std::make_unique<DataParallel>(g); },
        {}, "every rank holds every parameter; gradients summed over the world"},
-      {"ep", [](const ProcessGroups& g) -> std::unique_ptr<ShardingStrategy> { return std::make_unique<ExpertParallel>(g); },
+      {"ep", [](const ParallelSpec&, const ProcessGroups& g) -> std::unique_ptr<ShardingStrategy> { return std::make_unique<ExpertParallel>(g); },
        {}, "experts split over the ep group; expert gradients summed over expert_dp"},
+      {"fssdp", [](const ParallelSpec& s, const ProcessGroups& g) { return make_fssdp_strategy(s, g); },
+       {}, "experts sharded over the world with one owner each; hot experts replicated per step "
+           "(SparseAllGather / SparseReduceScatter)"},
   });
   return registry;
 }
@@ -78,7 +86,7 @@ std::unique_ptr<ShardingStrategy> make_sharding_strategy(const ParallelSpec& spe
   const ShardingRegistry& r = sharding_strategy_registry();
   const auto* entry = r.find(spec.strategy);
   if (!entry) fail_collective(r.not_one_of("parallel.strategy", spec.strategy));
-  return entry->factory(groups);
+  return entry->factory(spec, groups);
 }
 
 }  // namespace moempi

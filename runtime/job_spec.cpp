@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "models/moe/balancing_pass.h"
+#include "models/moe/router.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 #include "parallel/dispatcher_registry.h"
@@ -52,8 +53,9 @@ MOEMPI_SCHEMA_COVERS(BalancingSpec, 3);
 MOEMPI_SCHEMA_COVERS(LossFreeBiasSpec, 3);
 MOEMPI_SCHEMA_COVERS(ShmDispatchSpec, 1);
 MOEMPI_SCHEMA_COVERS(DispatchSpec, 2);
-MOEMPI_SCHEMA_COVERS(MoeSpec, 10);
-MOEMPI_SCHEMA_COVERS(ParallelSpec, 3);
+MOEMPI_SCHEMA_COVERS(MoeSpec, 13);
+MOEMPI_SCHEMA_COVERS(ParallelSpec, 4);
+MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
 MOEMPI_SCHEMA_COVERS(DataSpec, 3);
@@ -117,13 +119,22 @@ const Schema& root_schema() {
       int_field("num_shared_experts", &MoeSpec::num_shared_experts, 0),
       int_field("every_n_layers", &MoeSpec::every_n_layers, 1),
       real_field("capacity_factor", &MoeSpec::capacity_factor, kNonNegative),
+      int_field("max_nodes_per_token", &MoeSpec::max_nodes_per_token, 0),
+      int_field("routing_nodes", &MoeSpec::routing_nodes, 0),
+      string_field("force_routing", &MoeSpec::force_routing,
+                   [](const std::string& v) { return parse_force_routing(v, nullptr); }),
       list_field("balancing", &MoeSpec::balancing, &balancing),
       section_field("dispatch", &MoeSpec::dispatch, &dispatch),
+  }};
+  static const Schema fssdp{{
+      int_field("max_materialized_experts", &FssdpSpec::max_materialized_experts, 0),
+      int_field("load_window", &FssdpSpec::load_window, 1, 1000),
   }};
   static const Schema parallel{{
       choice_field("strategy", &ParallelSpec::strategy, sharding_strategy_registry().names()),
       int_field("ep", &ParallelSpec::ep, 0),  // 0 = all ranks, resolved by resolve_for_world
       int_field("ranks_per_node", &ParallelSpec::ranks_per_node, 0),
+      section_field("fssdp", &ParallelSpec::fssdp, &fssdp),
   }};
   static const auto schedule_types = lr_schedule_registry().choices();
   static const Schema schedule =
@@ -220,6 +231,9 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
     fail({"moe.normalize_topk", "moe.top_k"},
          "moe.normalize_topk: true with moe.top_k 1 makes every combine weight 1, so the router gets no "
          "gradient from the language-model loss; set moe.normalize_topk: false (Switch-style top-1)");
+  if (moe.max_nodes_per_token > 0 && moe.routing_nodes > 0)
+    if (const std::string why = node_limit_problem(moe); !why.empty())
+      fail({"moe.max_nodes_per_token", "moe.routing_nodes"}, why);
   for (size_t i = 0; i < moe.balancing.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (moe.balancing[i].type == moe.balancing[j].type)
@@ -235,7 +249,7 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
   if (par.ep > 0 && moe.num_experts % par.ep != 0)
     fail({"moe.num_experts", "parallel.ep"},
          fmt::format("moe.num_experts ({}) is not divisible by parallel.ep ({})", moe.num_experts, par.ep));
-  if (par.strategy == "ep" && par.ep > 1 && moe.dispatch.type == "local")
+  if (par.strategy != "dp" && par.ep > 1 && moe.dispatch.type == "local")
     fail({"moe.dispatch.type", "parallel.ep"},
          fmt::format("moe.dispatch.type local cannot reach experts on other ranks (parallel.ep = {}); "
                      "set moe.dispatch.type: flat or auto",
@@ -350,6 +364,10 @@ void validate_for_world(const JobSpec& spec, int world_size) {
                      "train.micro_batch",
                      t.global_batch, t.micro_batch, world_size, per_micro_step, per_micro_step);
   }
+  MOEMPI_CHECK_ALL(p.strategy != "fssdp" || p.ep == world_size,
+                   "parallel.ep ({}) must be the world size ({}) with parallel.strategy fssdp (every rank owns a "
+                   "shard of the experts); use 0 = all ranks",
+                   p.ep, world_size);
   MOEMPI_CHECK_ALL(p.ranks_per_node == 0 || world_size % p.ranks_per_node == 0,
                    "parallel.ranks_per_node ({}) does not divide the world size ({}); use one of {}, or 0 "
                    "for the real nodes",

@@ -30,6 +30,7 @@ std::string format_step_line(const StepMetrics& m) {
   if (m.dropped_frac) line += fmt::format(" | drop {:.1f}%", 100.0 * *m.dropped_frac);
   line += fmt::format(" | cv {:.2f}", m.load_cv);
   if (m.bias_max_abs) line += fmt::format(" | bias {:.2e}", *m.bias_max_abs);
+  if (m.replicas) line += fmt::format(" | rep {}", *m.replicas);
   if (m.maxvio_global) line += fmt::format(" | maxvio_g {:.2f}", *m.maxvio_global);
   if (!m.specialisation_norm_layers.empty())
     line += fmt::format(" | spec {:.2f}", mean_of(m.specialisation_norm_layers));
@@ -138,6 +139,9 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["load_cv_layers"] = m.load_cv_layers;
   if (!m.bias.empty()) j["bias"] = m.bias;
   if (m.bias_max_abs) j["bias_max_abs"] = *m.bias_max_abs;
+  if (m.replicas) j["replicas"] = *m.replicas;
+  if (m.sparse_bytes) j["sparse_bytes"] = *m.sparse_bytes;
+  if (m.replica_bytes_max) j["replica_bytes_max"] = *m.replica_bytes_max;
   if (m.maxvio_global) {
     j["maxvio_global"] = *m.maxvio_global;
     j["maxvio_global_layers"] = m.maxvio_global_layers;

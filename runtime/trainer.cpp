@@ -14,6 +14,7 @@
 #include "comm/watchdog.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
+#include "models/moe/router.h"
 #include "parallel/dispatcher_registry.h"
 #include "parallel/sharding_strategy.h"
 #include "runtime/checkpoint/checkpoint.h"
@@ -95,6 +96,7 @@ class TrainLoop {
       const double exchange0 = model_->exchange_seconds();
       const DispatchStats traffic0 = model_->dispatcher().stats();
       model_->arena().zero_grads();
+      strategy_->begin_step(*model_);  // fssdp: place and gather this step's replicas
       double loss_sum = 0, aux_sum = 0;
       RoutingStats routing;  // this step's counts, local until the one all-reduce below
       routing.reset(static_cast<int>(moe_layers.size()), spec_.moe.num_experts);
@@ -102,6 +104,7 @@ class TrainLoop {
         const int64_t first = ((static_cast<int64_t>(step) * spec_.train.grad_accum + a) * data_ranks_ +
                                g_.world.rank()) * B_;
         data_->get(batch_, Split::kTrain, first, B_);
+        model_->set_position(spec_.job.seed, step, first);
         loss_sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, true);
         aux_sum += model_->aux_loss();
         model_->add_routing(routing);  // before capacity drops; training forwards only
@@ -110,9 +113,11 @@ class TrainLoop {
       // One all-reduce of every layer's counts (and dropped slots) over the data ranks: read by
       // the passes' step end and by the metrics.
       allreduce_sum(routing.values.data(), static_cast<int64_t>(routing.values.size()), g_.data);
+      strategy_->observe_loads(routing.values.data(), routing.layers, routing.E);
       double grad_norm;
       {
         ScopedTimer t(summary.phase_seconds[kPhaseGradSync]);
+        strategy_->end_backward(*model_);  // fssdp: replica gradients into their owners
         strategy_->sync_grads(model_->arena());
         grad_norm = strategy_->grad_norm(model_->arena());
       }
@@ -122,6 +127,7 @@ class TrainLoop {
         model_->on_step_end(routing);
         scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
         optimizer_->step(model_->arena(), lr);
+        strategy_->end_step(*model_);
       }
       // Step metrics (collective): global mean losses and expert loads.
       const double denom = static_cast<double>(spec_.train.grad_accum) * data_ranks_;
@@ -135,6 +141,8 @@ class TrainLoop {
       elapsed += dt;
       summary.losses.push_back(loss);
       summary.step_seconds.push_back(dt);
+      const ShardingStrategy::StepStats sharded = strategy_->step_stats();
+      summary.replicas.push_back(sharded.replicas);
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
       steps_done_ = step + 1;
       const bool last = step + 1 == steps;
@@ -163,6 +171,13 @@ class TrainLoop {
       m.a2a_frac = exchange_s / dt;
       m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
       m.a2a_bytes_inter = traffic.bytes_inter - traffic0.bytes_inter;
+      if (strategy_->name() == "fssdp") {  // every rank takes this branch alike (collective)
+        double replica_bytes = 4.0 * static_cast<double>(sharded.replica_floats);
+        allreduce(&replica_bytes, 1, ReduceOp::kMax, g_.world);
+        m.replicas = sharded.replicas;
+        m.sparse_bytes = sharded.bytes_sent;
+        m.replica_bytes_max = static_cast<int64_t>(replica_bytes);
+      }
       m.tokens_per_s = summary.tokens_per_step / dt;
       m.mfu = summary.flops_per_token * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
@@ -223,6 +238,7 @@ class TrainLoop {
     for (int i = 0; i < micro_batches; ++i) {
       const int64_t first = (static_cast<int64_t>(i) * data_ranks_ + g_.world.rank()) * B_;
       data_->get(batch_, Split::kVal, first, B_);
+      model_->set_position(spec_.job.seed, -1 - i, first);  // eval draws: their own "steps"
       sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, false);
       for (size_t l = 0; l < layers.size(); ++l) {
         const RoutingPlan& r = layers[l]->routing();
@@ -407,8 +423,39 @@ class TrainLoop {
 
 }  // namespace
 
+namespace {
+
+// moe.routing_nodes 0 under node-limited routing = the nodes the ep group spans (the same on every
+// rank: ep_rank_node is world-agreed). Says so when a routing group is not one node's experts
+// (the limit then bounds groups, not nodes).
+JobSpec resolve_routing_nodes(const JobSpec& spec, const ProcessGroups& groups) {
+  JobSpec out = spec;
+  MoeSpec& moe = out.moe;
+  if (moe.max_nodes_per_token <= 0) return out;
+  if (moe.routing_nodes == 0) {
+    moe.routing_nodes = groups.ep_num_nodes();
+    if (const std::string why = node_limit_problem(moe); !why.empty())
+      fail_collective(fmt::format("{} (moe.routing_nodes 0 = the {} node(s) of the ep group)", why,
+                                  moe.routing_nodes));
+  }
+  const int E = moe.num_experts, size = E / moe.routing_nodes;
+  const Placement placement = make_placement(E, groups);
+  for (int e = 0; e < E; ++e)
+    if (groups.ep_rank_node[placement.owner(e)] != groups.ep_rank_node[placement.owner(e - e % size)]) {
+      if (groups.world_rank == 0)
+        spdlog::warn("moe.routing_nodes {}: expert group {} spans several nodes of this layout, so "
+                     "moe.max_nodes_per_token bounds expert groups, not nodes",
+                     moe.routing_nodes, e / size);
+      break;
+    }
+  return out;
+}
+
+}  // namespace
+
 TrainSummary train(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options) {
-  TrainLoop loop(spec, groups, options);
+  const JobSpec resolved = resolve_routing_nodes(spec, groups);
+  TrainLoop loop(resolved, groups, options);
   return loop.run();
 }
 

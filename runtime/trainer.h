@@ -43,6 +43,7 @@ struct TrainSummary {
   int checkpoints_saved = 0;
   int64_t checkpoint_bytes = 0;     // of the last checkpoint saved
   double checkpoint_seconds = 0;    // all saves, wall time (outside the step times)
+  std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 

@@ -378,7 +378,9 @@ JobSpec everything_changed() {
   s.moe.capacity_factor = 1.25f;
   s.moe.balancing = {{"aux_loss", 0.0123f}, {"z_loss", 1e-3f}};
   s.moe.dispatch = {"shm", {1.5f}};
-  s.parallel = {"ep", 3, 6};
+  s.parallel.strategy = "ep";
+  s.parallel.ep = 3;
+  s.parallel.ranks_per_node = 6;
   // adamw: its own keys changed, sgd's momentum left at its default (it is not printed).
   s.optim = {"adamw", 3e-4f, 0.1f, 0.8f, 0.999f, 1e-6f, OptimSpec().momentum, 0.7f, {"warmup_linear", 17, 0.05f}};
   s.data = {"tokens", "data/my shards: v2", 0.1f};

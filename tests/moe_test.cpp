@@ -94,6 +94,120 @@ TEST(Router, ProbsAreUnbiasedScoresOfChosenExperts_sigmoid_nonorm) {
 }
 
 // A bias-style pass as loss_free_bias will be: +10 on expert 3 for selection only.
+// Node-limited routing against a brute-force rule: groups ranked by the sum of their top
+// ceil(k/M) scores (stable: ties -> lower group), the best M kept, then top-k among their experts.
+TEST(Router, NodeLimitedChoicesObeyTheLimitAndMatchBruteForce_softmax_and_sigmoid) {
+  for (ScoreFn score : {ScoreFn::kSoftmax, ScoreFn::kSigmoid}) {
+    const int E = 8, G = 4, M = 2, K = 3, N = 300, size = E / G, per = (K + M - 1) / M;
+    MoeSpec moe = small_moe(score, true, K, 0.0f, 0);
+    moe.num_experts = E;
+    moe.max_nodes_per_token = M;
+    moe.routing_nodes = G;
+    IdentityRouter r(moe);
+    const auto& p = r.route(randn((size_t)N * E, 77));
+    const float* s = r.router.scores_NE();
+    int limited = 0;
+    for (int t = 0; t < N; ++t) {
+      const float* v = s + (size_t)t * E;
+      std::vector<std::pair<float, int>> groups;
+      for (int g = 0; g < G; ++g) {
+        std::vector<float> top(v + g * size, v + (g + 1) * size);
+        std::sort(top.begin(), top.end(), std::greater<float>());
+        float sum = 0.0f;
+        for (int i = 0; i < per; ++i) sum += top[i];
+        groups.push_back({sum, g});
+      }
+      std::stable_sort(groups.begin(), groups.end(), [](auto a, auto b) { return a.first > b.first; });
+      std::vector<std::pair<float, int>> cand, all;
+      for (int e = 0; e < E; ++e) {
+        all.push_back({v[e], e});
+        for (int m = 0; m < M; ++m)
+          if (e / size == groups[m].second) cand.push_back({v[e], e});
+      }
+      auto by_score = [](auto a, auto b) { return a.first > b.first; };
+      std::stable_sort(cand.begin(), cand.end(), by_score);
+      std::stable_sort(all.begin(), all.end(), by_score);
+      std::vector<int> nodes;
+      bool differs = false;
+      for (int k = 0; k < K; ++k) {
+        const int e = p.selected_NK[(size_t)t * K + k];
+        ASSERT_EQ(e, cand[k].second) << "token " << t << " slot " << k;
+        nodes.push_back(e / size);
+        differs |= all[k].second != e;
+      }
+      std::sort(nodes.begin(), nodes.end());
+      EXPECT_LE(std::unique(nodes.begin(), nodes.end()) - nodes.begin(), M) << "token " << t;
+      limited += differs;
+    }
+    EXPECT_GT(limited, N / 10) << "the limit should change many tokens' choices";
+  }
+}
+
+TEST(Router, NodeLimitProblemsAreNamed) {
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, 2, 0.0f, 0);
+  moe.num_experts = 8;
+  moe.max_nodes_per_token = 1;
+  auto problem = [&](int G) {
+    moe.routing_nodes = G;
+    return node_limit_problem(moe);
+  };
+  EXPECT_NE(problem(1).find("experts are on 1 node"), std::string::npos) << problem(1);
+  EXPECT_NE(problem(3).find("not divisible by moe.routing_nodes (3)"), std::string::npos) << problem(3);
+  EXPECT_NE(problem(8).find("fewer than moe.top_k (2)"), std::string::npos) << problem(8);
+  EXPECT_EQ(problem(4), "");
+  moe.max_nodes_per_token = 4;
+  EXPECT_NE(problem(4).find("use 1..3"), std::string::npos) << problem(4);
+  moe.max_nodes_per_token = 0;
+  EXPECT_EQ(problem(1), "");
+}
+
+// moe.force_routing: the draws follow the stated weights, do not depend on how the tokens are
+// split into forwards (layout independence), and the combine weights stay the router's scores.
+TEST(Router, ForcedRoutingFollowsItsWeightsAndIsLayoutIndependent) {
+  const int E = 8, K = 2, N = 20000;
+  MoeSpec moe = small_moe(ScoreFn::kSoftmax, true, K, 0.0f, 0);
+  moe.num_experts = E;
+  for (const std::string f : {"zipf:1.2", "hot:0.6", "balanced"}) {
+    moe.force_routing = f;
+    IdentityRouter r(moe);
+    r.router.set_position(5, 1, 3, 0);
+    const std::vector<float> logits = randn((size_t)N * E, 13);
+    const RoutingPlan& p = r.route(logits);
+    std::vector<double> first(E, 0.0), w(E, 1.0);
+    for (int t = 0; t < N; ++t) {
+      first[p.selected_NK[(size_t)t * K]] += 1.0 / N;
+      ASSERT_NE(p.selected_NK[(size_t)t * K], p.selected_NK[(size_t)t * K + 1]) << f << " token " << t;
+    }
+    if (f == "zipf:1.2")
+      for (int e = 0; e < E; ++e) w[e] = std::pow(e + 1.0, -1.2);
+    if (f == "hot:0.6") w[0] = 0.6 / 0.4 * (E - 1);
+    double sum = 0;
+    for (double x : w) sum += x;
+    for (int e = 0; e < E; ++e) EXPECT_NEAR(first[e], w[e] / sum, 0.015) << f << " expert " << e;
+    // The same tokens in two forwards of N/2 (first_token 0 and N/2): the same draws.
+    IdentityRouter a(moe);
+    for (int half = 0; half < 2; ++half) {
+      a.router.set_position(5, 1, 3, (int64_t)half * N / 2);
+      const std::vector<float> part(logits.begin() + (size_t)half * N / 2 * E,
+                                    logits.begin() + (size_t)(half + 1) * N / 2 * E);
+      const RoutingPlan& q = a.route(part);
+      for (size_t i = 0; i < q.selected_NK.size(); ++i)
+        ASSERT_EQ(q.selected_NK[i], p.selected_NK[(size_t)half * N / 2 * K + i]) << f << " half " << half;
+    }
+    // Combine weights: the softmax scores of the drawn experts, renormalised over the two.
+    const float* s = r.router.scores_NE();
+    for (int t = 0; t < 5; ++t) {
+      const int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+      const float g0 = s[(size_t)t * E + ids[0]], g1 = s[(size_t)t * E + ids[1]];
+      EXPECT_NEAR(p.probs_NK[(size_t)t * K], g0 / (g0 + g1), 1e-6f) << f;
+    }
+  }
+  EXPECT_NE(parse_force_routing("hot:1", nullptr), "");
+  EXPECT_NE(parse_force_routing("zipf:0", nullptr), "");
+  EXPECT_NE(parse_force_routing("rotating:2", nullptr), "");
+  EXPECT_EQ(parse_force_routing("rotating", nullptr), "");
+}
+
 class FavourLastExpert final : public BalancingPass {
  public:
   std::string name() const override { return "favour_last"; }
@@ -597,6 +711,7 @@ struct LayerCase {
   int k;
   float cf;
   int shared;
+  int max_nodes = 0;  // > 0: node-limited routing over 2 routing nodes of 2 experts each
 };
 
 std::string case_name(const LayerCase& c);
@@ -606,7 +721,8 @@ std::string case_name(const LayerCase& c) {
   std::string cf = c.cf == 0.0f ? "dropless" : "cap" + std::to_string((int)std::lround(c.cf * 100));
   return std::string(c.score == ScoreFn::kSoftmax ? "softmax" : "sigmoid") +
          (c.normalize ? "_norm" : "_nonorm") + (c.act == Activation::kGelu ? "_gelu" : "_swiglu") +
-         "_k" + std::to_string(c.k) + "_" + cf + "_shared" + std::to_string(c.shared);
+         "_k" + std::to_string(c.k) + "_" + cf + "_shared" + std::to_string(c.shared) +
+         (c.max_nodes ? "_nodes" + std::to_string(c.max_nodes) + "of2" : "");
 }
 
 struct LayerFixture {
@@ -622,6 +738,8 @@ struct LayerFixture {
   explicit LayerFixture(const LayerCase& c) {
     model = small_model(c.act);
     moe = small_moe(c.score, c.normalize, c.k, c.cf, c.shared);
+    moe.max_nodes_per_token = c.max_nodes;
+    moe.routing_nodes = c.max_nodes ? 2 : 0;
     BalancingSpec aux, z;
     aux.type = "aux_loss";
     aux.coeff = 0.1f;
@@ -649,15 +767,29 @@ struct LayerFixture {
     dout = randn((size_t)N * model.d_model, 32);
     out.resize(x.size());
   }
+  // The smallest gap at a routing decision: between the k-th and (k+1)-th candidate score, and
+  // with node-limited routing also between the kept and the best dropped group's score (the
+  // top ceil(k/M) of each group of 2, summed).
   float min_topk_margin() const {
-    const int E = moe.num_experts, K = moe.top_k;
-    if (K == E) return 1.0f;
+    const int E = moe.num_experts, K = moe.top_k, M = moe.max_nodes_per_token;
     float margin = 1.0f;
     const float* s = layer->router().scores_NE();
     for (int t = 0; t < N; ++t) {
       std::vector<float> row(s + t * E, s + (t + 1) * E);
+      if (M > 0) {
+        const int per = (K + M - 1) / M;
+        std::vector<float> g(2);
+        for (int i = 0; i < 2; ++i) {
+          std::vector<float> grp(row.begin() + 2 * i, row.begin() + 2 * i + 2);
+          std::sort(grp.begin(), grp.end(), std::greater<float>());
+          g[i] = per == 1 ? grp[0] : grp[0] + grp[1];
+        }
+        margin = std::min(margin, std::fabs(g[0] - g[1]));
+        const int keep = g[1] > g[0] ? 1 : 0;
+        row.assign(s + t * E + 2 * keep, s + t * E + 2 * keep + 2);
+      }
       std::sort(row.begin(), row.end(), std::greater<float>());
-      margin = std::min(margin, row[K - 1] - row[K]);
+      if (K < (int)row.size()) margin = std::min(margin, row[K - 1] - row[K]);
     }
     return margin;
   }
@@ -745,6 +877,9 @@ const LayerCase kLayerCases[] = {
     {ScoreFn::kSigmoid, true, Activation::kGelu, 2, 0.75f, 1},
     {ScoreFn::kSigmoid, false, Activation::kSwiglu, 2, 0.75f, 0},
     {ScoreFn::kSigmoid, false, Activation::kGelu, 1, 0.75f, 1},
+    {ScoreFn::kSoftmax, true, Activation::kGelu, 2, 0.0f, 0, 1},
+    {ScoreFn::kSigmoid, false, Activation::kSwiglu, 2, 0.0f, 1, 1},
+    {ScoreFn::kSoftmax, false, Activation::kGelu, 1, 0.75f, 0, 1},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerGrad, ::testing::ValuesIn(kLayerCases),

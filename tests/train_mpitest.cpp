@@ -101,7 +101,7 @@ void expect_same_losses(const Layout& layout) {
 // Every registered strategy x every registered dispatcher x every ep (1..4, and all ranks, also
 // over virtual nodes): a new strategy or dispatcher is covered without editing this test. A layout
 // may only be refused where the rules say so (local across ranks, dp with ep > 1, shm across
-// nodes); the refusal must be a collective error naming the key.
+// nodes, fssdp with ep other than the world); the refusal must be a collective error naming the key.
 class TrainInvariance : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(TrainInvariance, SameLossesAsOneRank) {
@@ -113,7 +113,7 @@ TEST_P(TrainInvariance, SameLossesAsOneRank) {
     GTEST_SKIP() << "virtual nodes need a multiple of " << l.ranks_per_node << " ranks above it";
   const bool spans_nodes = l.ranks_per_node && ep > l.ranks_per_node;
   const bool refused = (l.strategy == "dp" && ep > 1) || (l.dispatch == "local" && ep > 1) ||
-                       (l.dispatch == "shm" && spans_nodes);
+                       (l.dispatch == "shm" && spans_nodes) || (l.strategy == "fssdp" && ep != W);
   try {
     expect_same_losses(l);
     EXPECT_FALSE(refused) << "this layout should have been refused";
@@ -148,7 +148,9 @@ TEST(TrainVirtualNodes, ExpertParallelOverVirtualNodesMatchesOneRank) {
   const int W = world_size();
   const int ranks_per_node = W == 4 ? 2 : 1;
   JobSpec s = invariance_spec();
-  s.parallel = {.strategy = "ep", .ep = W, .ranks_per_node = ranks_per_node};
+  s.parallel.strategy = "ep";
+  s.parallel.ep = W;
+  s.parallel.ranks_per_node = ranks_per_node;
   s.moe.dispatch.type = "flat";
   s.train.grad_accum = kMicroBatchesPerStep / W;
   validate_for_world(s, W);
@@ -163,6 +165,112 @@ TEST(TrainVirtualNodes, ExpertParallelOverVirtualNodesMatchesOneRank) {
   ASSERT_EQ(losses.size(), ref.size());
   for (size_t i = 0; i < ref.size(); ++i)
     EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+}
+
+// Node-limited routing (moe.max_nodes_per_token 1) over the nodes of the layout (2 x 2 virtual
+// nodes at 4 ranks, one rank per node at 2 and 3) trains the model one rank trains with the same
+// rule given explicitly (moe.routing_nodes = the node count). One node alone is refused, naming
+// the key, unless moe.routing_nodes says how many nodes to route as.
+TEST(TrainNodeLimited, OverNodesMatchesOneRankWithTheSameRule) {
+  const int W = world_size();
+  const int ranks_per_node = W == 4 ? 2 : 1;
+  JobSpec s = invariance_spec();
+  s.parallel.strategy = "ep";
+  s.parallel.ep = W;
+  s.parallel.ranks_per_node = ranks_per_node;
+  s.moe.dispatch.type = "flat";
+  s.moe.max_nodes_per_token = 1;
+  s.train.grad_accum = kMicroBatchesPerStep / W;
+  validate_for_world(s, W);
+  ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+  const int nodes = W / ranks_per_node;
+  if (nodes == 1) {
+    try {
+      train(s, groups, {.log_steps = false, .write_files = false});
+      ADD_FAILURE() << "one node should be refused";
+    } catch (const CollectiveError& e) {
+      EXPECT_NE(std::string(e.what()).find("moe.max_nodes_per_token"), std::string::npos) << e.what();
+    }
+    s.moe.routing_nodes = 2;  // route as on two nodes: allowed, and what the references below use
+  }
+  const auto losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
+
+  JobSpec ref_spec = invariance_spec();
+  ref_spec.moe.max_nodes_per_token = 1;
+  ref_spec.moe.routing_nodes = std::max(nodes, 2);
+  ref_spec.train.grad_accum = kMicroBatchesPerStep;
+  std::vector<double> ref(ref_spec.train.steps), unlimited = single_rank_losses();
+  if (groups.world_rank == 0) {
+    ProcessGroups self = ProcessGroups::build(ref_spec.parallel, MPI_COMM_SELF);
+    ref = train(ref_spec, self, {.log_steps = false, .write_files = false}).losses;
+  }
+  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  ASSERT_EQ(losses.size(), ref.size());
+  EXPECT_NEAR(losses[0], ref[0], 1e-9 * ref[0]) << "step 1";
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+  EXPECT_NE(ref[0], unlimited[0]) << "the limit should change the routing, hence the first loss";
+}
+
+// Forced Zipf routing (moe.force_routing, for benchmarks) draws by global token index, so expert
+// parallelism over the world trains the losses one rank trains with it.
+TEST(TrainForcedRouting, ZipfOverTheWorldMatchesOneRank) {
+  const int W = world_size();
+  JobSpec s = invariance_spec();
+  s.moe.force_routing = "zipf:1.2";
+  s.parallel.strategy = "ep";
+  s.parallel.ep = W;
+  s.moe.dispatch.type = "flat";
+  s.train.grad_accum = kMicroBatchesPerStep / W;
+  validate_for_world(s, W);
+  ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+  const auto losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
+  JobSpec r = invariance_spec();
+  r.moe.force_routing = "zipf:1.2";
+  r.train.grad_accum = kMicroBatchesPerStep;
+  std::vector<double> ref(r.train.steps);
+  if (groups.world_rank == 0) {
+    ProcessGroups self = ProcessGroups::build(r.parallel, MPI_COMM_SELF);
+    ref = train(r, self, {.log_steps = false, .write_files = false}).losses;
+  }
+  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+  EXPECT_NE(ref[0], single_rank_losses()[0]) << "forcing should change the routing";
+}
+
+// FSSDP with forced Zipf(1.2) popularity: hot experts are replicated from the second step on
+// (the load history starts empty), and the losses stay those of one rank; at one rank nothing can
+// be replicated.
+TEST(TrainFssdp, ZipfReplicatesHotExpertsAndMatchesOneRank) {
+  const int W = world_size();
+  JobSpec s = invariance_spec();
+  s.moe.force_routing = "zipf:1.2";
+  s.parallel.strategy = "fssdp";
+  s.parallel.ep = W;
+  s.parallel.fssdp.max_materialized_experts = 2;
+  s.moe.dispatch.type = "flat";
+  s.train.grad_accum = kMicroBatchesPerStep / W;
+  validate_for_world(s, W);
+  ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+  const TrainSummary run = train(s, groups, {.log_steps = false, .write_files = false});
+  JobSpec r = invariance_spec();
+  r.moe.force_routing = "zipf:1.2";
+  r.train.grad_accum = kMicroBatchesPerStep;
+  std::vector<double> ref(r.train.steps);
+  if (groups.world_rank == 0) {
+    ProcessGroups self = ProcessGroups::build(r.parallel, MPI_COMM_SELF);
+    ref = train(r, self, {.log_steps = false, .write_files = false}).losses;
+  }
+  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  ASSERT_EQ(run.losses.size(), ref.size());
+  EXPECT_NEAR(run.losses[0], ref[0], 1e-9 * ref[0]) << "step 1";
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(run.losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
+  EXPECT_EQ(run.replicas.front(), 0) << "no load history before the first step";
+  const int64_t later = *std::max_element(run.replicas.begin() + 1, run.replicas.end());
+  if (W > 1) EXPECT_GT(later, 0) << "zipf loads should be replicated";
+  else EXPECT_EQ(later, 0);
 }
 
 }  // namespace

@@ -70,7 +70,9 @@ GroupedExperts::GroupedExperts(const ModelSpec& model, const MoeSpec& moe, int l
     const std::string base = fmt::format("layers.{}.moe.experts.{}", layer, e);
     w1_.push_back(arena.add(base + ".w1", {D_, F1_}, ParamKind::kExpert, true));
     w2_.push_back(arena.add(base + ".w2", {F_, D_}, ParamKind::kExpert, true));
+    owned_[e] = (int)w1_.size() - 1;
   }
+  step_experts_ = placement.local_experts();
   rows_.assign(n_local, 0);
 }
 
@@ -82,11 +84,49 @@ void GroupedExperts::init_params(ParamArena& arena, uint64_t seed, float init_st
   }
 }
 
+void GroupedExperts::set_local_experts(const std::vector<int>& local_experts) {
+  for (const auto& [e, j] : owned_)
+    MOEMPI_CHECK_ONE(std::binary_search(local_experts.begin(), local_experts.end(), e),
+                     "expert {} is owned here but missing from the step's local experts", e);
+  for (auto it = replicas_.begin(); it != replicas_.end();)
+    it = std::binary_search(local_experts.begin(), local_experts.end(), it->first) ? std::next(it)
+                                                                                    : replicas_.erase(it);
+  for (int e : local_experts) {
+    if (owned_.count(e)) continue;
+    Replica& r = replicas_[e];
+    r.w1.resize((size_t)part_numel(0));
+    r.w2.resize((size_t)part_numel(1));
+    r.dw1.resize((size_t)part_numel(0));
+    r.dw2.resize((size_t)part_numel(1));
+    r.dw1.zero();
+    r.dw2.zero();
+  }
+  step_experts_ = local_experts;
+}
+
+float* GroupedExperts::param(ParamArena& arena, int e, int part) {
+  if (auto it = owned_.find(e); it != owned_.end()) return arena.param(part == 0 ? w1_[it->second] : w2_[it->second]);
+  auto it = replicas_.find(e);
+  MOEMPI_CHECK_ONE(it != replicas_.end(), "expert {} is not held on this rank", e);
+  return part == 0 ? it->second.w1.data() : it->second.w2.data();
+}
+
+float* GroupedExperts::grad(ParamArena& arena, int e, int part) {
+  if (auto it = owned_.find(e); it != owned_.end()) return arena.grad(part == 0 ? w1_[it->second] : w2_[it->second]);
+  auto it = replicas_.find(e);
+  MOEMPI_CHECK_ONE(it != replicas_.end(), "expert {} is not held on this rank", e);
+  return part == 0 ? it->second.dw1.data() : it->second.dw2.data();
+}
+
+int64_t GroupedExperts::replica_floats() const {
+  return (int64_t)replicas_.size() * 2 * (part_numel(0) + part_numel(1));
+}
+
 void GroupedExperts::forward(ParamArena& arena, float* y_RD, const float* x_RD,
                              const std::vector<int64_t>& rows_per_local_expert) {
-  MOEMPI_CHECK_ONE(rows_per_local_expert.size() == w1_.size(),
-                   "dispatcher reports {} local experts, the layer holds {}",
-                   rows_per_local_expert.size(), w1_.size());
+  MOEMPI_CHECK_ONE(rows_per_local_expert.size() == step_experts_.size(),
+                   "dispatcher reports {} local experts, the layer runs {}",
+                   rows_per_local_expert.size(), step_experts_.size());
   rows_ = rows_per_local_expert;
   rows_total_ = 0;
   rows_max_ = 0;
@@ -97,11 +137,10 @@ void GroupedExperts::forward(ParamArena& arena, float* y_RD, const float* x_RD,
   pre_RF1_.resize((size_t)rows_total_ * F1_);
   act_RF_.resize((size_t)rows_total_ * F_);
   int64_t r0 = 0;
-  for (size_t j = 0; j < w1_.size(); ++j) {
-    const int n = (int)rows_[j];
+  for (size_t j = 0; j < step_experts_.size(); ++j) {
+    const int n = (int)rows_[j], e = step_experts_[j];
     expert_ffn_forward(y_RD + r0 * D_, pre_RF1_.data() + r0 * F1_, act_RF_.data() + r0 * F_,
-                       x_RD + r0 * D_, arena.param(w1_[j]), arena.param(w2_[j]), n, D_, F_, act_,
-                       false);
+                       x_RD + r0 * D_, param(arena, e, 0), param(arena, e, 1), n, D_, F_, act_, false);
     r0 += n;
   }
 }
@@ -112,12 +151,12 @@ void GroupedExperts::backward(ParamArena& arena, float* dx_RD, const float* dy_R
   dact_F_.resize((size_t)rows_max_ * F_);
   dpre_F1_.resize((size_t)rows_max_ * F1_);
   int64_t r0 = 0;
-  for (size_t j = 0; j < w1_.size(); ++j) {
-    const int n = (int)rows_[j];
-    expert_ffn_backward(dx_RD + r0 * D_, arena.grad(w1_[j]), arena.grad(w2_[j]), dact_F_.data(),
+  for (size_t j = 0; j < step_experts_.size(); ++j) {
+    const int n = (int)rows_[j], e = step_experts_[j];
+    expert_ffn_backward(dx_RD + r0 * D_, grad(arena, e, 0), grad(arena, e, 1), dact_F_.data(),
                         dpre_F1_.data(), dy_RD + r0 * D_, x_RD + r0 * D_,
                         pre_RF1_.data() + r0 * F1_, act_RF_.data() + r0 * F_,
-                        arena.param(w1_[j]), arena.param(w2_[j]), n, D_, F_, act_, false);
+                        param(arena, e, 0), param(arena, e, 1), n, D_, F_, act_, false);
     r0 += n;
   }
 }

@@ -5,6 +5,7 @@
 // MoeLayerGrad.*); bench: `moempi bench experts`.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,19 @@ class GroupedExperts {
   // w1 ~ N(0, init_std²), w2 ~ N(0, (init_std · w2_scale)²).
   void init_params(ParamArena& arena, uint64_t seed, float init_std, float w2_scale);
 
+  // The experts this rank runs from now on (ascending global ids, a step placement's
+  // local_experts()): the ones it owns (arena) plus replicas, whose parameters and gradients live
+  // here, outside the arena (FSSDP; they hold parameters only, never optimizer state). New
+  // replicas get room (parameters to be filled by the caller), every replica's gradient is zeroed,
+  // and replicas no longer listed are freed. Local error if an owned expert is missing.
+  void set_local_experts(const std::vector<int>& local_experts);
+  const std::vector<int>& local_experts() const { return step_experts_; }
+  // Expert e's part (0 = w1 (D, F1), 1 = w2 (F, D)) on this rank, owned or replica.
+  float* param(ParamArena& arena, int e, int part);
+  float* grad(ParamArena& arena, int e, int part);
+  int64_t part_numel(int part) const { return part == 0 ? (int64_t)D_ * F1_ : (int64_t)F_ * D_; }
+  int64_t replica_floats() const;  // parameters + gradients of the replicas held now
+
   // x_RD: rows grouped by local expert, rows_per_local_expert (E_local) counts per block.
   // Writes y_RD; keeps the hidden activations for backward.
   void forward(ParamArena& arena, float* y_RD, const float* x_RD,
@@ -56,7 +70,13 @@ class GroupedExperts {
  private:
   int D_, F_, F1_;
   Activation act_;
-  std::vector<ParamArena::Id> w1_, w2_;   // per local expert
+  std::vector<ParamArena::Id> w1_, w2_;   // per owned expert (construction placement order)
+  std::map<int, int> owned_;              // global id -> index into w1_/w2_
+  struct Replica {
+    FloatBuffer w1, w2, dw1, dw2;
+  };
+  std::map<int, Replica> replicas_;       // global id -> a copy this rank runs this step
+  std::vector<int> step_experts_;         // the local experts of forward/backward, ascending
   std::vector<int64_t> rows_;             // (E_local) rows per block, last forward
   int64_t rows_total_ = 0, rows_max_ = 0;
   FloatBuffer pre_RF1_, act_RF_;          // kept for backward

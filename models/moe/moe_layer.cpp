@@ -52,6 +52,9 @@ void MoeLayer::forward(ParamArena& arena, float* out_ND, const float* x_ND, int 
   N_ = N;
   x_ND_ = x_ND;  // the caller keeps it until backward (no copy)
 
+  MOEMPI_CHECK_ONE(placement.local_experts() == experts_.local_experts(),
+                   "layer {}: the step placement's local experts differ from the experts' (set_local_experts)",
+                   layer_);
   // 1. route
   const int seq_len = (seq_len_ > 0 && N % seq_len_ == 0) ? seq_len_ : N;
   router_.forward(x_ND_, arena.param(router_w_), N, seq_len, training);

@@ -36,7 +36,8 @@ class MoeLayer {
   // what backward needs: this layer's DispatchPlan and a pointer to x_ND, which the caller leaves
   // unchanged until backward (GptMoe keeps each block's normed input). Passes update step state
   // only if training.
-  // `placement` (this step's; same local experts as at construction) stays alive until backward.
+  // `placement` (this step's: the experts' set_local_experts() list, owners plus any replicas)
+  // stays alive until backward.
   void forward(ParamArena& arena, float* out_ND, const float* x_ND, int N, Dispatcher& dispatcher,
                const Placement& placement, bool training);
   // Collective over the dispatcher's EP group; the same dispatcher as the forward. ADDS into dx_ND
@@ -49,12 +50,17 @@ class MoeLayer {
   // (E) global-id counts of the last forward on this rank, after drops.
   const std::vector<int64_t>& tokens_per_expert() const { return router_.plan().tokens_per_expert_E; }
   int64_t dropped_slots() const { return router_.plan().dropped_slots; }
+  // Where the next forward's tokens are (moe.force_routing draws; see Router::set_position).
+  void set_position(uint64_t seed, int64_t step, int64_t first_token) {
+    router_.set_position(seed, layer_, step, first_token);
+  }
   // counts_E: this layer's step counts over all data ranks (RoutingStats::counts).
   void on_step_end(const int64_t* counts_E) { router_.on_step_end(counts_E); }
 
   const Router& router() const { return router_; }
   const RoutingPlan& routing() const { return router_.plan(); }
   const GroupedExperts& experts() const { return experts_; }
+  GroupedExperts& experts() { return experts_; }
   const DispatchPlan* dispatch_plan() const { return plan_.get(); }  // of the last forward
   ParamArena::Id router_w_id() const { return router_w_; }
   int num_shared() const { return (int)shared_w1_.size(); }

@@ -4,13 +4,83 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <utility>
 
 #include "runtime/core/blas.h"
 #include "runtime/core/error.h"
+#include "runtime/core/rng.h"
 
 namespace moempi {
+
+std::string parse_force_routing(const std::string& text, ForcedRouting* out) {
+  ForcedRouting f;
+  const size_t colon = text.find(':');
+  const std::string kind = text.substr(0, colon);
+  const std::string arg = colon == std::string::npos ? "" : text.substr(colon + 1);
+  const char* allowed = "none, balanced, zipf:S (S > 0), hot:F (0 < F < 1) or rotating";
+  double v = 0;
+  if (colon != std::string::npos) {
+    char* end = nullptr;
+    v = std::strtod(arg.c_str(), &end);
+    if (arg.empty() || *end != '\0' || !std::isfinite(v))
+      return fmt::format("'{}': '{}' is not a number; use {}", text, arg, allowed);
+  }
+  const bool has_arg = colon != std::string::npos;
+  if (kind == "none" && !has_arg) f.kind = ForcedRouting::kNone;
+  else if (kind == "balanced" && !has_arg) f.kind = ForcedRouting::kBalanced;
+  else if (kind == "rotating" && !has_arg) f.kind = ForcedRouting::kRotating, f.param = 0.5;
+  else if (kind == "zipf" && has_arg && v > 0) f.kind = ForcedRouting::kZipf, f.param = v;
+  else if (kind == "hot" && has_arg && v > 0 && v < 1) f.kind = ForcedRouting::kHot, f.param = v;
+  else return fmt::format("'{}' is not one of {}", text, allowed);
+  if (out) *out = f;
+  return "";
+}
+
+std::string node_limit_problem(const MoeSpec& moe) {
+  const int E = moe.num_experts, K = moe.top_k, M = moe.max_nodes_per_token, G = moe.routing_nodes;
+  if (M <= 0) return "";
+  if (G < 2)
+    return fmt::format("moe.max_nodes_per_token ({}) limits the nodes a token's experts live on, but the "
+                       "experts are on {} node(s): spread them over nodes (parallel.ep across nodes, or "
+                       "virtual nodes with parallel.ranks_per_node) or set moe.routing_nodes to route as on "
+                       "that many nodes",
+                       M, G);
+  if (E % G != 0)
+    return fmt::format("moe.num_experts ({}) is not divisible by moe.routing_nodes ({})", E, G);
+  if (M >= G)
+    return fmt::format("moe.max_nodes_per_token ({}) must be below the {} routing nodes (moe.routing_nodes) to "
+                       "limit anything; use 1..{}, or 0 = off",
+                       M, G, G - 1);
+  if ((int64_t)M * (E / G) < K)
+    return fmt::format("moe.max_nodes_per_token ({}) nodes of {} experts each hold fewer than moe.top_k ({}) "
+                       "experts; use at least {}",
+                       M, E / G, K, (K + E / G - 1) / (E / G));
+  return "";
+}
+
+// Node-limited routing: allowed_E[e] = 1 for the experts of the M groups of G whose top `per_group`
+// selection scores sum highest (sums in descending-score order; ties -> lower group).
+static void choose_groups(const float* v_E, int E, int G, int M, int per_group, uint8_t* allowed_E,
+                          float* score_G, float* top_scratch) {
+  const int size = E / G;
+  for (int g = 0; g < G; ++g) {
+    std::copy(v_E + (size_t)g * size, v_E + (size_t)(g + 1) * size, top_scratch);
+    std::partial_sort(top_scratch, top_scratch + per_group, top_scratch + size, std::greater<float>());
+    float sum = 0.0f;
+    for (int i = 0; i < per_group; ++i) sum += top_scratch[i];
+    score_G[g] = sum;
+  }
+  std::fill(allowed_E, allowed_E + E, uint8_t{0});
+  for (int m = 0; m < M; ++m) {  // M passes of argmax over the groups not yet taken
+    int best = -1;
+    for (int g = 0; g < G; ++g)
+      if (!allowed_E[(size_t)g * size] && (best < 0 || score_G[g] > score_G[best])) best = g;
+    std::fill(allowed_E + (size_t)best * size, allowed_E + (size_t)(best + 1) * size, uint8_t{1});
+  }
+}
 
 Router::Router(const MoeSpec& moe, int D, const BalancingEnv& env)
     : Router(moe, D, make_balancing_passes(moe.balancing, moe.num_experts, env)) {}
@@ -23,6 +93,9 @@ Router::Router(const MoeSpec& moe, int D, std::vector<std::unique_ptr<BalancingP
                    moe.num_experts);
   MOEMPI_CHECK_ALL(moe.capacity_factor >= 0.0f,
                    "moe.capacity_factor ({}) must be >= 0 (0 = dropless)", moe.capacity_factor);
+  if (const std::string why = node_limit_problem(moe); !why.empty()) fail_collective(why);
+  if (const std::string why = parse_force_routing(moe.force_routing, &forced_); !why.empty())
+    fail_collective("moe.force_routing: " + why);
   losses_.assign(passes_.size(), 0.0);
 }
 
@@ -44,6 +117,13 @@ double Router::balancing_loss() const {
   double sum = 0.0;
   for (double l : losses_) sum += l;
   return sum;
+}
+
+void Router::set_position(uint64_t seed, int layer, int64_t step, int64_t first_token) {
+  draw_seed_ = seed;
+  draw_layer_ = layer;
+  draw_step_ = step;
+  draw_first_ = first_token;
 }
 
 void Router::on_step_end(const int64_t* counts_E) {
@@ -89,14 +169,26 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
   std::memcpy(select_NE_.data(), scores_NE_.data(), NE * sizeof(float));
   for (auto& pass : passes_) pass->adjust_scores(select_NE_.data(), N, E);
 
+  // Node-limited routing narrows each token's candidates to the experts of M groups first.
+  const int M = moe_.max_nodes_per_token, G = moe_.routing_nodes;
+  allowed_E_.assign(E, uint8_t{1});
+  if (M > 0) {
+    group_score_G_.resize(G);
+    group_top_.resize(E / G);
+  }
+
   // Top-k per token by insertion into a best-first list. A later expert displaces an earlier one
   // only with a strictly larger score, so ties go to the lower id (NaN scores still give k
   // distinct ids, deterministically).
   for (int t = 0; t < N; ++t) {
     const float* v = select_NE_.data() + (size_t)t * E;
     int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+    if (M > 0)
+      choose_groups(v, E, G, M, std::min(E / G, (K + M - 1) / M), allowed_E_.data(), group_score_G_.data(),
+                    group_top_.data());
     int filled = 0;
     for (int e = 0; e < E; ++e) {
+      if (!allowed_E_[e]) continue;
       if (filled == K && !(v[e] > v[ids[K - 1]])) continue;
       int pos = filled < K ? filled++ : K - 1;
       while (pos > 0 && v[e] > v[ids[pos - 1]]) {
@@ -104,6 +196,37 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
         --pos;
       }
       ids[pos] = e;
+    }
+  }
+
+  // Forced routing (benchmarks): K distinct experts per token drawn by weight, in draw order.
+  if (forced_.kind != ForcedRouting::kNone) {
+    draw_w_E_.assign(E, 1.0);
+    const int hot = forced_.kind == ForcedRouting::kRotating ? (int)(((draw_step_ % E) + E) % E) : 0;
+    if (forced_.kind == ForcedRouting::kZipf)
+      for (int e = 0; e < E; ++e) draw_w_E_[e] = std::pow(e + 1.0, -forced_.param);
+    if ((forced_.kind == ForcedRouting::kHot || forced_.kind == ForcedRouting::kRotating) && E > 1)
+      draw_w_E_[hot] = forced_.param / (1.0 - forced_.param) * (E - 1);  // first draw: P(hot) = F
+    std::vector<double> w(E);
+    for (int t = 0; t < N; ++t) {
+      Rng rng(draw_seed_, (uint64_t)draw_layer_, (uint64_t)draw_step_, (uint64_t)(draw_first_ + t));
+      w = draw_w_E_;
+      double mass = 0;
+      for (double x : w) mass += x;
+      int32_t* ids = p.selected_NK.data() + (size_t)t * K;
+      for (int k = 0; k < K; ++k) {
+        const double u = rng.uniform() * mass;
+        double acc = 0;
+        int pick = -1;
+        for (int e = 0; e < E; ++e) {
+          if (w[e] <= 0) continue;
+          pick = e;  // the last one left if rounding runs past the end
+          if ((acc += w[e]) > u) break;
+        }
+        ids[k] = pick;
+        mass -= w[pick];
+        w[pick] = 0;
+      }
     }
   }
 

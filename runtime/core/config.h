@@ -65,14 +65,29 @@ struct MoeSpec {
   int num_shared_experts = 0;  // each of width d_ff_expert
   int every_n_layers = 1;      // layer l is MoE when (l + 1) % every_n_layers == 0
   float capacity_factor = 0.0f;  // 0 = dropless
+  // Node-limited routing (DeepSeek-V3): a token's k experts lie in at most max_nodes_per_token of
+  // routing_nodes contiguous expert groups (group g = the experts of node g under expert
+  // parallelism). 0 = off. routing_nodes 0 = the nodes the ep group spans, resolved at start-up
+  // and written to job.yaml, so the routing rule is part of the model, not of a launch.
+  int max_nodes_per_token = 0;
+  int routing_nodes = 0;
+  // Benchmarks only: replace the top-k choice by seeded draws (none | balanced | zipf:S | hot:F |
+  // rotating); see Router and README "Forced routing".
+  std::string force_routing = "none";
   std::vector<BalancingSpec> balancing;
   DispatchSpec dispatch;
 };
 
+struct FssdpSpec {
+  int max_materialized_experts = 2;  // replicas a rank may hold per MoE layer per step
+  int load_window = 5;               // steps in the sliding mean that predicts expert loads
+};
+
 struct ParallelSpec {
-  std::string strategy = "dp";  // a name from sharding_strategy_registry(): dp | ep
+  std::string strategy = "dp";  // a name from sharding_strategy_registry(): dp | ep | fssdp
   int ep = 1;                   // ranks that split the experts (0 = all ranks); dp = world / ep
   int ranks_per_node = 0;       // 0 = real nodes (MPI_COMM_TYPE_SHARED); >0 = virtual nodes
+  FssdpSpec fssdp;              // strategy fssdp only
 };
 
 struct ScheduleSpec {

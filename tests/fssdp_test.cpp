@@ -1,0 +1,73 @@
+// FSSDP's per-layer replica choice (parallel/fssdp_strategy.h): no replicas for even loads or a
+// zero budget, the hot expert split onto the idle rank, the budget per rank respected, the
+// maximum rank load never raised, and the same answer on every call (every rank computes it).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "parallel/fssdp_strategy.h"
+#include "parallel/placement.h"
+
+namespace moempi {
+namespace {
+
+// Each expert's load split evenly over its holders; the most loaded rank.
+double max_rank_load(const std::vector<double>& load, const Placement& owners,
+                     const std::vector<std::vector<int>>& replicas) {
+  std::vector<double> rank(owners.group_size(), 0.0);
+  for (int e = 0; e < owners.num_experts(); ++e) {
+    const double n = 1.0 + replicas[e].size();
+    rank[owners.owner(e)] += load[e] / n;
+    for (int r : replicas[e]) rank[r] += load[e] / n;
+  }
+  return *std::max_element(rank.begin(), rank.end());
+}
+
+TEST(FssdpReplicas, EvenLoadsOrNoBudgetGiveNoReplicas) {
+  const Placement owners = Placement::contiguous(8, 4, 0);
+  for (const auto& r : fssdp_replicas(std::vector<double>(8, 10.0), owners, 2)) EXPECT_TRUE(r.empty());
+  for (const auto& r : fssdp_replicas({100, 1, 1, 1, 1, 1, 1, 1}, owners, 0)) EXPECT_TRUE(r.empty());
+}
+
+TEST(FssdpReplicas, HotExpertGoesToTheIdleRank) {
+  const Placement owners = Placement::contiguous(4, 2, 0);  // experts 0,1 on rank 0; 2,3 on rank 1
+  const std::vector<double> load = {100, 10, 10, 10};
+  const auto replicas = fssdp_replicas(load, owners, 1);
+  // Rank 0 (110) gives half of expert 0 to rank 1 (then 60 / 70); rank 1 then gives half of
+  // expert 2 to rank 0 (65 / 65), and both budgets are spent.
+  EXPECT_EQ(replicas[0], std::vector<int>{1});
+  EXPECT_EQ(replicas[2], std::vector<int>{0});
+  EXPECT_TRUE(replicas[1].empty() && replicas[3].empty());
+  EXPECT_DOUBLE_EQ(max_rank_load(load, owners, replicas), 65.0);
+}
+
+TEST(FssdpReplicas, ZipfLoadsRespectBudgetAndLowerTheMaximum) {
+  for (int W : {2, 3, 4, 8}) {
+    const int E = 2 * W;
+    const Placement owners = Placement::contiguous(E, W, 0);
+    std::vector<double> load(E);
+    for (int e = 0; e < E; ++e) load[e] = 1000.0 / std::pow(e + 1.0, 1.2);
+    for (int budget : {1, 2, 3}) {
+      const auto replicas = fssdp_replicas(load, owners, budget);
+      std::vector<int> per_rank(W, 0);
+      int total = 0;
+      for (int e = 0; e < E; ++e) {
+        EXPECT_TRUE(std::is_sorted(replicas[e].begin(), replicas[e].end()));
+        for (int r : replicas[e]) {
+          EXPECT_NE(r, owners.owner(e));
+          ++per_rank[r], ++total;
+        }
+      }
+      for (int r = 0; r < W; ++r) EXPECT_LE(per_rank[r], budget) << "W " << W << " rank " << r;
+      EXPECT_GT(total, 0) << "W " << W;
+      const std::vector<std::vector<int>> none(E);
+      EXPECT_LT(max_rank_load(load, owners, replicas), max_rank_load(load, owners, none)) << "W " << W;
+      EXPECT_EQ(replicas, fssdp_replicas(load, owners, budget));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moempi
