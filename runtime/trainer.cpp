@@ -67,6 +67,7 @@ class TrainLoop {
     const StateWriters writers{.dense = groups.world.rank() == 0, .experts = groups.world.rank() < groups.ep_size};
     model_->register_state(state_, writers);
     optimizer_->register_state(state_, model_->arena(), writers);
+    strategy_->register_state(state_, writers, static_cast<int>(model_->moe_layers().size()), spec.moe.num_experts);
     state_.add_i64("train/step", {1}, {&steps_done_, 1}, writers.dense);
   }
 

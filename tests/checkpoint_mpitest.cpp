@@ -1,5 +1,6 @@
 // Resume is bit-identical (DESIGN.md "Checkpoints"): at every world size (1-4), for dp and ep
 // (ep = world), with grad_accum 2 and every balancing pass at once, a run stopped after step 3
+// (and fssdp: its load history, which places the replicas, is saved too)
 // and resumed from its step-2 checkpoint gives the uninterrupted run's losses for steps 3..6 to
 // the last bit; with the newest checkpoint damaged, resume falls back to the previous one and
 // still matches. Checkpoints are written to a directory every rank sees (rank 0 names it).
@@ -51,7 +52,7 @@ JobSpec resume_spec(const std::string& strategy, const std::string& run_dir) {
                      {.type = "global_batch_aux_loss", .coeff = 0.01f},
                      {.type = "loss_free_bias", .bias = {.rate = 0.01f}}};
   s.parallel.strategy = world_size() > 1 ? strategy : "dp";
-  s.parallel.ep = s.parallel.strategy == "ep" ? world_size() : 1;
+  s.parallel.ep = s.parallel.strategy == "dp" ? 1 : world_size();
   s.optim.lr = 1e-2f;
   s.optim.schedule.type = "warmup_cosine";
   s.optim.schedule.warmup_steps = 2;
@@ -100,7 +101,7 @@ TEST_P(Resume, BitIdenticalToTheUninterruptedRun_grad_accum2_every_pass) {
   // (its own experts' moments, read by that rank only: the refusal must reach every rank); with
   // dp, in rank 0's (train/step). Resume falls back to step 5, whose step 6 is the uninterrupted one.
   if (world_rank() == 0) {
-    const int victim = s.parallel.strategy == "ep" ? world_size() - 1 : 0;
+    const int victim = s.parallel.strategy == "dp" ? 0 : world_size() - 1;
     const std::string shard = fmt::format("{}/stopped/ckpt/step_6/shard_{}.bin", dir, victim);
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
     f.seekg(-3, std::ios::end);
@@ -118,7 +119,7 @@ TEST_P(Resume, BitIdenticalToTheUninterruptedRun_grad_accum2_every_pass) {
   if (world_rank() == 0) fs::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Strategies, Resume, ::testing::Values("dp", "ep"));
+INSTANTIATE_TEST_SUITE_P(Strategies, Resume, ::testing::Values("dp", "ep", "fssdp"));
 
 // The format stores slices of the flattened global tensor, not rank layouts: a tensor saved in W
 // uneven slices (rank r holds r + 1 parts of the 0..N-1 ramp) loads on one rank whole, and on W
