@@ -282,6 +282,10 @@ class ShardReader {
   int fd_ = -1;
 };
 
+// A sharding strategy's own scheduling state (fssdp's load history): it does not change the model,
+// so a job of another strategy ignores it, and a job whose strategy has some starts it afresh.
+bool is_strategy_state(const std::string& name) { return name.rfind("strategy/", 0) == 0; }
+
 }  // namespace
 
 const char* moempi_version() { return MOEMPI_VERSION; }
@@ -453,6 +457,10 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
     for (size_t i = 0; i < registry.size(); ++i) {
       const StateTensor& t = registry.tensors()[i];
       const auto it = m.tensor_index.find(t.name);
+      if (it == m.tensor_index.end() && is_strategy_state(t.name)) {  // saved under another strategy
+        staging[i].assign(static_cast<const char*>(t.data), static_cast<const char*>(t.data) + t.bytes());
+        continue;
+      }
       if (it == m.tensor_index.end())
         fail_collective(fmt::format("{}: the checkpoint has no tensor '{}', which this job has (saved with another "
                                     "model, optimizer or balancing passes?)", step_dir, t.name));
@@ -484,7 +492,7 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
   // Tensors of the checkpoint that no rank of this job holds: state this job would silently drop.
   allreduce_sum(used.data(), static_cast<int64_t>(used.size()), world);
   for (size_t i = 0; i < used.size(); ++i)
-    MOEMPI_CHECK_ALL(used[i] > 0, "{}: the checkpoint holds '{}', which is not state of this job (saved with another "
+    MOEMPI_CHECK_ALL(used[i] > 0 || is_strategy_state(m.body.tensors(static_cast<int>(i)).name()), "{}: the checkpoint holds '{}', which is not state of this job (saved with another "
                      "model, optimizer or balancing passes?)", step_dir, m.body.tensors(static_cast<int>(i)).name());
   for (size_t i = 0; i < registry.size(); ++i) {
     const StateTensor& t = registry.tensors()[i];
