@@ -112,7 +112,7 @@ int run(const TrainBenchArgs& args) {
   std::vector<Check> checks;
   int64_t nonfinite_steps = 0;
   double first_loss = 0;
-  TrainOptions options{.log_steps = false, .write_files = false};
+  TrainOptions options{.log_steps = false, .write_files = false, .checkpoints = false};
   options.after_step = [&](int step, double loss, ParamArena& arena) {
     if (!std::isfinite(loss)) ++nonfinite_steps;
     if (step == 1) {

@@ -73,7 +73,7 @@ class Fssdp final : public ShardingStrategy {
     for (int l = 0; l < L; ++l) {
       const Placement& owners = experts.owners();
       std::vector<std::vector<int>> replicas(owners.num_experts());
-      if (!history_.empty()) replicas = fssdp_replicas(predicted_load(l, owners.num_experts()), owners,
+      if (observed_ > 0) replicas = fssdp_replicas(predicted_load(l, owners.num_experts()), owners,
                                                        spec_.max_materialized_experts);
       const Placement step = Placement::with_replicas(owners.num_experts(), owners.group_size(), owners.rank(),
                                                       replicas);
@@ -106,9 +106,19 @@ class Fssdp final : public ShardingStrategy {
   }
 
   void observe_loads(const int64_t* counts_LE, int L, int E) override {
-    history_.emplace_back(counts_LE, counts_LE + static_cast<size_t>(L) * E);
-    while (static_cast<int>(history_.size()) > spec_.load_window) history_.pop_front();
-    E_ = E;
+    size_history(L, E);
+    MOEMPI_CHECK_ONE(L == L_ && E == E_, "fssdp: load history sized for ({}, {}), given ({}, {})", L_, E_, L, E);
+    const size_t slot = static_cast<size_t>(observed_ % spec_.load_window) * L * E;
+    std::copy(counts_LE, counts_LE + static_cast<size_t>(L) * E, history_LE_.begin() + slot);
+    ++observed_;
+  }
+
+  // The load history (its ring of load_window (L, E) counts and the steps observed) is state: the
+  // replica placement, and so the summation order of expert gradients, follows from it.
+  void register_state(StateRegistry& registry, const StateWriters& writers, int L, int E) override {
+    size_history(L, E);
+    registry.add_i64("strategy/fssdp.load_history", {spec_.load_window, L, E}, history_LE_, writers.dense);
+    registry.add_i64("strategy/fssdp.steps_observed", {1}, {&observed_, 1}, writers.dense);
   }
 
   void sync_grads(ParamArena& arena) override { ep_->sync_grads(arena); }
@@ -116,11 +126,21 @@ class Fssdp final : public ShardingStrategy {
   StepStats step_stats() const override { return stats_; }
 
  private:
+  void size_history(int L, int E) {
+    if (!history_LE_.empty()) return;
+    L_ = L;
+    E_ = E;
+    history_LE_.assign(static_cast<size_t>(spec_.load_window) * L * E, 0);
+  }
+  // Mean of the last min(observed, load_window) steps' counts, oldest first.
   std::vector<double> predicted_load(int l, int E) const {
     std::vector<double> load(E, 0.0);
-    for (const auto& step : history_)
+    const int64_t n = std::min<int64_t>(observed_, spec_.load_window);
+    for (int64_t i = observed_ - n; i < observed_; ++i) {
+      const int64_t* step = history_LE_.data() + static_cast<size_t>(i % spec_.load_window) * L_ * E_;
       for (int e = 0; e < E; ++e) load[e] += static_cast<double>(step[static_cast<size_t>(l) * E_ + e]);
-    for (double& x : load) x /= static_cast<double>(history_.size());
+    }
+    for (double& x : load) x /= static_cast<double>(n);
     return load;
   }
 
@@ -128,7 +148,9 @@ class Fssdp final : public ShardingStrategy {
   const ProcessGroups& g_;
   std::unique_ptr<ShardingStrategy> ep_;  // dense and owned-expert gradients, norm: as under ep
   SparseCollectives sparse_;
-  std::deque<std::vector<int64_t>> history_;  // last load_window steps' counts (L, E)
+  std::vector<int64_t> history_LE_;  // (load_window, L, E) ring: step i's counts in slot i % load_window
+  int64_t observed_ = 0;             // steps observed
+  int L_ = 0;
   int E_ = 0;
   StepStats stats_;
   std::vector<std::vector<std::vector<int>>> holders_;  // [layer][expert] this step's holders

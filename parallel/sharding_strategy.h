@@ -16,6 +16,7 @@
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
 #include "runtime/core/registry.h"
+#include "runtime/core/state_registry.h"
 
 namespace moempi {
 
@@ -61,6 +62,9 @@ class ShardingStrategy {
     int64_t replica_floats = 0;  // parameters + gradients of the replicas this rank held
   };
   virtual StepStats step_stats() const { return {}; }
+  // For checkpoints: the strategy's own step-spanning state (fssdp: its load history), for a model
+  // of L MoE layers and E experts. dp and ep have none.
+  virtual void register_state(StateRegistry& /*registry*/, const StateWriters& /*writers*/, int /*L*/, int /*E*/) {}
   // Collective (world, and expert_dp for ep): sums each gradient over the ranks that replicate it.
   virtual void sync_grads(ParamArena& arena) = 0;
   // Collective (ep group): L2 norm of the whole model's (synced) gradient, equal on every rank.

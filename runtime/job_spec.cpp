@@ -367,17 +367,19 @@ JobSpec load_job_spec_from_string(const std::string& yaml, const std::vector<std
 void validate_job_spec(const JobSpec& spec) { validate_impl(spec, nullptr); }
 
 void resolve_for_world(JobSpec& spec, int world_size) {
-  if (spec.train.global_batch > 0 && world_size >= 1) {
-    validate_for_world(spec, world_size);  // checks global_batch against micro_batch × world
-    spec.train.grad_accum = spec.train.global_batch / (spec.train.micro_batch * world_size);
-  }
-  if (spec.parallel.ep != 0) return validate_for_world(spec, world_size);
-  spec.parallel.ep = world_size;
-  try {
+  if (spec.parallel.ep != 0) {
     validate_for_world(spec, world_size);
-  } catch (const CollectiveError& e) {  // say where the resolved value came from
-    fail_collective(fmt::format("{} (parallel.ep 0 = all {} ranks)", e.what(), world_size));
+  } else {
+    spec.parallel.ep = world_size;
+    try {
+      validate_for_world(spec, world_size);
+    } catch (const CollectiveError& e) {  // say where the resolved value came from
+      fail_collective(fmt::format("{} (parallel.ep 0 = all {} ranks)", e.what(), world_size));
+    }
   }
+  // validate_for_world checked that micro_batch × world divides global_batch.
+  if (spec.train.global_batch > 0)
+    spec.train.grad_accum = spec.train.global_batch / (spec.train.micro_batch * world_size);
 }
 
 void validate_for_world(const JobSpec& spec, int world_size) {
@@ -398,10 +400,6 @@ void validate_for_world(const JobSpec& spec, int world_size) {
   MOEMPI_CHECK_ALL(world_size % p.ep == 0,
                    "parallel.ep ({}) does not divide the world size ({}); use one of {}", p.ep, world_size,
                    divisors());
-  MOEMPI_CHECK_ALL(p.strategy != "fssdp" || p.ep == world_size,
-                   "parallel.ep ({}) must be the world size ({}) with parallel.strategy fssdp (every rank owns a "
-                   "shard of the experts); use 0 = all ranks",
-                   p.ep, world_size);
   const TrainSpec& t = spec.train;
   if (t.global_batch > 0) {
     const int64_t per_micro_step = static_cast<int64_t>(t.micro_batch) * world_size;
@@ -411,6 +409,10 @@ void validate_for_world(const JobSpec& spec, int world_size) {
                      "train.micro_batch",
                      t.global_batch, t.micro_batch, world_size, per_micro_step, per_micro_step);
   }
+  MOEMPI_CHECK_ALL(p.strategy != "fssdp" || p.ep == world_size,
+                   "parallel.ep ({}) must be the world size ({}) with parallel.strategy fssdp (every rank owns a "
+                   "shard of the experts); use 0 = all ranks",
+                   p.ep, world_size);
   MOEMPI_CHECK_ALL(p.ranks_per_node == 0 || world_size % p.ranks_per_node == 0,
                    "parallel.ranks_per_node ({}) does not divide the world size ({}); use one of {}, or 0 "
                    "for the real nodes",

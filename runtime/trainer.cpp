@@ -75,6 +75,7 @@ class TrainLoop {
     const StateWriters writers{.dense = groups.world.rank() == 0, .experts = groups.world.rank() < groups.ep_size};
     model_->register_state(state_, writers);
     optimizer_->register_state(state_, model_->arena(), writers);
+    strategy_->register_state(state_, writers, static_cast<int>(model_->moe_layers().size()), spec.moe.num_experts);
     state_.add_i64("train/step", {1}, {&steps_done_, 1}, writers.dense);
   }
 
@@ -88,7 +89,7 @@ class TrainLoop {
       if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
     });
     announce(summary);
-    const int start = resume();
+    const int start = opt_.checkpoints ? resume() : 0;
     summary.start_step = start;
     if (opt_.write_files && g_.world.rank() == 0) open_metrics(start);
 
@@ -169,7 +170,7 @@ class TrainLoop {
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
       steps_done_ = step + 1;
       const bool last = step + 1 == steps;
-      if (spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last)) save(summary);
+      if (opt_.checkpoints && spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last)) save(summary);
 
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
       std::optional<EvalResult> eval;
@@ -425,6 +426,9 @@ class TrainLoop {
           spdlog::info("resuming from {} (step {}; saved at world {}, strategy {}, ep {}; now world {}, strategy {}, "
                        "ep {})", dir, info.step, info.world_size, info.strategy, info.ep, g_.world.size(),
                        spec_.parallel.strategy, g_.ep_size);
+          const auto changed = spec_differences(info.spec_yaml, job_spec_to_yaml(spec_));
+          if (!changed.empty())
+            spdlog::info("spec changed since the checkpoint (saved -> now): {}", fmt::join(changed, "; "));
         }
         MOEMPI_CHECK_ALL(steps_done_ == info.step, "{}: train/step is {} but the manifest says step {}", dir,
                          steps_done_, info.step);

@@ -20,6 +20,7 @@ namespace moempi {
 struct TrainOptions {
   bool log_steps = true;    // progress lines on rank 0
   bool write_files = true;  // job.yaml and metrics.jsonl in the run directory
+  bool checkpoints = true;  // resume (checkpoint.resume) and save (checkpoint.interval); off for benchmarks
   // Called on every rank after each step (outside its step time) with the 1-based step, the
   // step's global mean loss and the updated parameters, e.g. for `moempi bench train` to check
   // that replicas agree. If it communicates it must be collective over the world.
@@ -39,11 +40,11 @@ struct TrainSummary {
   int64_t skipped_steps = 0;    // train.nonfinite: skip
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
   double exchange_seconds = 0;  // dispatchers' exchanges, rank 0 (included in the moe phase)
-  std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
   int start_step = 0;           // steps already done when this run started (from a checkpoint)
   int checkpoints_saved = 0;
   int64_t checkpoint_bytes = 0;     // of the last checkpoint saved
   double checkpoint_seconds = 0;    // all saves, wall time (outside the step times)
+  std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 

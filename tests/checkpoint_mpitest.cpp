@@ -1,5 +1,6 @@
 // Resume is bit-identical (DESIGN.md "Checkpoints"): at every world size (1-4), for dp and ep
 // (ep = world), with grad_accum 2 and every balancing pass at once, a run stopped after step 3
+// (and fssdp: its load history, which places the replicas, is saved too)
 // and resumed from its step-2 checkpoint gives the uninterrupted run's losses for steps 3..6 to
 // the last bit; with the newest checkpoint damaged, resume falls back to the previous one and
 // still matches. Checkpoints are written to a directory every rank sees (rank 0 names it).
@@ -11,6 +12,7 @@
 #include <fstream>
 
 #include "comm/process_groups.h"
+#include "runtime/checkpoint/checkpoint.h"
 #include "runtime/job_spec.h"
 #include "runtime/trainer.h"
 #include "tests/test_util.h"
@@ -50,7 +52,7 @@ JobSpec resume_spec(const std::string& strategy, const std::string& run_dir) {
                      {.type = "global_batch_aux_loss", .coeff = 0.01f},
                      {.type = "loss_free_bias", .bias = {.rate = 0.01f}}};
   s.parallel.strategy = world_size() > 1 ? strategy : "dp";
-  s.parallel.ep = s.parallel.strategy == "ep" ? world_size() : 1;
+  s.parallel.ep = s.parallel.strategy == "dp" ? 1 : world_size();
   s.optim.lr = 1e-2f;
   s.optim.schedule.type = "warmup_cosine";
   s.optim.schedule.warmup_steps = 2;
@@ -99,7 +101,7 @@ TEST_P(Resume, BitIdenticalToTheUninterruptedRun_grad_accum2_every_pass) {
   // (its own experts' moments, read by that rank only: the refusal must reach every rank); with
   // dp, in rank 0's (train/step). Resume falls back to step 5, whose step 6 is the uninterrupted one.
   if (world_rank() == 0) {
-    const int victim = s.parallel.strategy == "ep" ? world_size() - 1 : 0;
+    const int victim = s.parallel.strategy == "dp" ? 0 : world_size() - 1;
     const std::string shard = fmt::format("{}/stopped/ckpt/step_6/shard_{}.bin", dir, victim);
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
     f.seekg(-3, std::ios::end);
@@ -117,7 +119,54 @@ TEST_P(Resume, BitIdenticalToTheUninterruptedRun_grad_accum2_every_pass) {
   if (world_rank() == 0) fs::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Strategies, Resume, ::testing::Values("dp", "ep"));
+INSTANTIATE_TEST_SUITE_P(Strategies, Resume, ::testing::Values("dp", "ep", "fssdp"));
+
+// The format stores slices of the flattened global tensor, not rank layouts: a tensor saved in W
+// uneven slices (rank r holds r + 1 parts of the 0..N-1 ramp) loads on one rank whole, and on W
+// ranks in the reverse slicing, each rank reading the pieces its slice overlaps.
+TEST(Checkpoint, SlicesSavedAtOneLayoutLoadAtAnother) {
+  const int W = world_size(), r = world_rank();
+  const int64_t parts = static_cast<int64_t>(W) * (W + 1) / 2, unit = 5, N = parts * unit;
+  auto slice_of = [&](int rank, bool reversed) {  // [begin, count) of rank in the given slicing
+    const int k = reversed ? W - 1 - rank : rank;
+    int64_t begin = 0;
+    for (int j = 0; j < k; ++j) begin += (j + 1) * unit;
+    if (reversed) begin = N - begin - (k + 1) * unit;
+    return std::pair<int64_t, int64_t>(begin, (k + 1) * unit);
+  };
+  const std::string dir = shared_dir("slices");
+  const Communicator world = Communicator::world();
+  {
+    const auto [begin, count] = slice_of(r, false);
+    std::vector<float> mine(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) mine[i] = static_cast<float>(begin + i);
+    StateRegistry reg;
+    reg.add_f32("ramp", {N}, {mine.data(), mine.size()}, begin, true);
+    save_checkpoint(dir, 1, reg, "", ParallelSpec{}, world, 0);
+  }
+  {
+    const auto [begin, count] = slice_of(r, true);
+    std::vector<float> mine(static_cast<size_t>(count), -1.0f);
+    StateRegistry reg;
+    reg.add_f32("ramp", {N}, {mine.data(), mine.size()}, begin, true);
+    load_checkpoint(dir + "/step_1", reg, world);
+    int64_t wrong = 0;  // no ASSERT here: every rank must reach the collectives below
+    for (int64_t i = 0; i < count; ++i) wrong += mine[i] != static_cast<float>(begin + i);
+    EXPECT_EQ(wrong, 0) << "rank " << r << " slice [" << begin << ", " << begin + count << ")";
+  }
+  if (r == 0) {  // the whole tensor on one rank
+    const Communicator self = Communicator::borrow(MPI_COMM_SELF, "self");
+    std::vector<float> all(static_cast<size_t>(N), -1.0f);
+    StateRegistry reg;
+    reg.add_f32("ramp", {N}, {all.data(), all.size()}, true);
+    load_checkpoint(dir + "/step_1", reg, self);
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < N; ++i) wrong += all[i] != static_cast<float>(i);
+    EXPECT_EQ(wrong, 0) << "whole tensor on one rank";
+    fs::remove_all(dir);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
 
 }  // namespace
 }  // namespace moempi

@@ -205,5 +205,14 @@ TEST_F(CheckpointFiles, IncompleteCheckpointIsNoCandidate) {
   expect_contains(error_of([&] { load_checkpoint(d4, a.reg, world_); }), {"no manifest.pb", "incomplete"});
 }
 
+TEST(SpecDifferences, NamesEveryChangedAddedAndRemovedKey) {
+  const auto d = spec_differences("parallel: {strategy: ep, ep: 4}\ntrain: {grad_accum: 3}\nmoe: {balancing: []}\n",
+                                  "parallel: {strategy: dp, ep: 4}\ntrain: {grad_accum: 12, global_batch: 24}\n"
+                                  "moe: {balancing: []}\n");
+  EXPECT_EQ(d, (std::vector<std::string>{"parallel.strategy: ep -> dp", "train.global_batch: - -> 24",
+                                         "train.grad_accum: 3 -> 12"}));
+  EXPECT_TRUE(spec_differences("a: 1\n", "a: 1\n").empty());
+}
+
 }  // namespace
 }  // namespace moempi

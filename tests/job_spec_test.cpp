@@ -270,6 +270,14 @@ TEST(JobSpecErrors, GlobalBatchDerivesGradAccum) {
   expect_contains(error_of([&] { JobSpec r = s; resolve_for_world(r, 5); }),
                   {"train.global_batch (24) is not a multiple of train.micro_batch (2) × world size (5) = 10"});
   expect_contains(error_of([&] { validate_for_world(s, 5); }), {"train.global_batch (24)"});
+  // With parallel.ep 0 (= all ranks) too.
+  s.parallel = {"ep", 0, 0};
+  s.moe.num_experts = 20;  // divisible by 4 and 5: only global_batch fails at 5
+  JobSpec r = s;
+  resolve_for_world(r, 4);
+  EXPECT_EQ(r.parallel.ep, 4);
+  EXPECT_EQ(r.train.grad_accum, 3);
+  expect_contains(error_of([&] { validate_for_world(s, 5); }), {"train.global_batch (24)"});
 }
 
 TEST(JobSpecErrors, ValidateForWorld) {

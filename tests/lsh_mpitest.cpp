@@ -148,7 +148,9 @@ TEST(LshConsistency, EveryTransportEqualsLocalOnOwnProblem) {
         EXPECT_EQ(test_util::differing(got.dx, want.dx), 0) << pattern;
         int64_t shared = 0;
         for (int32_t n : buckets) shared += n > 1;
-        if (p.T > 0 && std::string(pattern) != "dropped") EXPECT_GT(shared, 0) << "nothing was compressed";
+        if (p.T > 0 && std::string(pattern) != "dropped") {
+          EXPECT_GT(shared, 0) << "nothing was compressed";
+        }
       }
       EXPECT_LT(d->stats().exchange_rows, d->stats().slot_rows);
     }
@@ -427,7 +429,9 @@ TEST(WireDtype, FlatExchangesCarryBf16Rows) {
     DispatchSpec s;
     s.type = type;
     s.wire_dtype = WireDtype::kBf16;
-    if (W > 1 && std::string(type) == "auto") EXPECT_EQ(resolve_dispatcher(s, groups).name, "flat");
+    if (W > 1 && std::string(type) == "auto") {
+      EXPECT_EQ(resolve_dispatcher(s, groups).name, "flat");
+    }
     std::unique_ptr<Dispatcher> d = make_dispatcher(s, groups);
     auto plan = d->new_plan();
     test_util::Result got;
@@ -447,8 +451,12 @@ TEST(WireDtype, FlatExchangesCarryBf16Rows) {
     }
     EXPECT_EQ(beyond, 0) << "elements off by more than 2^-8 relative";
     EXPECT_EQ(not_bf16, 0) << "elements that are not the bf16 rounding of the fp32 value";
-    if (W > 1) EXPECT_GT(rounded, 0) << "nothing crossed a bf16 wire";
-    if (W > 1) EXPECT_EQ(d->stats().bytes_intra + d->stats().bytes_inter, d->stats().rows * D * 2);
+    if (W > 1) {
+      EXPECT_GT(rounded, 0) << "nothing crossed a bf16 wire";
+    }
+    if (W > 1) {
+      EXPECT_EQ(d->stats().bytes_intra + d->stats().bytes_inter, d->stats().rows * D * 2);
+    }
   }
   DispatchSpec shm;
   shm.type = "shm";

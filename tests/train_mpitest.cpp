@@ -163,7 +163,9 @@ TEST(TrainVirtualNodes, HierarchicalEqualsFlat) {
   if (W == 1) GTEST_SKIP() << "needs 2 or more ranks";
   auto losses_of = [&](const std::string& type, const std::string& algorithm, bool dedup) {
     JobSpec s = invariance_spec();
-    s.parallel = {.strategy = "ep", .ep = W, .ranks_per_node = W == 4 ? 2 : 1};
+    s.parallel.strategy = "ep";
+    s.parallel.ep = W;
+    s.parallel.ranks_per_node = W == 4 ? 2 : 1;
     s.moe.dispatch.type = type;
     s.moe.dispatch.hierarchical.algorithm = algorithm;
     s.moe.dispatch.hierarchical.dedup = dedup;
@@ -307,8 +309,11 @@ TEST(TrainFssdp, ZipfReplicatesHotExpertsAndMatchesOneRank) {
     EXPECT_NEAR(run.losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
   EXPECT_EQ(run.replicas.front(), 0) << "no load history before the first step";
   const int64_t later = *std::max_element(run.replicas.begin() + 1, run.replicas.end());
-  if (W > 1) EXPECT_GT(later, 0) << "zipf loads should be replicated";
-  else EXPECT_EQ(later, 0);
+  if (W > 1) {
+    EXPECT_GT(later, 0) << "zipf loads should be replicated";
+  } else {
+    EXPECT_EQ(later, 0);
+  }
 }
 
 }  // namespace

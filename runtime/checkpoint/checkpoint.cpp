@@ -18,6 +18,8 @@
 #include <random>
 #include <set>
 
+#include <yaml-cpp/yaml.h>
+
 #include "comm/agreement.h"
 #include "comm/collectives.h"
 #include "runtime/checkpoint/checkpoint.pb.h"
@@ -280,6 +282,10 @@ class ShardReader {
   int fd_ = -1;
 };
 
+// A sharding strategy's own scheduling state (fssdp's load history): it does not change the model,
+// so a job of another strategy ignores it, and a job whose strategy has some starts it afresh.
+bool is_strategy_state(const std::string& name) { return name.rfind("strategy/", 0) == 0; }
+
 }  // namespace
 
 const char* moempi_version() { return MOEMPI_VERSION; }
@@ -451,6 +457,10 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
     for (size_t i = 0; i < registry.size(); ++i) {
       const StateTensor& t = registry.tensors()[i];
       const auto it = m.tensor_index.find(t.name);
+      if (it == m.tensor_index.end() && is_strategy_state(t.name)) {  // saved under another strategy
+        staging[i].assign(static_cast<const char*>(t.data), static_cast<const char*>(t.data) + t.bytes());
+        continue;
+      }
       if (it == m.tensor_index.end())
         fail_collective(fmt::format("{}: the checkpoint has no tensor '{}', which this job has (saved with another "
                                     "model, optimizer or balancing passes?)", step_dir, t.name));
@@ -482,7 +492,7 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
   // Tensors of the checkpoint that no rank of this job holds: state this job would silently drop.
   allreduce_sum(used.data(), static_cast<int64_t>(used.size()), world);
   for (size_t i = 0; i < used.size(); ++i)
-    MOEMPI_CHECK_ALL(used[i] > 0, "{}: the checkpoint holds '{}', which is not state of this job (saved with another "
+    MOEMPI_CHECK_ALL(used[i] > 0 || is_strategy_state(m.body.tensors(static_cast<int>(i)).name()), "{}: the checkpoint holds '{}', which is not state of this job (saved with another "
                      "model, optimizer or balancing passes?)", step_dir, m.body.tensors(static_cast<int>(i)).name());
   for (size_t i = 0; i < registry.size(); ++i) {
     const StateTensor& t = registry.tensors()[i];
@@ -497,6 +507,39 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
   info.ep = m.body.ep();
   info.moempi_version = m.body.moempi_version();
   return info;
+}
+
+namespace {
+void flatten_yaml(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out) {
+  if (n.IsMap()) {
+    for (const auto& kv : n) flatten_yaml(kv.second, path.empty() ? kv.first.as<std::string>() : path + "." + kv.first.as<std::string>(), out);
+  } else if (n.IsSequence()) {
+    for (size_t i = 0; i < n.size(); ++i) flatten_yaml(n[i], path + "." + std::to_string(i), out);
+    if (n.size() == 0) out[path] = "[]";
+  } else if (n.IsScalar()) {
+    out[path] = n.Scalar();
+  }
+}
+}  // namespace
+
+std::vector<std::string> spec_differences(const std::string& saved_yaml, const std::string& current_yaml) {
+  std::map<std::string, std::string> a, b;
+  try {
+    flatten_yaml(YAML::Load(saved_yaml), "", a);
+    flatten_yaml(YAML::Load(current_yaml), "", b);
+  } catch (const YAML::Exception& e) {
+    return {fmt::format("(the saved spec cannot be read: {})", e.what())};
+  }
+  std::set<std::string> keys;
+  for (const auto& [k, v] : a) keys.insert(k);
+  for (const auto& [k, v] : b) keys.insert(k);
+  std::vector<std::string> out;
+  for (const auto& k : keys) {
+    const auto ia = a.find(k), ib = b.find(k);
+    const std::string va = ia == a.end() ? "-" : ia->second, vb = ib == b.end() ? "-" : ib->second;
+    if (va != vb) out.push_back(fmt::format("{}: {} -> {}", k, va, vb));
+  }
+  return out;
 }
 
 std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root) {

@@ -59,6 +59,10 @@ struct CheckpointInfo {
 CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry& registry,
                                const Communicator& world);
 
+// The keys whose values differ between two resolved specs (job_spec_to_yaml text), as
+// "path: saved -> now" (absent values as "-"), in path order: what a resume changed.
+std::vector<std::string> spec_differences(const std::string& saved_yaml, const std::string& current_yaml);
+
 // Step directories under ckpt_root that hold a manifest.pb, the one `latest` names first, then
 // the others newest first (not collective; no file is validated here).
 std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root);

@@ -4,7 +4,7 @@
 #    uninterrupted run's losses bit for bit; metrics.jsonl holds every step once; the step line
 #    says where it resumed from;
 # 2. the reshard matrix: one run passed along ep=4 (4 ranks) -> 1 rank -> dp=2 -> ep=2 -> ep=3
-#    (3 ranks), train.global_batch fixed (grad_accum derived); the first step after each load
+#    (3 ranks), and fssdp -> ep -> fssdp, train.global_batch fixed (grad_accum derived); the first step after each load
 #    against the same step in the layout that saved it: relative difference < 1e-6 (same
 #    parameters and data; only the order of the loss sum differs); the final loss against one
 #    uninterrupted rank < 1e-4 (fp32 summation order of the gradient all-reduce);
@@ -72,8 +72,27 @@ done
 a=$(loss_at "$TMP/one/metrics.jsonl" 12); b=$(loss_at "$TMP/chain/metrics.jsonl" 12); d=$(rel "$a" "$b")
 awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' && pass "reshard chain: step 12 loss $b vs $a on one rank throughout (rel diff $d)" \
   || fail "reshard chain: step 12 loss $b vs $a (rel diff $d)"
+grep -q "spec changed since the checkpoint (saved -> now): .*parallel.strategy: ep -> dp" "$TMP/chain_5.log" &&
+  grep -q "train.grad_accum: 3 -> 12" "$TMP/chain_5.log" && pass "resume names the spec changes (strategy, derived grad_accum)" ||
+  fail "no spec change line: $(grep -i 'spec changed' "$TMP/chain_5.log")"
+"$MOEMPI" validate configs/tiny_ep.yaml --set train.global_batch=32 --np 2 > "$TMP/val.log" 2>&1 &&
+  pass "global_batch with parallel.ep 0 (all ranks) validates" || fail "validate tiny_ep global_batch: $(cat "$TMP/val.log")"
 expect_error "global_batch impossible at 5 ranks" "train.global_batch (24)" "train.micro_batch (2) × world size (5) = 10" -- \
   "$MOEMPI" validate configs/tiny.yaml "${common[@]}" --np 5
+
+# fssdp (3 ranks) -> ep=3: the fssdp load history is strategy state, ignored by ep; ep -> fssdp
+# starts it afresh. Both continue.
+"${MPIRUN[@]}" -np 3 "$MOEMPI" train configs/tiny.yaml "${common[@]}" --set parallel.strategy=fssdp --set parallel.ep=3 \
+  --set train.steps=4 --set job.run_dir="$TMP/fs" > "$TMP/fs1.log" 2>&1
+"${MPIRUN[@]}" -np 3 "$MOEMPI" train configs/tiny.yaml "${common[@]}" $(ep 3) --set train.steps=6 \
+  --set job.run_dir="$TMP/fs" > "$TMP/fs2.log" 2>&1 || true
+"${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny.yaml "${common[@]}" --set parallel.strategy=fssdp --set parallel.ep=2 \
+  --set train.steps=8 --set job.run_dir="$TMP/fs" > "$TMP/fs3.log" 2>&1 || true
+if grep -q "step 5/6 .*resumed from step 4" "$TMP/fs2.log" && grep -q "step 7/8 .*resumed from step 6" "$TMP/fs3.log"; then
+  pass "reshard fssdp (3 ranks) -> ep=3 -> fssdp (2 ranks)"
+else
+  fail "fssdp reshard: $(grep -hE 'error|refused' "$TMP/fs2.log" "$TMP/fs3.log" | head -3)"
+fi
 
 # --- 3. inspect, verify, damage ------------------------------------------------------------------
 ck="$TMP/cut/ckpt"
