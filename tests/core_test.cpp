@@ -50,7 +50,7 @@ TEST(ParamArena, HundredThousandTensorsRegisterFindAndRejectDuplicates) {
   EXPECT_EQ(arena.infos().size(), static_cast<size_t>(n));  // the rejected one was not added
   arena.allocate();
   for (int i = 0; i < n; ++i) ASSERT_EQ(arena.find(fmt::format("layers.0.moe.experts.{}.w{}", i / 2, 1 + i % 2)), i);
-  EXPECT_THROW(arena.find("layers.0.moe.experts.50000.w1"), CollectiveError);
+  EXPECT_FALSE(arena.find("layers.0.moe.experts.50000.w1").has_value());  // a miss is not an error
   EXPECT_EQ(arena.numel(), static_cast<size_t>(n) * 16);  // each view padded to 16 floats
 }
 

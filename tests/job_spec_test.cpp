@@ -271,7 +271,9 @@ TEST(JobSpecErrors, GlobalBatchDerivesGradAccum) {
                   {"train.global_batch (24) is not a multiple of train.micro_batch (2) × world size (5) = 10"});
   expect_contains(error_of([&] { validate_for_world(s, 5); }), {"train.global_batch (24)"});
   // With parallel.ep 0 (= all ranks) too.
-  s.parallel = {"ep", 0, 0};
+  s.parallel.strategy = "ep";
+  s.parallel.ep = 0;
+  s.parallel.ranks_per_node = 0;
   s.moe.num_experts = 20;  // divisible by 4 and 5: only global_batch fails at 5
   JobSpec r = s;
   resolve_for_world(r, 4);
@@ -385,7 +387,7 @@ JobSpec everything_changed() {
   // adamw: its own keys changed, sgd's momentum left at its default (it is not printed).
   s.optim = {"adamw", 3e-4f, 0.1f, 0.8f, 0.999f, 1e-6f, OptimSpec().momentum, 0.7f, {"warmup_linear", 17, 0.05f}};
   s.data = {"tokens", "data/my shards: v2", 0.1f};
-  s.train = {321, 5, 3, 7, 0};
+  s.train = {321, 5, 3, 7, "skip", 3.5f, 0};
   s.eval = {25, 2};
   s.checkpoint = {50, 2, "never"};
   s.metrics = {false};
@@ -612,7 +614,7 @@ TEST(JobSpecTypedKeys, UnknownKeyOfNoTypeListsEveryKey) {
                    "(allowed: type, lr, weight_decay, grad_clip, beta1, beta2, eps, momentum, schedule)",
                    "did you mean 'beta1'?"});
   expect_contains(load_error("moe: {dispatch: {headrom: 2}}\n"),
-                  {"moe.dispatch.headrom: unknown key 'headrom'", "(allowed: type, wire_dtype, headroom, compression, algorithm, dedup)"});
+                  {"moe.dispatch.headrom: unknown key 'headrom'", "(allowed: type, wire_dtype, headroom, algorithm, dedup, compression)"});
 }
 
 TEST(JobSpecTypedKeys, ResolvedSpecPrintsOnlyTheChosenTypesKeysAndRoundTrips) {
