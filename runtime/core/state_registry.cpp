@@ -19,6 +19,7 @@ void StateRegistry::add(StateTensor t) {
   MOEMPI_CHECK_ONE(t.begin >= 0 && t.count >= 0 && t.begin + t.count <= t.global_numel(),
                    "state '{}': slice [{}, {}) outside its {} elements", t.name, t.begin, t.begin + t.count,
                    t.global_numel());
+  index_.emplace(t.name, tensors_.size());
   tensors_.push_back(std::move(t));
 }
 
@@ -35,9 +36,8 @@ void StateRegistry::add_i64(std::string name, std::vector<int64_t> global_shape,
 }
 
 const StateTensor* StateRegistry::find(const std::string& name) const {
-  for (const auto& t : tensors_)
-    if (t.name == name) return &t;
-  return nullptr;
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
 }  // namespace moempi
