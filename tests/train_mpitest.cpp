@@ -48,20 +48,26 @@ JobSpec invariance_spec() {
 
 using test_util::world_size;
 
-// Rank 0 trains alone (MPI_COMM_SELF); the losses are broadcast to every rank.
-std::vector<double> single_rank_losses() {
-  static std::vector<double> losses;
-  if (!losses.empty()) return losses;
-  JobSpec s = invariance_spec();
+// Rank 0 trains `s` alone (MPI_COMM_SELF) with all of a step's micro-batches; the losses are
+// broadcast to every rank.
+std::vector<double> one_rank_losses(JobSpec s) {
   s.train.grad_accum = kMicroBatchesPerStep;
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  losses.resize(s.train.steps);
+  std::vector<double> losses(s.train.steps);
   if (rank == 0) {
     ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_SELF);
     losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
   }
   MPI_Bcast(losses.data(), static_cast<int>(losses.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  return losses;
+}
+
+// The invariance spec's one-rank losses (computed once).
+std::vector<double> single_rank_losses() {
+  static std::vector<double> losses;
+  if (!losses.empty()) return losses;
+  losses = one_rank_losses(invariance_spec());
   return losses;
 }
 
@@ -238,13 +244,7 @@ TEST(TrainNodeLimited, OverNodesMatchesOneRankWithTheSameRule) {
   JobSpec ref_spec = invariance_spec();
   ref_spec.moe.max_nodes_per_token = 1;
   ref_spec.moe.routing_nodes = std::max(nodes, 2);
-  ref_spec.train.grad_accum = kMicroBatchesPerStep;
-  std::vector<double> ref(ref_spec.train.steps), unlimited = single_rank_losses();
-  if (groups.world_rank == 0) {
-    ProcessGroups self = ProcessGroups::build(ref_spec.parallel, MPI_COMM_SELF);
-    ref = train(ref_spec, self, {.log_steps = false, .write_files = false}).losses;
-  }
-  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  const std::vector<double> ref = one_rank_losses(ref_spec), unlimited = single_rank_losses();
   ASSERT_EQ(losses.size(), ref.size());
   EXPECT_NEAR(losses[0], ref[0], 1e-9 * ref[0]) << "step 1";
   for (size_t i = 0; i < ref.size(); ++i)
@@ -267,13 +267,7 @@ TEST(TrainForcedRouting, ZipfOverTheWorldMatchesOneRank) {
   const auto losses = train(s, groups, {.log_steps = false, .write_files = false}).losses;
   JobSpec r = invariance_spec();
   r.moe.force_routing = "zipf:1.2";
-  r.train.grad_accum = kMicroBatchesPerStep;
-  std::vector<double> ref(r.train.steps);
-  if (groups.world_rank == 0) {
-    ProcessGroups self = ProcessGroups::build(r.parallel, MPI_COMM_SELF);
-    ref = train(r, self, {.log_steps = false, .write_files = false}).losses;
-  }
-  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  const std::vector<double> ref = one_rank_losses(r);
   for (size_t i = 0; i < ref.size(); ++i)
     EXPECT_NEAR(losses[i], ref[i], 2e-5 * ref[i]) << "step " << i + 1 << " at W=" << W;
   EXPECT_NE(ref[0], single_rank_losses()[0]) << "forcing should change the routing";
@@ -296,13 +290,7 @@ TEST(TrainFssdp, ZipfReplicatesHotExpertsAndMatchesOneRank) {
   const TrainSummary run = train(s, groups, {.log_steps = false, .write_files = false});
   JobSpec r = invariance_spec();
   r.moe.force_routing = "zipf:1.2";
-  r.train.grad_accum = kMicroBatchesPerStep;
-  std::vector<double> ref(r.train.steps);
-  if (groups.world_rank == 0) {
-    ProcessGroups self = ProcessGroups::build(r.parallel, MPI_COMM_SELF);
-    ref = train(r, self, {.log_steps = false, .write_files = false}).losses;
-  }
-  MPI_Bcast(ref.data(), static_cast<int>(ref.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  const std::vector<double> ref = one_rank_losses(r);
   ASSERT_EQ(run.losses.size(), ref.size());
   EXPECT_NEAR(run.losses[0], ref[0], 1e-9 * ref[0]) << "step 1";
   for (size_t i = 0; i < ref.size(); ++i)
