@@ -19,7 +19,8 @@ std::vector<std::vector<int>> fssdp_replicas(const std::vector<double>& load_E, 
     rank_load[owners.owner(e)] += load_E[e];
   }
   std::vector<int> used(W, 0);
-  for (int round = 0; round < W * budget_per_rank; ++round) {
+  budget_per_rank = std::min(budget_per_rank, E);  // more than E replicas per rank cannot be used
+  for (int64_t round = 0; round < static_cast<int64_t>(W) * budget_per_rank; ++round) {
     const int hot = static_cast<int>(std::max_element(rank_load.begin(), rank_load.end()) - rank_load.begin());
     int best = -1;
     double best_share = 0;

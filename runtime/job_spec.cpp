@@ -253,6 +253,10 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
     fail({"moe.normalize_topk", "moe.top_k"},
          "moe.normalize_topk: true with moe.top_k 1 makes every combine weight 1, so the router gets no "
          "gradient from the language-model loss; set moe.normalize_topk: false (Switch-style top-1)");
+  if (moe.max_nodes_per_token > 0 && moe.force_routing != "none")
+    fail({"moe.force_routing", "moe.max_nodes_per_token"},
+         "moe.force_routing replaces the top-k choice, so moe.max_nodes_per_token would limit nothing; set one of "
+         "them (moe.force_routing: none or moe.max_nodes_per_token: 0)");
   if (moe.max_nodes_per_token > 0 && moe.routing_nodes > 0)
     if (const std::string why = node_limit_problem(moe); !why.empty())
       fail({"moe.max_nodes_per_token", "moe.routing_nodes"}, why);

@@ -129,7 +129,6 @@ class TrainLoop {
       // One all-reduce of every layer's counts (and dropped slots) over the data ranks: read by
       // the passes' step end and by the metrics.
       allreduce_sum(routing.values.data(), static_cast<int64_t>(routing.values.size()), g_.data);
-      strategy_->observe_loads(routing.values.data(), routing.layers, routing.E);
       double grad_norm;
       {
         ScopedTimer t(summary.phase_seconds[kPhaseGradSync]);
@@ -156,6 +155,7 @@ class TrainLoop {
         model_->on_step_end(routing);
         scale_grads(model_->arena(), clip_factor(grad_norm, spec_.optim.grad_clip));
         optimizer_->step(model_->arena(), lr);
+        strategy_->observe_loads(routing.values.data(), routing.layers, routing.E);  // applied steps only
         warn_on_loss_spike(step + 1, loss);
       }
       strategy_->end_step(*model_);  // fssdp drops the replicas, applied or skipped

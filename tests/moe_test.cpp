@@ -202,6 +202,23 @@ TEST(Router, ForcedRoutingFollowsItsWeightsAndIsLayoutIndependent) {
       EXPECT_NEAR(p.probs_NK[(size_t)t * K], g0 / (g0 + g1), 1e-6f) << f;
     }
   }
+  // Extreme weights (zipf:16 underflows to 0 past expert ~1e19^(1/16), hot:0.99 dwarfs the rest):
+  // every draw is still k distinct experts in range.
+  for (const std::string f : {"zipf:16", "hot:0.99"}) {
+    MoeSpec m = small_moe(ScoreFn::kSoftmax, true, 4, 0.0f, 0);
+    m.num_experts = 64;
+    m.force_routing = f;
+    IdentityRouter r(m);
+    r.router.set_position(1, 0, 0, 0);
+    const RoutingPlan& p = r.route(randn((size_t)500 * 64, 3));
+    for (int t = 0; t < 500; ++t) {
+      std::vector<int32_t> ids(p.selected_NK.begin() + t * 4, p.selected_NK.begin() + (t + 1) * 4);
+      for (int32_t e : ids) ASSERT_TRUE(e >= 0 && e < 64) << f;
+      std::sort(ids.begin(), ids.end());
+      ASSERT_EQ(std::unique(ids.begin(), ids.end()), ids.end()) << f << " token " << t;
+    }
+  }
+  EXPECT_NE(parse_force_routing("zipf:17", nullptr), "");
   EXPECT_NE(parse_force_routing("hot:1", nullptr), "");
   EXPECT_NE(parse_force_routing("zipf:0", nullptr), "");
   EXPECT_NE(parse_force_routing("rotating:2", nullptr), "");

@@ -20,7 +20,7 @@ std::string parse_force_routing(const std::string& text, ForcedRouting* out) {
   const size_t colon = text.find(':');
   const std::string kind = text.substr(0, colon);
   const std::string arg = colon == std::string::npos ? "" : text.substr(colon + 1);
-  const char* allowed = "none, balanced, zipf:S (S > 0), hot:F (0 < F < 1) or rotating";
+  const char* allowed = "none, balanced, zipf:S (0 < S <= 16), hot:F (0 < F <= 0.99) or rotating";
   double v = 0;
   if (colon != std::string::npos) {
     char* end = nullptr;
@@ -32,8 +32,8 @@ std::string parse_force_routing(const std::string& text, ForcedRouting* out) {
   if (kind == "none" && !has_arg) f.kind = ForcedRouting::kNone;
   else if (kind == "balanced" && !has_arg) f.kind = ForcedRouting::kBalanced;
   else if (kind == "rotating" && !has_arg) f.kind = ForcedRouting::kRotating, f.param = 0.5;
-  else if (kind == "zipf" && has_arg && v > 0) f.kind = ForcedRouting::kZipf, f.param = v;
-  else if (kind == "hot" && has_arg && v > 0 && v < 1) f.kind = ForcedRouting::kHot, f.param = v;
+  else if (kind == "zipf" && has_arg && v > 0 && v <= 16) f.kind = ForcedRouting::kZipf, f.param = v;
+  else if (kind == "hot" && has_arg && v > 0 && v <= 0.99) f.kind = ForcedRouting::kHot, f.param = v;
   else return fmt::format("'{}' is not one of {}", text, allowed);
   if (out) *out = f;
   return "";
@@ -211,21 +211,20 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
     for (int t = 0; t < N; ++t) {
       Rng rng(draw_seed_, (uint64_t)draw_layer_, (uint64_t)draw_step_, (uint64_t)(draw_first_ + t));
       w = draw_w_E_;
-      double mass = 0;
-      for (double x : w) mass += x;
       int32_t* ids = p.selected_NK.data() + (size_t)t * K;
       for (int k = 0; k < K; ++k) {
+        double mass = 0;  // summed afresh each draw (no cancellation after a heavy expert)
+        for (double x : w) mass += std::max(x, 0.0);
         const double u = rng.uniform() * mass;
         double acc = 0;
         int pick = -1;
         for (int e = 0; e < E; ++e) {
-          if (w[e] <= 0) continue;
+          if (w[e] < 0) continue;  // drawn already
           pick = e;  // the last one left if rounding runs past the end
           if ((acc += w[e]) > u) break;
         }
         ids[k] = pick;
-        mass -= w[pick];
-        w[pick] = 0;
+        w[pick] = -1;  // weights are >= 0 (zipf weights may underflow to 0): -1 marks taken
       }
     }
   }

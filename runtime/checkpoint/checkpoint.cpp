@@ -457,9 +457,20 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
     for (size_t i = 0; i < registry.size(); ++i) {
       const StateTensor& t = registry.tensors()[i];
       const auto it = m.tensor_index.find(t.name);
-      if (it == m.tensor_index.end() && is_strategy_state(t.name)) {  // saved under another strategy
-        staging[i].assign(static_cast<const char*>(t.data), static_cast<const char*>(t.data) + t.bytes());
-        continue;
+      // Strategy state (scheduling, not the model) saved under another strategy or another shape
+      // (e.g. parallel.fssdp.load_window changed) starts afresh: zeros, never what is live in memory.
+      if (is_strategy_state(t.name)) {
+        bool fits = it != m.tensor_index.end();
+        if (fits) {
+          const ckpt::Tensor& ct = m.body.tensors(it->second);
+          used[it->second] = 1;
+          fits = ct.dtype() == dtype_to_proto(t.dtype) &&
+                 std::vector<int64_t>(ct.global_shape().begin(), ct.global_shape().end()) == t.global_shape;
+        }
+        if (!fits) {
+          staging[i].assign(t.bytes(), 0);
+          continue;
+        }
       }
       if (it == m.tensor_index.end())
         fail_collective(fmt::format("{}: the checkpoint has no tensor '{}', which this job has (saved with another "
