@@ -76,18 +76,10 @@ int run_alltoall(const AlltoallOptions& o) {
                {"intra", "(KB/rk)", 9}, {"inter", "(msg/rk)", 8}, {"inter", "(KB/rk)", 9}, {"vs", "(us)", 9},
                {"vs_inter", "(msg/rk)", 8}, {"vs_inter", "(KB/rk)", 9}, {"ratio", "moe/vs", 7}},
               me == 0);
-  table.print_header({
+  std::vector<std::string> header = {
       fmt::format("moempi bench alltoall: {} ranks, dispatcher '{}', {} experts ({} per rank), "
                   "warmup {}, iters {}, check {}",
                   W, label, W * El, El, o.timing.warmup, o.timing.iters, o.timing.check),
-      fmt::format("nodes: {} {} ({} ranks each); link model: {}", groups.num_nodes,
-                  groups.virtual_nodes ? "virtual" : "real", groups.node.size(),
-                  o.flags.link_gbps > 0 || o.flags.link_latency_us > 0
-                      ? fmt::format("{} Gbit/s, {} us per inter-node message", o.flags.link_gbps, o.flags.link_latency_us)
-                      : std::string("off")),
-      "intra/inter = messages and KB one rank sends to its node / other nodes per round (mean over ranks)",
-      versus ? fmt::format("vs = '{}' in the same rounds (interleaved); ratio moe/vs = time / vs", vlabel)
-             : std::string("vs = none (--versus NAME times a second dispatcher in the same run)"),
       "moempi path = the dispatcher's plan (count exchange) + dispatch (rows to experts), where",
       fmt::format("  {} = {}", dispatcher->name(), dispatcher_registry().find(dispatcher->name())->doc),
       "raw = one MPI_Alltoallv of the same bytes, already packed; the two alternate round by round",
@@ -95,7 +87,10 @@ int run_alltoall(const AlltoallOptions& o) {
       "  min/avg/max over ranks; algbw = size*W / max; busbw = algbw*(W-1)/W; ratio = max/raw",
       "copy = the copy limit: one core's memcpy of the bytes a rank receives (size*W), slowest rank",
       fmt::format("CPU: {}", cpu_model()),
-  });
+  };
+  const auto layout = layout_header_lines(groups, o.flags, vlabel);
+  header.insert(header.begin() + 1, layout.begin(), layout.end());
+  table.print_header(header);
 
   nlohmann::json doc = {{"benchmark", "alltoall"},
                         {"cpu", cpu_model()},

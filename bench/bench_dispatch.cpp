@@ -128,18 +128,10 @@ int run_dispatch(const DispatchOptions& o) {
                {"inter", "(msg/rk)", 8}, {"inter", "(KB/rk)", 9}, {"vs", "(us)", 9}, {"vs_inter", "(KB/rk)", 9},
                {"ratio", "moe/vs", 7}},
               me == 0);
-  table.print_header({
+  std::vector<std::string> header = {
       fmt::format("moempi bench dispatch: {} ranks, dispatcher '{}', T {} tokens x D {} per rank, "
                   "E {} ({} per rank), k {}, warmup {}, iters {}",
                   W, label, o.T, D, o.E, El, k, o.timing.warmup, o.timing.iters),
-      fmt::format("nodes: {} {} ({} ranks each); link model: {}", groups.num_nodes,
-                  groups.virtual_nodes ? "virtual" : "real", groups.node.size(),
-                  o.flags.link_gbps > 0 || o.flags.link_latency_us > 0
-                      ? fmt::format("{} Gbit/s, {} us per inter-node message", o.flags.link_gbps, o.flags.link_latency_us)
-                      : std::string("off")),
-      "intra/inter = messages and KB one rank sends to its node / other nodes per round (mean over ranks)",
-      versus ? fmt::format("vs = '{}' in the same rounds (interleaved); ratio moe/vs = time / vs", vlabel)
-             : std::string("vs = none (--versus NAME times a second dispatcher in the same run)"),
       fmt::format("moempi = plan (count exchange) + dispatch + combine (weighted sum) per round; {} = {}",
                   dispatcher->name(), dispatcher_registry().find(dispatcher->name())->doc),
       "raw = MPI_Alltoallv of the same bytes there and back, packed; the two alternate round by round",
@@ -150,7 +142,10 @@ int run_dispatch(const DispatchOptions& o) {
       "copy = the copy limit: one core's memcpy of the bytes a rank's dispatch and combine deliver",
       "  (rows into its experts + rows back to its tokens, self included), slowest rank",
       fmt::format("CPU: {}", cpu_model()),
-  });
+  };
+  const auto layout = layout_header_lines(groups, o.flags, vlabel);
+  header.insert(header.begin() + 1, layout.begin(), layout.end());
+  table.print_header(header);
   nlohmann::json doc = {{"benchmark", "dispatch"}, {"cpu", cpu_model()}, {"ranks", W},
                         {"dispatcher", label}, {"versus", vlabel}, {"nodes", groups.num_nodes},
                         {"link_gbps", o.flags.link_gbps}, {"link_latency_us", o.flags.link_latency_us},

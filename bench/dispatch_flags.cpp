@@ -57,4 +57,18 @@ RoundTraffic traffic_per_round(const DispatchStats& a, const DispatchStats& b, i
   return {v[0] / n, v[1] / n, v[2] / n, v[3] / n};
 }
 
+std::vector<std::string> layout_header_lines(const ProcessGroups& groups, const DispatchFlags& flags,
+                                             const std::string& vlabel) {
+  const bool link = flags.link_gbps > 0 || flags.link_latency_us > 0;
+  return {
+      fmt::format("nodes: {} {} ({} ranks each); link model: {}", groups.num_nodes,
+                  groups.virtual_nodes ? "virtual" : "real", groups.node.size(),
+                  link ? fmt::format("{} Gbit/s, {} us per inter-node message", flags.link_gbps, flags.link_latency_us)
+                       : std::string("off")),
+      "intra/inter = messages and KB one rank sends to its node / other nodes per round (mean over ranks)",
+      !vlabel.empty() ? fmt::format("vs = '{}' in the same rounds (interleaved); ratio moe/vs = time / vs", vlabel)
+                      : std::string("vs = none (--versus NAME times a second dispatcher in the same run)"),
+  };
+}
+
 }  // namespace moempi::bench

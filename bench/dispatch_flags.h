@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/process_groups.h"
 #include "parallel/dispatcher.h"
@@ -28,6 +29,11 @@ ProcessGroups build_bench_groups(const DispatchFlags& flags);
 DispatchSpec dispatch_spec(const DispatchFlags& flags, const std::string& type);
 // "flat" or "hierarchical(2dh, dedup)" for headers.
 std::string dispatcher_label(const Dispatcher& d, const DispatchSpec& spec);
+
+// The header lines both benchmarks print about the layout: the nodes and the link model, what
+// intra/inter count, and the --versus dispatcher (vlabel; "" when there is none).
+std::vector<std::string> layout_header_lines(const ProcessGroups& groups, const DispatchFlags& flags,
+                                             const std::string& vlabel);
 
 // Per-rank traffic of one round (stats delta / rounds), averaged over the ranks (collective).
 struct RoundTraffic {
