@@ -34,6 +34,7 @@
 #include "runtime/job_spec.h"
 #include "runtime/memory_estimate.h"
 #include "runtime/plot.h"
+#include "runtime/preemption.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -125,6 +126,24 @@ void nan_grad_at_step(int rank, int64_t step, moempi::ParamArena& arena) {
 }
 #endif
 
+#ifdef MOEMPI_TEST_HOOKS
+// MOEMPI_TEST_SIGNAL="RANK:STEP:SIGNAL[:COUNT]": that rank raises the signal (a number) COUNT times
+// (default 1) at the start of that step, as `kill` would (tests/e2e/preempt.sh).
+void signal_at_step(int rank, int64_t step) {
+  static const char* spec = std::getenv("MOEMPI_TEST_SIGNAL");
+  int want_rank = -1, signo = 0, count = 1;
+  long long at = -1;
+  if (spec && std::sscanf(spec, "%d:%lld:%d:%d", &want_rank, &at, &signo, &count) >= 3 && want_rank == rank &&
+      at == step)
+    for (int i = 0; i < count; ++i) std::raise(signo);
+}
+
+void step_hooks(int rank, int64_t step) {
+  hang_at_step(rank, step);
+  signal_at_step(rank, step);
+}
+#endif
+
 int world_rank() {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -164,6 +183,20 @@ int run_train(const std::string& path, const std::vector<std::string>& overrides
   check_memory_at_start(spec, world);
   moempi::ProcessGroups groups = moempi::ProcessGroups::build(spec.parallel);
   moempi::TrainSummary summary = moempi::train(spec, groups, {});
+  if (summary.preempted_signal != 0) {  // runtime/preemption.h: every rank stopped after the same step
+    if (world_rank() == 0) {
+      const int step = summary.start_step + static_cast<int>(summary.losses.size());
+      const int extra = moempi::preemption::signals_received() - 1;
+      spdlog::warn("preempted by {} after step {}/{}: checkpoint {} ('latest'); exit code {}; rerun with "
+                   "checkpoint.resume: auto (the default) to continue{}",
+                   moempi::preemption::signal_name(summary.preempted_signal), step, spec.train.steps,
+                   summary.preempted_checkpoint.empty() ? std::string("not saved") : summary.preempted_checkpoint,
+                   moempi::preemption::kPreemptedExitCode,
+                   extra > 0 ? fmt::format(" ({} further signal{} on rank 0 ignored)", extra, extra > 1 ? "s" : "")
+                             : std::string());
+    }
+    return moempi::preemption::kPreemptedExitCode;
+  }
   if (world_rank() == 0) {
     std::string line = fmt::format("done: {} steps, final loss {:.4f}", summary.losses.size(),
                                    summary.losses.empty() ? 0.0 : summary.losses.back());
@@ -223,12 +256,15 @@ int run_plot(const moempi::PlotOptions& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `moempi train`: SIGTERM, SIGUSR1 and SIGINT checkpoint at the next step boundary and exit 75
+  // (runtime/preemption.h), from the first instruction on; other commands keep the default actions.
+  if (argc >= 2 && std::string(argv[1]) == "train") moempi::preemption::install();
   moempi::blas::ensure_fast_kernel(argc, argv);
   // A file size limit (ulimit -f) then fails the write with EFBIG, reported with the file's name,
   // instead of killing the process mid-line.
   std::signal(SIGXFSZ, SIG_IGN);
 #ifdef MOEMPI_TEST_HOOKS
-  moempi::test_hooks::install_step_hook(&hang_at_step);
+  moempi::test_hooks::install_step_hook(&step_hooks);
   moempi::test_hooks::install_grad_hook(&nan_grad_at_step);
 #endif
   // The watchdog covers the start-up too: a rank that never arrives (stopped, or stuck before
@@ -258,6 +294,9 @@ int main(int argc, char** argv) {
   train->add_option("job", job_path, "Job spec (YAML)")->required();
   train->add_option("--set", overrides, "Override a spec value, e.g. --set optim.lr=3e-4")
       ->type_name("PATH=VALUE");
+  train->footer("Preemption: SIGTERM, SIGUSR1 or SIGINT (to any rank; under mpirun send SIGUSR1 to mpirun, which "
+                "forwards it) saves a checkpoint at the next step boundary on every rank and exits with code 75; "
+                "rerun with checkpoint.resume: auto (the default) to continue.");
   bool resume = false;
   train->add_flag("--resume", resume,
                   "Continue from the newest usable checkpoint in <run_dir>/ckpt (= --set checkpoint.resume=auto)");

@@ -28,6 +28,7 @@
 #include "runtime/data/data_source.h"
 #include "runtime/job_spec.h"
 #include "runtime/metrics.h"
+#include "runtime/preemption.h"
 #include "runtime/run_dir_lock.h"
 
 namespace moempi {
@@ -170,7 +171,15 @@ class TrainLoop {
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
       steps_done_ = step + 1;
       const bool last = step + 1 == steps;
-      if (opt_.checkpoints && spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last)) save(summary);
+      // Preemption: every rank posts this every step; a signal on any rank stops all of them here.
+      const int signo = agreed_signal();
+      const bool preempt = signo != 0 && !last;
+      const bool due = spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last);
+      if (opt_.checkpoints && (due || preempt)) {
+        const std::string dir = save(summary);
+        if (preempt) summary.preempted_checkpoint = dir;
+      }
+      if (preempt) summary.preempted_signal = signo;
 
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
       std::optional<EvalResult> eval;
@@ -181,7 +190,7 @@ class TrainLoop {
       const bool first_after_resume = start > 0 && step == start;
       const bool log_now =
           (step + 1) % spec_.train.log_interval == 0 || step == 0 || last || eval_now || first_after_resume;
-      const bool stop_now = stop_after > 0 && step + 1 == stop_after;
+      const bool stop_now = (stop_after > 0 && step + 1 == stop_after) || preempt;
       if (!log_now && !stop_now) continue;
       StepMetrics m;
       m.step = step + 1;
@@ -234,7 +243,8 @@ class TrainLoop {
         if (log_now) metrics_.write(m);
       }
       if (stop_now) {
-        if (g_.world.rank() == 0 && opt_.log_steps) spdlog::info("stopping after step {} (test hook)", step + 1);
+        if (g_.world.rank() == 0 && opt_.log_steps && !preempt)
+          spdlog::info("stopping after step {} (test hook)", step + 1);
         break;
       }
     }
@@ -375,8 +385,15 @@ class TrainLoop {
 
   std::string ckpt_root() const { return spec_.job.run_dir + "/ckpt"; }
 
-  // Collective: one checkpoint of every registered state.
-  void save(TrainSummary& summary) {
+  // Collective: the largest signal number any rank has caught (runtime/preemption.h), 0 if none.
+  int agreed_signal() const {
+    int64_t signo = preemption::pending_signal();
+    allreduce(&signo, 1, ReduceOp::kMax, g_.world);
+    return static_cast<int>(signo);
+  }
+
+  // Collective: one checkpoint of every registered state; returns its directory.
+  std::string save(TrainSummary& summary) {
     const SaveStats st = save_checkpoint(ckpt_root(), steps_done_, state_, job_spec_to_yaml(spec_), spec_.parallel,
                                          g_.world, spec_.checkpoint.keep_last);
     ++summary.checkpoints_saved;
@@ -384,6 +401,7 @@ class TrainLoop {
     summary.checkpoint_seconds += st.seconds;
     if (g_.world.rank() == 0 && opt_.log_steps)
       spdlog::info("checkpoint {}: {:.2f} MB in {:.0f} ms", st.dir, st.bytes / 1e6, 1e3 * st.seconds);
+    return st.dir;
   }
 
   // Collective. With checkpoint.resume auto: loads the newest usable checkpoint (the one `latest`

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "comm/process_groups.h"
@@ -45,13 +46,19 @@ struct TrainSummary {
   int64_t checkpoint_bytes = 0;     // of the last checkpoint saved
   double checkpoint_seconds = 0;    // all saves, wall time (outside the step times)
   std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
+  // Preemption (runtime/preemption.h): the signal that stopped the run before train.steps (the
+  // largest signal number any rank received; 0 = not preempted) and the checkpoint saved at that
+  // step boundary ("" with checkpoints off). The run stopped after step start_step + losses.size().
+  int preempted_signal = 0;
+  std::string preempted_checkpoint;
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 
 // Runs the job described by `spec` on the process groups (collective over the world). With
 // checkpoint.resume auto, continues from the newest usable checkpoint in <run_dir>/ckpt (falling
 // back to older ones, and saying so); with checkpoint.interval > 0, saves every interval steps
-// and after the last one.
+// and after the last one. A signal caught by runtime/preemption.h on any rank stops every rank
+// after the same step, with a checkpoint of that step (whatever checkpoint.interval says).
 TrainSummary train(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options);
 
 // Single-thread sgemm GFLOP/s at a mid-size shape, measured now (MFU's denominator).
