@@ -343,6 +343,7 @@ int main(int argc, char** argv) {
         if (rank == 0)
           std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
                        shorten_words(unknown).c_str());
+        moempi::watchdog::stop();  // `train` keeps the start-up watchdog's thread running
         MPI_Finalize();
         return 2;
       }
@@ -354,6 +355,7 @@ int main(int argc, char** argv) {
         else std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
                           shorten_words(e.what()).c_str());
       }
+      moempi::watchdog::stop();  // `train --help` and train's parse errors: join the watchdog thread
       MPI_Finalize();
       return code == 0 ? 0 : 2;
     }

@@ -22,6 +22,10 @@ train_bg() { local dir=$1; shift; exec "${MPIRUN[@]}" -np 2 "$MOEMPI" train conf
   --set job.run_dir="$dir" "$@"; }
 last_step() { jsonl_values "$1/metrics.jsonl" step | tail -1; }
 
+code=0; help=$("$MOEMPI" train --help 2>&1) || code=$?
+[ "$code" -eq 0 ] && grep -q "exits with code 75" <<<"$help" && pass "train --help documents exit code 75" ||
+  fail "train --help: exit $code: $(tail -3 <<<"$help")"
+
 export MOEMPI_TEST_SIGNAL=
 train "$TMP/full" > "$TMP/full.log" 2>&1 || fail "uninterrupted run: $(tail -3 "$TMP/full.log")"
 [ "$(last_step "$TMP/full")" = 40 ] && pass "uninterrupted run: 40 steps" || fail "uninterrupted run did not reach step 40"
