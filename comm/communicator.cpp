@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "comm/mpi_check.h"
+#include "comm/watchdog.h"
 
 namespace moempi {
 
@@ -58,12 +59,14 @@ Communicator Communicator::borrow(MPI_Comm comm, std::string name) {
 
 Communicator Communicator::split(const Communicator& parent, int color, int key, std::string name) {
   MPI_Comm comm = MPI_COMM_NULL;
+  watchdog::Pending pending("MPI_Comm_split", parent.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Comm_split(parent.comm(), color, key, &comm));
   return Communicator(comm, std::move(name), true);
 }
 
 Communicator Communicator::split_shared(const Communicator& parent, int key, std::string name) {
   MPI_Comm comm = MPI_COMM_NULL;
+  watchdog::Pending pending("MPI_Comm_split_type", parent.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Comm_split_type(parent.comm(), MPI_COMM_TYPE_SHARED, key, MPI_INFO_NULL, &comm));
   return Communicator(comm, std::move(name), true);
 }

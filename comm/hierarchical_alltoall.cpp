@@ -77,6 +77,7 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
     }
   }
   recv_records.resize(static_cast<size_t>(recv_first_[P]) * width);
+  watchdog::Pending pending("MPI_Mrecv (hop records)", group.name().c_str());  // the data may still be on its way
   for (int q = 0; q < P; ++q) {
     int64_t* at = recv_records.data() + recv_first_[q] * width;
     const int64_t count = recv_first_[q + 1] - recv_first_[q];
@@ -86,7 +87,7 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
     }
     MOEMPI_MPI_CHECK(MPI_Mrecv(at, static_cast<int>(count * width), MPI_INT64_T, &messages[q], MPI_STATUS_IGNORE));
   }
-  watchdog::Pending pending("MPI_Waitall (hop records)", group.name().c_str());
+  watchdog::Pending waitall("MPI_Waitall (hop records)", group.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE));
 }
 

@@ -10,6 +10,7 @@
 
 #include "comm/mpi_check.h"
 #include "comm/topology.h"
+#include "comm/watchdog.h"
 
 namespace moempi {
 namespace {
@@ -55,15 +56,21 @@ ProcessGroups ProcessGroups::build(const ParallelSpec& spec, MPI_Comm base) {
   g.virtual_nodes = nodes.virtual_nodes;
   // The ep group's nodes: which node each ep rank is on, and the intra/inter splits of the group.
   g.ep_rank_node.assign(g.ep_size, 0);
-  MOEMPI_MPI_CHECK(MPI_Allgather(&g.node_index, 1, MPI_INT, g.ep_rank_node.data(), 1, MPI_INT,
-                                 g.ep.comm()));
+  {
+    watchdog::Pending pending("MPI_Allgather", g.ep.name().c_str());
+    MOEMPI_MPI_CHECK(MPI_Allgather(&g.node_index, 1, MPI_INT, g.ep_rank_node.data(), 1, MPI_INT,
+                                   g.ep.comm()));
+  }
   g.ep_node = Communicator::split(g.ep, g.node_index, g.ep.rank(), "ep_node");
   g.ep_inter = Communicator::split(g.ep, g.ep_node.rank(), g.node_index, "ep_inter");
   // Shared memory needs one node and one host (virtual nodes can be larger than a host). Decisions
   // that pick a transport must agree world-wide.
   const Communicator ep_host = Communicator::split_shared(g.ep, g.ep.rank(), "ep_host");
   int within = g.ep_within_node() && ep_host.size() == g.ep.size() ? 1 : 0;
-  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &within, 1, MPI_INT, MPI_MIN, g.world.comm()));
+  {
+    watchdog::Pending pending("MPI_Allreduce", g.world.name().c_str());
+    MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &within, 1, MPI_INT, MPI_MIN, g.world.comm()));
+  }
   g.every_ep_within_node = within == 1;
   return g;
 }
@@ -85,6 +92,7 @@ std::string ProcessGroups::rank_map() const {
   mine.ep_rank = ep.rank();
   mine.expert_dp_rank = expert_dp.rank();
   std::vector<RankRecord> all(world_rank == 0 ? world_size : 0);
+  watchdog::Pending pending("MPI_Gather", world.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Gather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, 0,
                               world.comm()));
   if (world_rank != 0) return "";

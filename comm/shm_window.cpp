@@ -30,7 +30,10 @@ ShmWindow::ShmWindow(const Communicator& group, double headroom) : headroom_(hea
   MOEMPI_CHECK_ONE(!group.is_null(), "shm window: null group");
   MOEMPI_CHECK_ONE(headroom >= 1.0, "shm window: headroom {} must be >= 1", headroom);
   MPI_Comm dup = MPI_COMM_NULL;
-  MOEMPI_MPI_CHECK(MPI_Comm_dup(group.comm(), &dup));
+  {
+    watchdog::Pending pending("MPI_Comm_dup", group.name().c_str());
+    MOEMPI_MPI_CHECK(MPI_Comm_dup(group.comm(), &dup));
+  }
   group_ = Communicator::adopt(dup, group.name() + ".shm");
   capacity_.assign(group_.size(), 0);
   allocate();

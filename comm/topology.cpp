@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "comm/mpi_check.h"
+#include "comm/watchdog.h"
 
 namespace moempi {
 
@@ -30,9 +31,15 @@ NodeLayout detect_nodes(const Communicator& world, int ranks_per_node) {
     layout.node = Communicator::split_shared(world, wr, "node");
     // Node rank 0 has the lowest world rank (key = world rank); it names the node.
     int leader = wr;
-    MOEMPI_MPI_CHECK(MPI_Bcast(&leader, 1, MPI_INT, 0, layout.node.comm()));
     std::vector<int> leaders(W);
-    MOEMPI_MPI_CHECK(MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, world.comm()));
+    {
+      watchdog::Pending pending("MPI_Bcast", layout.node.name().c_str());
+      MOEMPI_MPI_CHECK(MPI_Bcast(&leader, 1, MPI_INT, 0, layout.node.comm()));
+    }
+    {
+      watchdog::Pending pending("MPI_Allgather", world.name().c_str());
+      MOEMPI_MPI_CHECK(MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, world.comm()));
+    }
     std::sort(leaders.begin(), leaders.end());
     leaders.erase(std::unique(leaders.begin(), leaders.end()), leaders.end());
     layout.num_nodes = static_cast<int>(leaders.size());

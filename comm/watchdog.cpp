@@ -1,8 +1,14 @@
 #include "comm/watchdog.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
 
 #include <algorithm>
 #include <cctype>
@@ -153,6 +159,44 @@ bool launcher_identity(std::string& job, int& rank, int& size) {
   return size >= 1 && size <= (1 << 20) && rank >= 0 && rank < size;
 }
 
+// Progress tables of jobs that ended without removing theirs (a rank killed, the job torn down by
+// mpirun): a table older than a minute in which no recorded process is alive is removed, so faults
+// do not pile files up in /dev/shm. Best effort; only this user's tables.
+void remove_stale_tables(const std::string& keep) {
+  const std::string suffix = fmt::format("-{}", getuid());
+  DIR* dir = ::opendir("/dev/shm");
+  if (!dir) return;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name.rfind("moempi-progress-", 0) != 0 || name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string path = "/dev/shm/" + name;
+    if (path == keep) continue;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st {};
+    bool stale = ::fstat(fd, &st) == 0 && st.st_uid == getuid() && std::time(nullptr) - st.st_mtime > 60 &&
+                 st.st_size % static_cast<off_t>(sizeof(ProgressSlot)) == 0;
+    if (stale && st.st_size > 0) {
+      void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+      if (p == MAP_FAILED) {
+        stale = false;
+      } else {
+        const auto* slots = static_cast<const ProgressSlot*>(p);
+        for (size_t r = 0; stale && r < static_cast<size_t>(st.st_size) / sizeof(ProgressSlot); ++r) {
+          const int32_t pid = slots[r].pid.load();
+          if (pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH)) stale = false;  // alive (or not ours to probe)
+        }
+        ::munmap(p, static_cast<size_t>(st.st_size));
+      }
+    }
+    ::close(fd);
+    if (stale) ::unlink(path.c_str());
+  }
+  ::closedir(dir);
+}
+
 }  // namespace
 
 void attach_progress() {
@@ -176,6 +220,7 @@ void attach_progress() {
   g_table_path = path;
   g_table[rank].pid.store(static_cast<int32_t>(::getpid()));
   g_table[rank].heartbeat_ms.store(steady_ms());
+  if (rank == 0) remove_stale_tables(path);
 }
 
 void detach_progress() {
@@ -186,13 +231,16 @@ void detach_progress() {
   g_table = nullptr;
 }
 
-void start(double timeout_s) {
+bool start(double timeout_s) {
   std::lock_guard lock(g_mutex);
-  if (timeout_s <= 0 || g_thread.joinable()) return;
+  if (timeout_s <= 0 || g_thread.joinable()) return false;
   g_timeout = timeout_s;
   g_stop = false;
   g_thread = std::thread(monitor);
+  return true;
 }
+
+bool in_scope() { return g_since.load() != 0.0; }
 
 void stop() {
   {

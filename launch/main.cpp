@@ -124,6 +124,16 @@ void nan_grad_at_step(int rank, int64_t step, moempi::ParamArena& arena) {
     arena.grad(*id)[0] = std::numeric_limits<float>::quiet_NaN();
   }
 }
+
+// MOEMPI_TEST_KILL_IN_SAVE="RANK:STEP": that rank dies (SIGKILL) in the middle of the checkpoint
+// save of that step, after the shards and before the manifest (tests/e2e/faults.sh).
+void kill_in_save(int rank, int64_t step) {
+  static const char* spec = std::getenv("MOEMPI_TEST_KILL_IN_SAVE");
+  int want_rank = -1;
+  long long at = -1;
+  if (spec && std::sscanf(spec, "%d:%lld", &want_rank, &at) == 2 && want_rank == rank && at == step)
+    std::raise(SIGKILL);
+}
 #endif
 
 #ifdef MOEMPI_TEST_HOOKS
@@ -144,6 +154,17 @@ void step_hooks(int rank, int64_t step) {
 }
 #endif
 
+// MPI_Finalize waits for every rank: inside a watchdog scope, so a rank that stopped at the end
+// cannot hang the others (the train command's monitor runs until here).
+void finalize_mpi() {
+  {
+    moempi::watchdog::Pending pending("MPI_Finalize", "world");
+    MPI_Finalize();
+  }
+  moempi::watchdog::stop();
+  moempi::watchdog::detach_progress();
+}
+
 int world_rank() {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -153,11 +174,7 @@ int world_rank() {
 // Collective: prints the memory estimate (rank 0) and refuses a job whose ranks on one machine
 // cannot fit in its memory, before anything is allocated (runtime/memory_estimate.h).
 void check_memory_at_start(const moempi::JobSpec& spec, const moempi::Communicator& world) {
-  MPI_Comm shared = MPI_COMM_NULL;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &shared);
-  int on_machine = 1;
-  MPI_Comm_size(shared, &on_machine);
-  MPI_Comm_free(&shared);
+  const int on_machine = moempi::Communicator::split_shared(world, 0, "machine").size();
   const moempi::MemoryEstimate m = moempi::estimate_memory(spec, spec.parallel.ep);
   const double machine = moempi::machine_memory_bytes();
   if (world.rank() == 0)
@@ -266,6 +283,7 @@ int main(int argc, char** argv) {
 #ifdef MOEMPI_TEST_HOOKS
   moempi::test_hooks::install_step_hook(&step_hooks);
   moempi::test_hooks::install_grad_hook(&nan_grad_at_step);
+  moempi::test_hooks::install_save_hook(&kill_in_save);
 #endif
   // The watchdog covers the start-up too: a rank that never arrives (stopped, or stuck before
   // MPI_Init) would otherwise keep the others in MPI_Init forever. No MPI is needed for it.
@@ -343,8 +361,7 @@ int main(int argc, char** argv) {
         if (rank == 0)
           std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
                        shorten_words(unknown).c_str());
-        moempi::watchdog::stop();  // `train` keeps the start-up watchdog's thread running
-        MPI_Finalize();
+        finalize_mpi();
         return 2;
       }
       app.parse(argc, argv);
@@ -355,8 +372,7 @@ int main(int argc, char** argv) {
         else std::fprintf(stderr, "moempi: error: %s\nRun with --help for more information.\n",
                           shorten_words(e.what()).c_str());
       }
-      moempi::watchdog::stop();  // `train --help` and train's parse errors: join the watchdog thread
-      MPI_Finalize();
+      finalize_mpi();
       return code == 0 ? 0 : 2;
     }
     if (*train && resume) overrides.push_back("checkpoint.resume=auto");
@@ -367,10 +383,8 @@ int main(int argc, char** argv) {
     if (*plot) exit_code = run_plot(plot_options);
     if (*validate) exit_code = run_validate(validate_path, validate_overrides, validate_np);
   } catch (const moempi::CollectiveError& e) {
-    moempi::watchdog::stop();
-    moempi::watchdog::detach_progress();
     if (rank == 0) std::fprintf(stderr, "moempi: error: %s\n", shorten_words(e.what()).c_str());
-    MPI_Finalize();
+    finalize_mpi();
     return 2;
   } catch (const std::bad_alloc&) {  // only this rank knows: name what it was allocating, end the job
     const char* what = moempi::AllocationLabel::current();
@@ -379,8 +393,6 @@ int main(int argc, char** argv) {
                                    "needs",
                                    *what ? " while allocating " : "", what));
   }
-  moempi::watchdog::stop();
-  moempi::watchdog::detach_progress();
-  MPI_Finalize();
+  finalize_mpi();
   return exit_code;
 }

@@ -11,6 +11,7 @@
 #include <fmt/ranges.h>
 
 #include "comm/mpi_check.h"
+#include "comm/watchdog.h"
 #include "runtime/core/error.h"
 #include "runtime/core/timer.h"
 
@@ -83,7 +84,10 @@ HierarchicalDispatcher::HierarchicalDispatcher(const ProcessGroups& groups, Hier
     ok = groups.ep_rank_node[q] == first && (q < G_ || q % G_ != 0 || first > groups.ep_rank_node[q - G_]);
   }
   int all_ok = ok ? 1 : 0;
-  MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, groups.world.comm()));
+  {
+    watchdog::Pending pending("MPI_Allreduce", groups.world.name().c_str());
+    MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, groups.world.comm()));
+  }
   const std::string nodes = fmt::format("{}", fmt::join(groups.ep_rank_node, ","));
   MOEMPI_CHECK_ALL(all_ok == 1,
                    "moe.dispatch.type 'hierarchical' needs every ep group to be N nodes x G ranks, with the same G "

@@ -97,10 +97,10 @@ class TrainLoop {
     const int steps = spec_.train.steps;
     const float grad_scale = 1.0f / (spec_.train.grad_accum * data_ranks_);
     const auto moe_layers = model_->moe_layers();
-    watchdog::start(spec_.comm.timeout_s);
-    struct StopWatchdog {
-      ~StopWatchdog() { watchdog::stop(); }  // also when a collective error unwinds the loop
-    } stop_watchdog;
+    struct StopWatchdog {  // a monitor this run started (the binary's runs to MPI_Finalize)
+      bool mine;
+      ~StopWatchdog() { if (mine) watchdog::stop(); }  // also when a collective error unwinds the loop
+    } stop_watchdog{watchdog::start(spec_.comm.timeout_s)};
     double elapsed = 0;
     AllocationLabel label("activations and dispatch buffers of a training step");
     const int stop_after = stop_after_step();

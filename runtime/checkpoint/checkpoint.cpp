@@ -26,6 +26,7 @@
 #include "runtime/checkpoint/crc32c.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/core/test_hooks.h"
 
 #ifndef MOEMPI_VERSION
 #define MOEMPI_VERSION "unknown"
@@ -371,6 +372,7 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
     bcast_bytes(buf.data(), sizes[r], r, world);
     if (rank == 0) indices[r].ParseFromString(buf);
   }
+  test_hooks::in_checkpoint_save(rank, step);  // every shard written, no manifest yet (test binary only)
 
   int64_t total_bytes = 0;
   agree_on_errors(world, [&] {

@@ -23,4 +23,12 @@ using GradHook = void (*)(int rank, int64_t step, ParamArena& arena);
 void install_grad_hook(GradHook hook);
 void after_backward(int rank, int64_t step, ParamArena& arena);
 
+// Called by save_checkpoint on every rank once every shard of step `step` is on disk, before rank 0
+// writes the manifest that makes the checkpoint complete: MOEMPI_TEST_KILL_IN_SAVE="RANK:STEP" in
+// the test binary kills that rank there (SIGKILL), a crash in the middle of a save
+// (tests/e2e/faults.sh).
+using SaveHook = void (*)(int rank, int64_t step);
+void install_save_hook(SaveHook hook);
+void in_checkpoint_save(int rank, int64_t step);
+
 }  // namespace moempi::test_hooks
