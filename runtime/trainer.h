@@ -14,6 +14,7 @@
 #include "comm/process_groups.h"
 #include "models/gpt_moe.h"
 #include "runtime/core/config.h"
+#include "runtime/memory_estimate.h"
 
 namespace moempi {
 
@@ -45,6 +46,10 @@ struct TrainSummary {
   int64_t checkpoint_bytes = 0;     // of the last checkpoint saved
   double checkpoint_seconds = 0;    // all saves, wall time (outside the step times)
   std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
+  // This rank's model state as allocated (params, grads, optimizer, experts' shares; the start-up
+  // line prints rank 0's), and in `replicas` the most replica bytes (params + grads) it held at
+  // once in any step (fssdp).
+  MemoryEstimate memory;
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 
