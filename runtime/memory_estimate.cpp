@@ -25,10 +25,28 @@ std::string format_bytes(double b) {
   return u == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.{}f} {}", b, b < 10 ? 1 : 0, units[u]);
 }
 
+std::string MemoryEstimate::describe_model_state() const {
+  return fmt::format("params {} (experts {}), grads {} (experts {}), optimizer {} (experts {})", format_bytes(params),
+                     format_bytes(expert_params), format_bytes(grads), format_bytes(expert_params),
+                     format_bytes(optimizer), format_bytes(expert_optimizer));
+}
+
 std::string MemoryEstimate::describe() const {
-  return fmt::format("{} per rank (params {}, grads {}, optimizer {}, activations {}, dispatch {})",
-                     format_bytes(total()), format_bytes(params), format_bytes(grads), format_bytes(optimizer),
-                     format_bytes(activations), format_bytes(dispatch));
+  return fmt::format("{} per rank ({}, activations {}, dispatch {}{})", format_bytes(total()), describe_model_state(),
+                     format_bytes(activations), format_bytes(dispatch),
+                     replicas > 0 ? fmt::format(", fssdp replicas {}", format_bytes(replicas)) : std::string());
+}
+
+double fssdp_replica_bytes(const JobSpec& s, int ep) {
+  if (s.parallel.strategy != "fssdp") return 0;
+  const ModelSpec& m = s.model;
+  const MoeSpec& moe = s.moe;
+  const double D = m.d_model, Fe = moe.d_ff_expert, Fe1 = m.activation == Activation::kSwiglu ? 2 * Fe : Fe;
+  const double L_moe = std::floor(static_cast<double>(m.n_layers) / std::max(1, moe.every_n_layers));
+  const double E = moe.num_experts, E_local = E / std::max(1, ep);
+  const double per_layer = std::min<double>(s.parallel.fssdp.max_materialized_experts, E - E_local);
+  const double expert = D * Fe1 + Fe * D;  // floats of one expert (w1, w2)
+  return 4 * L_moe * per_layer * 2 * expert;  // parameters and gradients
 }
 
 // Counts in double: the point is to refuse sizes that overflow every integer type.
@@ -63,12 +81,31 @@ MemoryEstimate estimate_memory(const JobSpec& s, int ep) {
   const double headroom = std::max(1.0f, moe.dispatch.shm.headroom);
   const double dispatch = L_moe > 0 ? 4 * N * K * D * headroom + 4 * N * K : 0;
 
+  const double expert_params = L_moe * E_local * (D * Fe1 + Fe * D);
+  const double moments = s.optim.type == "sgd" ? 1 : 2;  // adamw: m and v, laid out like the arena
   MemoryEstimate out;
   out.params = 4 * params;
   out.grads = 4 * params;
-  out.optimizer = s.optim.type == "adamw" ? 8 * params : s.optim.type == "sgd" ? 4 * params : 8 * params;
+  out.optimizer = 4 * moments * params;
+  out.expert_params = 4 * expert_params;
+  out.expert_optimizer = 4 * moments * expert_params;
+  out.replicas = fssdp_replica_bytes(s, ep);
   out.activations = 4 * act;
   out.dispatch = 4 * dispatch;
+  return out;
+}
+
+MemoryEstimate allocated_model_memory(const ParamArena& arena, const std::vector<size_t>& moment_floats) {
+  const double all = static_cast<double>(arena.numel()), experts = all - static_cast<double>(arena.dense_numel());
+  MemoryEstimate out;
+  out.params = out.grads = 4 * all;
+  out.expert_params = 4 * experts;
+  for (size_t n : moment_floats) {
+    MOEMPI_CHECK_ONE(n == arena.numel(), "an optimizer moment of {} floats is not laid out like the arena ({})", n,
+                     arena.numel());
+    out.optimizer += 4 * all;
+    out.expert_optimizer += 4 * experts;
+  }
   return out;
 }
 
@@ -111,11 +148,12 @@ void check_memory_fits(const JobSpec& s, const MemoryEstimate& m, int ranks_on_m
   if (machine_bytes <= 0) return;
   const double need = m.total() * std::max(1, ranks_on_machine);
   if (need <= machine_bytes) return;
-  const double model_part = m.params + m.grads + m.optimizer;
+  const double model_part = m.params + m.grads + m.optimizer + m.replicas;
   const char* advice = model_part >= m.activations + m.dispatch
                            ? "the model state (params, grads, optimizer) dominates: lower model.n_layers, "
                              "model.d_model, model.vocab_size, moe.num_experts or moe.d_ff_expert, or split the "
-                             "experts over more ranks (parallel.ep)"
+                             "experts over more ranks (parallel.ep), or lower "
+                             "parallel.fssdp.max_materialized_experts"
                            : "activations dominate: lower train.micro_batch (raise train.grad_accum to keep the "
                              "global batch), model.seq_len or model.n_layers";
   fail_collective(fmt::format("the job needs about {}{}, more than this machine's {} of memory; {}", m.describe(),

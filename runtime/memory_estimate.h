@@ -7,20 +7,39 @@
 // (MemoryEstimate.*), tests/e2e/resources.sh.
 #pragma once
 #include <string>
+#include <vector>
 
+#include "runtime/core/arena.h"
 #include "runtime/core/config.h"
 
 namespace moempi {
 
 struct MemoryEstimate {
   double params = 0, grads = 0, optimizer = 0, activations = 0, dispatch = 0;  // bytes per rank
-  double total() const { return params + grads + optimizer + activations + dispatch; }
-  // "48.2 MiB per rank (params 1.2 MiB, grads 1.2 MiB, optimizer 2.4 MiB, activations 40 MiB, dispatch 3.4 MiB)"
+  // The routed experts' share of params (= of grads) and of the optimizer state (included above).
+  double expert_params = 0, expert_optimizer = 0;
+  // parallel.strategy fssdp: the replica buffers (parameters and gradients of the experts a rank
+  // materialises) at the budget, max_materialized_experts per MoE layer; 0 for dp and ep.
+  double replicas = 0;
+  double total() const { return params + grads + optimizer + activations + dispatch + replicas; }
+  // "48.2 MiB per rank (params 1.2 MiB (experts 0.9 MiB), grads 1.2 MiB (experts 0.9 MiB), optimizer
+  // 2.4 MiB (experts 1.8 MiB), activations 40 MiB, dispatch 3.4 MiB[, fssdp replicas 0.5 MiB])"
   std::string describe() const;
+  // The model state alone: "params 1.2 MiB (experts 0.9 MiB), grads ..., optimizer ... (experts ...)".
+  std::string describe_model_state() const;
 };
 
 // `ep` is the resolved parallel.ep (>= 1): ranks that share the experts.
 MemoryEstimate estimate_memory(const JobSpec& spec, int ep);
+
+// The fssdp replica buffers at the budget, in bytes per rank (0 for other strategies): per MoE
+// layer min(max_materialized_experts, experts a rank does not own) replicas of params + grads.
+double fssdp_replica_bytes(const JobSpec& spec, int ep);
+
+// What this rank allocated for the model state (the figures estimate_memory predicts): params and
+// grads from the arena, the optimizer from its moment buffers (`moment_floats`: each laid out like
+// the arena), with the experts' shares. Activations, dispatch and replicas are left 0.
+MemoryEstimate allocated_model_memory(const ParamArena& arena, const std::vector<size_t>& moment_floats);
 
 // The machine's physical memory in bytes (MemTotal of /proc/meminfo, else sysconf).
 double machine_memory_bytes();

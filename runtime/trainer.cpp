@@ -68,6 +68,11 @@ class TrainLoop {
     }
     schedule_ = std::make_unique<LrSchedule>(spec.optim, spec.train.steps);
     strategy_ = make_sharding_strategy(spec.parallel, groups);
+    {
+      std::vector<size_t> moment_floats;
+      for (const Optimizer::Moment& m : optimizer_->moments()) moment_floats.push_back(m.buffer->size());
+      memory_ = allocated_model_memory(model_->arena(), moment_floats);
+    }
     data_ranks_ = groups.world.size();
     B_ = spec.train.micro_batch;
     T_ = spec.model.seq_len;
@@ -82,6 +87,7 @@ class TrainLoop {
 
   TrainSummary run() {
     TrainSummary summary;
+    summary.memory = memory_;
     summary.sgemm_gflops = allreduce_scalar(measure_sgemm_gflops(), g_.world) / g_.world.size();
     summary.flops_per_token = model_->flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
@@ -168,6 +174,7 @@ class TrainLoop {
       summary.step_seconds.push_back(dt);
       const ShardingStrategy::StepStats sharded = strategy_->step_stats();
       summary.replicas.push_back(sharded.replicas);
+      summary.memory.replicas = std::max(summary.memory.replicas, 4.0 * static_cast<double>(sharded.replica_floats));
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
       steps_done_ = step + 1;
       const bool last = step + 1 == steps;
@@ -373,6 +380,20 @@ class TrainLoop {
                  model_->arena().numel(), model_->arena().dense_numel(),
                  model_->active_params() / 1e6, s.flops_per_token / 1e6, s.tokens_per_step,
                  data_->describe());
+    // The model state as allocated (the estimate's figures, now from the arena and the optimizer).
+    const MemoryEstimate& m = memory_;
+    const double moments = m.params > 0 ? m.optimizer / m.params : 0;
+    const double L_moe = static_cast<double>(model_->moe_layers().size());
+    const double expert_floats = static_cast<double>(model_->part_numel(0) + model_->part_numel(1));
+    const double all_expert_optimizer = 4 * moments * L_moe * spec_.moe.num_experts * expert_floats;
+    std::string replicas;
+    if (spec_.parallel.strategy == "fssdp")
+      replicas = fmt::format(" | fssdp replicas up to {} at the budget ({} per MoE layer)",
+                             format_bytes(fssdp_replica_bytes(spec_, g_.ep_size)),
+                             spec_.parallel.fssdp.max_materialized_experts);
+    spdlog::info("memory allocated on rank 0: {} | expert optimizer state {} of {} in all ({:.3f}){}",
+                 m.describe_model_state(), format_bytes(m.expert_optimizer), format_bytes(all_expert_optimizer),
+                 all_expert_optimizer > 0 ? m.expert_optimizer / all_expert_optimizer : 0.0, replicas);
     spdlog::info("rank map:\n{}", rank_map);
     spdlog::info("resolved job spec:\n{}", job_spec_to_yaml(spec_));
   }
@@ -492,6 +513,7 @@ class TrainLoop {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ShardingStrategy> strategy_;
+  MemoryEstimate memory_;  // this rank's allocated model state
   RunDirLock run_dir_lock_;  // rank 0, while files are written
   MetricsWriter metrics_;
   StateRegistry state_;

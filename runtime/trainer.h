@@ -15,6 +15,7 @@
 #include "comm/process_groups.h"
 #include "models/gpt_moe.h"
 #include "runtime/core/config.h"
+#include "runtime/memory_estimate.h"
 
 namespace moempi {
 
@@ -51,6 +52,10 @@ struct TrainSummary {
   // step boundary ("" with checkpoints off). The run stopped after step start_step + losses.size().
   int preempted_signal = 0;
   std::string preempted_checkpoint;
+  // This rank's model state as allocated (params, grads, optimizer, experts' shares; the start-up
+  // line prints rank 0's), and in `replicas` the most replica bytes (params + grads) it held at
+  // once in any step (fssdp).
+  MemoryEstimate memory;
 };
 enum { kPhaseOptimizer = kPhaseCount, kPhaseGradSync = kPhaseCount + 1 };
 

@@ -756,6 +756,18 @@ TEST(MemoryEstimate, CountsTheTinyModelsParametersAndRefusesWhatCannotFit) {
   EXPECT_DOUBLE_EQ(m.optimizer, 2 * m.params);  // AdamW: two moments
   EXPECT_GT(m.activations, 0);
   EXPECT_DOUBLE_EQ(estimate_memory(s, 2).params, m.params - 4 * 2 * 2 * (D * F + F * D));  // ep 2: half the experts
+  EXPECT_DOUBLE_EQ(m.expert_params, 4 * 2 * E * (D * F + F * D));
+  EXPECT_DOUBLE_EQ(m.expert_optimizer, 2 * m.expert_params);
+  EXPECT_DOUBLE_EQ(m.replicas, 0);  // dp: no replica buffers
+  {  // fssdp over 4 ranks: each rank owns 1 expert and may hold min(budget 2, 3 others) replicas per layer
+    JobSpec f = s;
+    f.parallel.strategy = "fssdp";
+    const MemoryEstimate fm = estimate_memory(f, 4);
+    EXPECT_DOUBLE_EQ(fm.replicas, 4 * 2 * 2 * 2 * (D * F + F * D));  // bytes × layers × replicas × (params, grads)
+    EXPECT_DOUBLE_EQ(fm.total() - fm.replicas, estimate_memory(s, 4).total());
+    f.parallel.fssdp.max_materialized_experts = 10;
+    EXPECT_DOUBLE_EQ(estimate_memory(f, 4).replicas, 4 * 2 * 3 * 2 * (D * F + F * D));  // at most the 3 it does not own
+  }
   EXPECT_NO_THROW(check_memory_fits(s, m, 1, 1e9));
   try {
     check_memory_fits(s, m, 4, m.total() * 3);

@@ -15,6 +15,7 @@
 #include "parallel/sharding_strategy.h"
 #include "runtime/core/error.h"
 #include "runtime/job_spec.h"
+#include "runtime/memory_estimate.h"
 #include "runtime/trainer.h"
 #include "tests/test_util.h"
 
@@ -301,6 +302,46 @@ TEST(TrainFssdp, ZipfReplicatesHotExpertsAndMatchesOneRank) {
     EXPECT_GT(later, 0) << "zipf loads should be replicated";
   } else {
     EXPECT_EQ(later, 0);
+  }
+}
+
+// Memory accounting (issue 10 item 5): what each rank allocates for params, grads and the
+// optimizer state, and the experts' shares, equal the estimate `validate` and the start-up print,
+// for every strategy at this world size; the experts' optimizer state over the ranks sums to one
+// global copy (1/W per rank); fssdp's replica buffers stay within the estimate at the budget.
+TEST(TrainMemory, AllocatedModelStateMatchesTheEstimate) {
+  const int W = world_size();
+  for (const std::string strategy : {"dp", "ep", "fssdp"}) {
+    JobSpec s = invariance_spec();
+    s.parallel.strategy = strategy;
+    s.parallel.ep = strategy == "dp" ? 1 : W;
+    s.moe.force_routing = "zipf:1.2";
+    s.train.steps = 3;
+    s.train.grad_accum = kMicroBatchesPerStep / W;
+    validate_for_world(s, W);
+    ProcessGroups groups = ProcessGroups::build(s.parallel, MPI_COMM_WORLD);
+    const TrainSummary run = train(s, groups, {.log_steps = false, .write_files = false});
+    const MemoryEstimate want = estimate_memory(s, s.parallel.ep);
+    const MemoryEstimate& got = run.memory;
+    EXPECT_EQ(got.params, want.params) << strategy << " at W=" << W;
+    EXPECT_EQ(got.grads, want.grads) << strategy;
+    EXPECT_EQ(got.optimizer, want.optimizer) << strategy;
+    EXPECT_EQ(got.expert_params, want.expert_params) << strategy;
+    EXPECT_EQ(got.expert_optimizer, want.expert_optimizer) << strategy;
+    double expert_optimizer = got.expert_optimizer;
+    MPI_Allreduce(MPI_IN_PLACE, &expert_optimizer, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    const double one_copy = estimate_memory(s, 1).expert_optimizer;  // every expert's moments once
+    EXPECT_EQ(expert_optimizer, strategy == "dp" ? W * one_copy : one_copy) << strategy;
+    if (strategy == "fssdp") {
+      EXPECT_LE(got.replicas, want.replicas);
+      double most = got.replicas;  // some rank holds replicas (the owner of the hottest expert needs none)
+      MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      if (W > 1) { EXPECT_GT(most, 0) << "zipf loads should be replicated"; }
+      if (W > 1) { EXPECT_GT(want.replicas, 0) << "the estimate counts the replica buffers"; }
+    } else {
+      EXPECT_EQ(got.replicas, 0) << strategy;
+      EXPECT_EQ(want.replicas, 0) << strategy;
+    }
   }
 }
 
