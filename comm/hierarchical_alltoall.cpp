@@ -105,10 +105,15 @@ void RoutedHop::gather(const float* in, float* send, int width, const float* sca
 }
 
 void RoutedHop::move_rows(const float* from_buf, const std::vector<int64_t>& from_first, float* to_buf,
-                          const std::vector<int64_t>& to_first, int width, HopTraffic& traffic) {
+                          const std::vector<int64_t>& to_first, int width, HopTraffic& traffic,
+                          const float* from_side, float* to_side, int side_width) {
   const int P = view_.size(), me = view_.rank();
+  const bool side = side_width > 0;
+  constexpr int kSideTag = 2;  // the rows use tag 0, plan()'s records tag 1
   sends_.clear();
   recvs_.clear();
+  side_sends_.clear();
+  side_recvs_.clear();
   for (int q = 0; q < P; ++q) {
     if (q == me) continue;
     const int64_t ns = from_first[q + 1] - from_first[q], nr = to_first[q + 1] - to_first[q];
@@ -117,22 +122,38 @@ void RoutedHop::move_rows(const float* from_buf, const std::vector<int64_t>& fro
       traffic.rows += ns;
       traffic.bytes += ns * width * static_cast<int64_t>(sizeof(float));
       ++traffic.messages;
+      if (side) {
+        side_sends_.push_back({q, kSideTag, const_cast<float*>(from_side) + from_first[q] * side_width, ns});
+        traffic.bytes += ns * side_width * static_cast<int64_t>(sizeof(float));
+      }
     }
-    if (nr) recvs_.push_back({q, 0, to_buf + to_first[q] * width, nr});
+    if (nr) {
+      recvs_.push_back({q, 0, to_buf + to_first[q] * width, nr});
+      if (side) side_recvs_.push_back({q, kSideTag, to_side + to_first[q] * side_width, nr});
+    }
   }
   row_.reset(width);
   if (!sends_.empty() || !recvs_.empty()) blocks_.start(sends_, recvs_, row_, view_);
+  if (side) {
+    side_row_.reset(side_width);
+    if (!side_sends_.empty() || !side_recvs_.empty()) side_blocks_.start(side_sends_, side_recvs_, side_row_, view_);
+  }
   const int64_t own = from_first[me + 1] - from_first[me];
   if (own) std::memcpy(to_buf + to_first[me] * width, from_buf + from_first[me] * width, sizeof(float) * own * width);
+  if (own && side)
+    std::memcpy(to_side + to_first[me] * side_width, from_side + from_first[me] * side_width,
+                sizeof(float) * own * side_width);
   blocks_.wait();
+  if (side) side_blocks_.wait();
 }
 
 void RoutedHop::exchange(const float* send, float* recv, int width, HopTraffic& traffic) {
   move_rows(send, send_first_, recv, recv_first_, width, traffic);
 }
 
-void RoutedHop::exchange_back(const float* recv, float* send, int width, HopTraffic& traffic) {
-  move_rows(recv, recv_first_, send, send_first_, width, traffic);
+void RoutedHop::exchange_back(const float* recv, float* send, int width, HopTraffic& traffic, const float* recv_side,
+                              float* send_side, int side_width) {
+  move_rows(recv, recv_first_, send, send_first_, width, traffic, recv_side, send_side, side_width);
 }
 
 void RoutedHop::scatter(const float* send, float* in, int width) const {

@@ -61,13 +61,18 @@ class RoutedHop {
 
   void gather(const float* in, float* send, int width, const float* scale = nullptr) const;
   void exchange(const float* send, float* recv, int width, HopTraffic& traffic);
-  void exchange_back(const float* recv, float* send, int width, HopTraffic& traffic);
+  // With a side payload (side_width floats per row, e.g. the k dprobs of a unit returning with its
+  // dx row): recv_side rows move to send_side in the same round, as a second message per peer
+  // posted next to the rows' (its bytes are counted, its messages are not).
+  void exchange_back(const float* recv, float* send, int width, HopTraffic& traffic,
+                     const float* recv_side = nullptr, float* send_side = nullptr, int side_width = 0);
   void scatter(const float* send, float* in, int width) const;
   void reduce(const float* send, float* in, int width, const float* scale, bool accumulate) const;
 
  private:
   void move_rows(const float* from_buf, const std::vector<int64_t>& from_first, float* to_buf,
-                 const std::vector<int64_t>& to_first, int width, HopTraffic& traffic);
+                 const std::vector<int64_t>& to_first, int width, HopTraffic& traffic,
+                 const float* from_side = nullptr, float* to_side = nullptr, int side_width = 0);
 
   Communicator view_;  // the hop's group (a view)
   bool inter_ = false;
@@ -75,9 +80,9 @@ class RoutedHop {
   std::vector<int64_t> from_;      // (n_send) input row of each send row
   std::vector<int64_t> position_;  // (n_send) sorted position of the i-th given send
   std::vector<int64_t> send_first_, recv_first_;  // (peers + 1) first row per peer
-  RowType row_;
-  RowBlockExchange blocks_;
-  std::vector<RowBlock> sends_, recvs_;  // scratch
+  RowType row_, side_row_;
+  RowBlockExchange blocks_, side_blocks_;
+  std::vector<RowBlock> sends_, recvs_, side_sends_, side_recvs_;  // scratch
 };
 
 }  // namespace moempi

@@ -307,21 +307,27 @@ void HierarchicalDispatcher::exchange_forward(Plan& p, const float* in0, float* 
 }
 
 // x_RD-ordered rows back to hop 0's send buffer; the fan-out hop (dedup) reduces the copies of a
-// unit, weighted by p_tk when `weighted` (combine) or plainly (dispatch_backward).
-void HierarchicalDispatcher::exchange_reverse(Plan& p, const float* RD, bool weighted) {
-  const int D = p.D_;
+// unit, weighted by p_tk when `weighted` (combine) or plainly (dispatch_backward). With `dprobs`
+// (dedup, dispatch_backward) the k dprobs of each unit, left in recv_k[fan - 1] by
+// combine_backward, ride back with the unit's rows on the hops before the fan-out (same rounds).
+void HierarchicalDispatcher::exchange_reverse(Plan& p, const float* RD, bool weighted, bool dprobs) {
+  const int D = p.D_, K = p.K_;
   float* last = p.recv[p.H - 1].data();
   for (size_t r = 0; r < p.final_row.size(); ++r)
     std::memcpy(last + p.final_row[r] * D, RD + r * D, sizeof(float) * D);
   for (int h = p.H - 1; h >= 0; --h) {
+    const bool side = dprobs && h < p.fan;
     HopTraffic t;
-    p.hops[h].exchange_back(p.recv[h].data(), p.send[h].data(), D, t);
+    p.hops[h].exchange_back(p.recv[h].data(), p.send[h].data(), D, t, side ? p.recv_k[h].data() : nullptr,
+                            side ? p.send_k[h].data() : nullptr, side ? K : 0);
     count(p.hops[h], t);
     if (h == 0) break;
-    if (h == p.fan)
+    if (h == p.fan) {
       p.hops[h].reduce(p.send[h].data(), p.recv[h - 1].data(), D, weighted ? p.fan_p.data() : nullptr, false);
-    else
+    } else {
       p.hops[h].scatter(p.send[h].data(), p.recv[h - 1].data(), D);
+      if (side) p.hops[h].scatter(p.send_k[h].data(), p.recv_k[h - 1].data(), K);
+    }
   }
 }
 
@@ -335,20 +341,22 @@ void HierarchicalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
 void HierarchicalDispatcher::combine(DispatchPlan& base, float* out_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
-  exchange_reverse(p, p.y_RD_, true);
+  exchange_reverse(p, p.y_RD_, true, false);
   if (dedup_)  // per-node partial sums, already weighted: out_t = Σ over the token's nodes
     p.hops[0].reduce(p.send[0].data(), out_TD, p.D_, nullptr, false);
   else  // y rows of every slot, kept in send[0] for dprobs
     p.slots.weighted_sum(out_TD, nullptr, p.send[0].data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
-void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
   if (!dedup_) {
-    // dprobs from the y rows in send[0]; then dy = p·dout over them, and the hops forward.
+    // dprobs from the y rows in send[0] (pending until dispatch_backward); then dy = p·dout over
+    // them, and the hops forward.
+    float* dprobs_TK = p.pending_dprobs();
     float* rows = p.send[0].data();
     for (int64_t s = 0; s < slots; ++s) {
       const int64_t v = p.slots.row_of_slot[s];
@@ -389,26 +397,24 @@ void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* d
   const float* last = p.recv[p.H - 1].data();
   for (size_t r = 0; r < p.final_row.size(); ++r)
     std::memcpy(p.dy_RD_ + r * D, last + p.final_row[r] * D, sizeof(float) * D);
-  // The k dprobs of each unit return along the hops before the fan-out.
-  for (int h = p.fan - 1; h >= 0; --h) {
-    HopTraffic t;
-    p.hops[h].exchange_back(p.recv_k[h].data(), p.send_k[h].data(), K, t);
-    count(p.hops[h], t);
-    if (h > 0) p.hops[h].scatter(p.send_k[h].data(), p.recv_k[h - 1].data(), K);
+  // The k dprobs of each unit stay in recv_k[fan - 1]; they return with dispatch_backward's rows.
+}
+
+void HierarchicalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_hier(base);
+  exchange_reverse(p, p.dx_RD(), false, dedup_);
+  if (!dedup_) {
+    p.slots.add(dx_TD, nullptr, p.send[0].data(), p.T_, p.K_, p.D_);
+    p.take_pending_dprobs(dprobs_TK);
+    return;
   }
+  p.hops[0].reduce(p.send[0].data(), dx_TD, p.D_, nullptr, true);
+  const int K = p.K_;
+  const int64_t slots = static_cast<int64_t>(p.T_) * K;
   const float* units_k = p.send_k[0].data();
   for (int64_t s = 0; s < slots; ++s)
     dprobs_TK[s] = p.slot_unit[s] < 0 ? 0.0f : units_k[p.slot_unit[s] * K + s % K];
-}
-
-void HierarchicalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
-  ScopedTimer timer(stats_.seconds);
-  Plan& p = as_hier(base);
-  exchange_reverse(p, p.dx_RD(), false);
-  if (dedup_)
-    p.hops[0].reduce(p.send[0].data(), dx_TD, p.D_, nullptr, true);
-  else
-    p.slots.add(dx_TD, nullptr, p.send[0].data(), p.T_, p.K_, p.D_);
 }
 
 }  // namespace moempi
