@@ -13,7 +13,7 @@ namespace moempi {
 
 void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, const std::vector<int64_t>& from,
                      const std::vector<int>& peer, const std::vector<int64_t>& records, int width,
-                     std::vector<int64_t>& recv_records) {
+                     std::vector<int64_t>& recv_records, const HopRows* rows, HopTraffic* traffic) {
   view_ = group.view();
   inter_ = inter;
   in_rows_ = in_rows;
@@ -43,23 +43,50 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
   // message itself (MPI_Mprobe), so counts and records cost one exchange, not two (on a slow
   // network every exchange pays its latency).
   recv_first_.assign(P + 1, 0);
+  const int W = rows ? rows->width : 0;
+  if (rows) {
+    MOEMPI_CHECK_ONE(rows->in != nullptr || n == 0, "routed hop over '{}': {} rows to send and no input",
+                     group.name(), n);
+    rows->send->resize(n * W);
+    if (n) gather(rows->in, rows->send->data(), W);
+  }
   if (P == 1) {
     recv_records = send_records;
     recv_first_[1] = static_cast<int64_t>(n);
+    if (rows) {
+      rows->recv->resize(n * W);
+      if (n) std::memcpy(rows->recv->data(), rows->send->data(), sizeof(float) * n * W);
+    }
     return;
   }
   MOEMPI_CHECK_ONE(static_cast<int64_t>(n) * width <= INT_MAX, "routed hop over '{}': {} rows exceed one exchange",
                    group.name(), n);
   const int me = group.rank();
-  constexpr int kRecordTag = 1;
+  constexpr int kRecordTag = 1, kPlanRowTag = 3;  // exchange() uses tag 0, its side payload 2
   std::vector<MPI_Request> sends;
-  sends.reserve(P);
+  sends.reserve(3 * P);
   for (int q = 0; q < P; ++q) {
     if (q == me) continue;
     sends.push_back(MPI_REQUEST_NULL);
     MOEMPI_MPI_CHECK(MPI_Isend(send_records.data() + send_first_[q] * width,
                                static_cast<int>((send_first_[q + 1] - send_first_[q]) * width), MPI_INT64_T, q,
                                kRecordTag, group.comm(), &sends.back()));
+  }
+  if (rows) {  // the rows follow their records; the receiver posts for them once it knows the count
+    for (int q = 0; q < P; ++q) {
+      const int64_t ns = send_first_[q + 1] - send_first_[q];
+      if (q == me || ns == 0) continue;
+      MOEMPI_CHECK_ONE(ns * W <= INT_MAX, "routed hop over '{}': {} rows to peer {} exceed one message", group.name(),
+                       ns, q);
+      sends.push_back(MPI_REQUEST_NULL);
+      MOEMPI_MPI_CHECK(MPI_Isend(rows->send->data() + send_first_[q] * W, static_cast<int>(ns * W), MPI_FLOAT, q,
+                                 kPlanRowTag, group.comm(), &sends.back()));
+      if (traffic) {
+        traffic->rows += ns;
+        traffic->bytes += ns * W * static_cast<int64_t>(sizeof(float));
+        ++traffic->messages;
+      }
+    }
   }
   std::vector<MPI_Message> messages(P, MPI_MESSAGE_NULL);
   {
@@ -77,6 +104,23 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
     }
   }
   recv_records.resize(static_cast<size_t>(recv_first_[P]) * width);
+  if (rows) {
+    rows->recv->resize(static_cast<size_t>(recv_first_[P]) * W);
+    for (int q = 0; q < P; ++q) {
+      const int64_t nr = recv_first_[q + 1] - recv_first_[q];
+      float* at = rows->recv->data() + recv_first_[q] * W;
+      if (q == me) {
+        if (nr) std::memcpy(at, rows->send->data() + send_first_[me] * W, sizeof(float) * nr * W);
+        continue;
+      }
+      if (nr == 0) continue;
+      MOEMPI_CHECK_ONE(nr * W <= INT_MAX, "routed hop over '{}': {} rows from peer {} exceed one message",
+                       group.name(), nr, q);
+      sends.push_back(MPI_REQUEST_NULL);
+      MOEMPI_MPI_CHECK(
+          MPI_Irecv(at, static_cast<int>(nr * W), MPI_FLOAT, q, kPlanRowTag, group.comm(), &sends.back()));
+    }
+  }
   for (int q = 0; q < P; ++q) {
     int64_t* at = recv_records.data() + recv_first_[q] * width;
     const int64_t count = recv_first_[q + 1] - recv_first_[q];
@@ -86,7 +130,8 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
     }
     MOEMPI_MPI_CHECK(MPI_Mrecv(at, static_cast<int>(count * width), MPI_INT64_T, &messages[q], MPI_STATUS_IGNORE));
   }
-  watchdog::Pending pending("MPI_Waitall (hop records)", group.name().c_str());
+  watchdog::Pending pending(rows ? "MPI_Waitall (hop records and rows)" : "MPI_Waitall (hop records)",
+                            group.name().c_str());
   MOEMPI_MPI_CHECK(MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE));
 }
 

@@ -30,6 +30,7 @@
 
 #include "comm/collectives.h"
 #include "comm/communicator.h"
+#include "runtime/core/arena.h"
 
 namespace moempi {
 
@@ -40,15 +41,26 @@ struct HopTraffic {
   int64_t rows = 0, bytes = 0, messages = 0;
 };
 
+// Rows plan() moves in the same round as the records (the hop's first exchange folded into its
+// plan: on a slow network every round pays its latency): send row i = in row from(i), `width`
+// floats each, into *send; *recv gets the rows received, in arrival order (resized by plan()).
+struct HopRows {
+  const float* in = nullptr;
+  FloatBuffer* send = nullptr;
+  FloatBuffer* recv = nullptr;
+  int width = 0;
+};
+
 class RoutedHop {
  public:
   // Collective over `group` (a view; it must outlive the hop). `inter`: the group's members are on
   // different nodes (traffic counted as inter-node). from/peer: (n_send) input row and peer of
   // each send; records: (n_send * width) int64. recv_records gets (recv_rows() * width). One
 // message per peer (MPI_Isend + MPI_Mprobe/MPI_Mrecv): the count travels with the records.
+  // With `rows` the hop's rows travel in the same round (their traffic is added to *traffic).
   void plan(const Communicator& group, bool inter, int64_t in_rows, const std::vector<int64_t>& from,
             const std::vector<int>& peer, const std::vector<int64_t>& records, int width,
-            std::vector<int64_t>& recv_records);
+            std::vector<int64_t>& recv_records, const HopRows* rows = nullptr, HopTraffic* traffic = nullptr);
 
   int64_t in_rows() const { return in_rows_; }
   int64_t send_rows() const { return static_cast<int64_t>(from_.size()); }

@@ -118,8 +118,9 @@ class Dispatcher {
   // A fresh plan object of this dispatcher's kind (one per MoE layer; reused every micro-batch).
   virtual std::unique_ptr<DispatchPlan> new_plan() const = 0;
 
-  // Collective: the count exchange. `x_TD` is the input that dispatch() will send (T, D); it is
-  // not read by flat transports, but compressing ones plan on it. The placement must match the
+  // Collective: the count exchange. `x_TD` is the input that dispatch() will send (T, D), the same
+  // buffer with the same contents: flat transports do not read it, compressing ones plan on it, and
+  // hierarchical sends it already with each hop's counts (dispatch() then only reorders). The placement must match the
   // dispatcher's group (size and rank) and stay alive until dispatch_backward.
   virtual void plan(DispatchPlan& plan, const Routing& routing, const float* x_TD, int D,
                     const Placement& placement) = 0;

@@ -54,6 +54,7 @@ struct HierarchicalDispatcher::Plan final : DispatchPlan {
   std::vector<float> fan_p;                    // dedup: (fan send rows) p_tk of the row's slot
   std::vector<int> fan_k;                      // dedup: (fan send rows) k of the row's slot
   std::vector<int64_t> slot_unit;              // dedup: (T*K) hop 0 send row of the slot's unit, -1 dropped
+  const float* planned_x = nullptr;            // the x_TD plan() sent (dispatch() must be given the same)
   // Scratch for plan().
   std::vector<int64_t> from, records, recv_records, next_records;
   std::vector<int> peer;
@@ -101,7 +102,7 @@ void HierarchicalDispatcher::count(const RoutedHop& hop, const HopTraffic& t) {
   (hop.inter() ? stats_.messages_inter : stats_.messages_intra) += t.messages;
 }
 
-void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
+void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD, int D,
                                   const Placement& placement) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
@@ -135,6 +136,12 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
     kinds.push_back({&node_, false, To::kLocal});
   }
   p.H = static_cast<int>(kinds.size());
+  // Each hop's x rows travel with its records (dispatch() then only reorders): one round per hop.
+  HopTraffic plan_traffic;
+  auto rows_of = [&](int h) {
+    return HopRows{h == 0 ? x_TD : p.recv[h - 1].data(), &p.send[h], &p.recv[h], D};
+  };
+  p.planned_x = x_TD;
   if (static_cast<int>(p.hops.size()) < p.H) {
     p.hops.resize(p.H);
     p.send.resize(p.H);
@@ -198,14 +205,20 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
       }
     }
     (void)unit_of_given;
-    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records);
+    const HopRows rows = rows_of(0);
+    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records, &rows,
+                   &plan_traffic);
+    count(p.hops[0], plan_traffic);
     const std::vector<int64_t>& pos = p.hops[0].sorted_position();
     for (size_t u = 0; u < pos.size(); ++u)
       for (int k = 0; k < K; ++k)
         if (unit_slots[u * K + k] >= 0) p.slot_unit[unit_slots[u * K + k]] = pos[u];
   }
   if (!dedup_) {
-    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records);
+    const HopRows rows = rows_of(0);
+    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records, &rows,
+                   &plan_traffic);
+    count(p.hops[0], plan_traffic);
     p.slots.row_of_slot.assign(slots, -1);
     const std::vector<int64_t>& pos = p.hops[0].sorted_position();
     for (size_t i = 0; i < pos.size(); ++i)
@@ -243,7 +256,11 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
       }
     }
     const int next_width = fan ? kSlotWidth : width;
-    p.hops[h].plan(*kinds[h].group, kinds[h].inter, n, p.from, p.peer, p.next_records, next_width, p.recv_records);
+    const HopRows rows = rows_of(h);
+    HopTraffic t;
+    p.hops[h].plan(*kinds[h].group, kinds[h].inter, n, p.from, p.peer, p.next_records, next_width, p.recv_records,
+                   &rows, &t);
+    count(p.hops[h], t);
     if (fan) {  // fan_p / fan_k in send-row order
       const std::vector<int64_t>& pos = p.hops[h].sorted_position();
       std::vector<float> fp(pos.size());
@@ -281,6 +298,9 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
   }
   p.rows_ = R;
   p.use_own_buffers();
+  const float* last = p.recv[p.H - 1].data();  // the x rows, moved with the records
+  for (size_t i = 0; i < p.final_row.size(); ++i)
+    std::memcpy(p.x_RD_ + i * D, last + p.final_row[i] * D, sizeof(float) * D);
   for (int h = 0; h < p.H; ++h) {
     p.send[h].resize(static_cast<size_t>(p.hops[h].send_rows()) * D);
     p.recv[h].resize(static_cast<size_t>(p.hops[h].recv_rows()) * D);
@@ -331,11 +351,12 @@ void HierarchicalDispatcher::exchange_reverse(Plan& p, const float* RD, bool wei
   }
 }
 
+// plan() moved the x rows with the records (the contract: plan's x_TD is what dispatch sends).
 void HierarchicalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
-  p.hops[0].gather(x_TD, p.send[0].data(), p.D_);
-  exchange_forward(p, nullptr, p.x_RD_);
+  MOEMPI_CHECK_ONE(x_TD == p.planned_x || p.T_ == 0,
+                   "hierarchical dispatcher: dispatch() of other rows than plan() was given (plan sends them)");
 }
 
 void HierarchicalDispatcher::combine(DispatchPlan& base, float* out_TD) {

@@ -25,7 +25,11 @@
 // a node Open MPI carries them over shared memory (vader, single copy with CMA), not through the
 // shm dispatcher's window (comm/shm_window.h), which would need its own synchronisation per hop.
 // Routing records (8·(3+3k) bytes per unit with dedup, 32 bytes per slot row without) travel once
-// per hop in plan() and are not in the statistics.
+// per hop in plan() and are not in the statistics; the x rows travel in the same round as their
+// records (a second message per peer), so plan() does dispatch()'s exchanges and dispatch() only
+// checks it was given the same x_TD. Exchanges per layer (rounds in which ranks wait for peers),
+// 2dh + dedup: plan/dispatch 2, combine 2, combine_backward 2, dispatch_backward 2 (with the
+// dprobs); flat: 3 and 2.
 // Traffic statistics count every hop (a row crossing two hops counts twice); the inter-node
 // bytes are those of the one hop between nodes. Test: tests/dispatcher_mpitest.cpp.
 #pragma once
