@@ -30,6 +30,7 @@
 
 #include "comm/collectives.h"
 #include "comm/communicator.h"
+#include "runtime/core/arena.h"
 
 namespace moempi {
 
@@ -40,15 +41,26 @@ struct HopTraffic {
   int64_t rows = 0, bytes = 0, messages = 0;
 };
 
+// Rows plan() moves in the same round as the records (the hop's first exchange folded into its
+// plan: on a slow network every round pays its latency): send row i = in row from(i), `width`
+// floats each, into *send; *recv gets the rows received, in arrival order (resized by plan()).
+struct HopRows {
+  const float* in = nullptr;
+  FloatBuffer* send = nullptr;
+  FloatBuffer* recv = nullptr;
+  int width = 0;
+};
+
 class RoutedHop {
  public:
   // Collective over `group` (a view; it must outlive the hop). `inter`: the group's members are on
   // different nodes (traffic counted as inter-node). from/peer: (n_send) input row and peer of
   // each send; records: (n_send * width) int64. recv_records gets (recv_rows() * width). One
 // message per peer (MPI_Isend + MPI_Mprobe/MPI_Mrecv): the count travels with the records.
+  // With `rows` the hop's rows travel in the same round (their traffic is added to *traffic).
   void plan(const Communicator& group, bool inter, int64_t in_rows, const std::vector<int64_t>& from,
             const std::vector<int>& peer, const std::vector<int64_t>& records, int width,
-            std::vector<int64_t>& recv_records);
+            std::vector<int64_t>& recv_records, const HopRows* rows = nullptr, HopTraffic* traffic = nullptr);
 
   int64_t in_rows() const { return in_rows_; }
   int64_t send_rows() const { return static_cast<int64_t>(from_.size()); }
@@ -61,13 +73,18 @@ class RoutedHop {
 
   void gather(const float* in, float* send, int width, const float* scale = nullptr) const;
   void exchange(const float* send, float* recv, int width, HopTraffic& traffic);
-  void exchange_back(const float* recv, float* send, int width, HopTraffic& traffic);
+  // With a side payload (side_width floats per row, e.g. the k dprobs of a unit returning with its
+  // dx row): recv_side rows move to send_side in the same round, as a second message per peer
+  // posted next to the rows' (its bytes are counted, its messages are not).
+  void exchange_back(const float* recv, float* send, int width, HopTraffic& traffic,
+                     const float* recv_side = nullptr, float* send_side = nullptr, int side_width = 0);
   void scatter(const float* send, float* in, int width) const;
   void reduce(const float* send, float* in, int width, const float* scale, bool accumulate) const;
 
  private:
   void move_rows(const float* from_buf, const std::vector<int64_t>& from_first, float* to_buf,
-                 const std::vector<int64_t>& to_first, int width, HopTraffic& traffic);
+                 const std::vector<int64_t>& to_first, int width, HopTraffic& traffic,
+                 const float* from_side = nullptr, float* to_side = nullptr, int side_width = 0);
 
   Communicator view_;  // the hop's group (a view)
   bool inter_ = false;
@@ -75,9 +92,9 @@ class RoutedHop {
   std::vector<int64_t> from_;      // (n_send) input row of each send row
   std::vector<int64_t> position_;  // (n_send) sorted position of the i-th given send
   std::vector<int64_t> send_first_, recv_first_;  // (peers + 1) first row per peer
-  RowType row_;
-  RowBlockExchange blocks_;
-  std::vector<RowBlock> sends_, recvs_;  // scratch
+  RowType row_, side_row_;
+  RowBlockExchange blocks_, side_blocks_;
+  std::vector<RowBlock> sends_, recvs_, side_sends_, side_recvs_;  // scratch
 };
 
 }  // namespace moempi

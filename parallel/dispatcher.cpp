@@ -20,10 +20,18 @@ void DispatchPlan::reset(const Routing& r, int D) {
   D_ = D;
   const size_t slots = static_cast<size_t>(r.T) * r.K;
   topk_ids_TK_.assign(r.topk_ids_TK, r.topk_ids_TK + slots);
+  dprobs_TK_.clear();  // pending only between this plan's combine_backward and dispatch_backward
   if (r.probs_TK)
     probs_TK_.assign(r.probs_TK, r.probs_TK + slots);
   else
     probs_TK_.assign(slots, 1.0f);
+}
+
+void DispatchPlan::take_pending_dprobs(float* dprobs_TK) const {
+  const size_t slots = static_cast<size_t>(T_) * K_;
+  MOEMPI_CHECK_ONE(dprobs_TK_.size() == slots, "dispatch plan: dispatch_backward without combine_backward ({} of {} dprobs)",
+                   dprobs_TK_.size(), slots);
+  if (slots) std::memcpy(dprobs_TK, dprobs_TK_.data(), sizeof(float) * slots);
 }
 
 void DispatchPlan::use_own_buffers() {

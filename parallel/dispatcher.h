@@ -15,11 +15,17 @@
 //   ... experts: read P.x_RD(), write P.y_RD() ...
 //   combine(P, out_TD)                  collective: out_t = Σ_k p_tk · y_tk (k ascending; dropped
 //                                       slots contribute nothing), overwrites out_TD
-//   combine_backward(P, dout_TD, dprobs_TK)  collective: P.dy_RD() = p_tk · dout_t per row;
-//                                       dprobs_tk = <dout_t, y_tk> (0 for dropped), overwritten,
-//                                       computed wherever y_tk is held
+//   combine_backward(P, dout_TD)        collective: P.dy_RD() = p_tk · dout_t per row; the
+//                                       dprobs_tk = <dout_t, y_tk> are computed wherever y_tk is
+//                                       held and stay pending in the plan
 //   ... experts backward: read P.dy_RD(), P.x_RD(), write P.dx_RD() (it reuses y's storage) ...
-//   dispatch_backward(P, dx_TD)         collective: ADDS Σ_k dx_tk into dx_TD (k ascending)
+//   dispatch_backward(P, dx_TD, dprobs_TK)  collective: ADDS Σ_k dx_tk into dx_TD (k ascending)
+//                                       and writes the pending dprobs_TK (0 for dropped slots)
+//
+// dprobs are handed out by dispatch_backward, not combine_backward, because only the router
+// backward reads them and it runs after dispatch_backward: a transport that computes dprobs away
+// from the token's rank (hierarchical with dedup: on the node holding y_tk) returns them with the
+// dx rows of dispatch_backward instead of in an exchange of their own.
 //
 // Buffer ownership: x_RD and dy_RD belong to the dispatcher from plan() until dispatch() /
 // combine_backward() return (a shared-memory transport lets peers write them in that window), so
@@ -79,6 +85,13 @@ class DispatchPlan {
   int K() const { return K_; }
   const std::vector<int32_t>& topk_ids() const { return topk_ids_TK_; }
   const std::vector<float>& probs() const { return probs_TK_; }
+  // (T*K) dprobs held between combine_backward and dispatch_backward (dispatchers that compute
+  // them on this rank in combine_backward store them here).
+  float* pending_dprobs() {
+    dprobs_TK_.resize(static_cast<size_t>(T_) * K_);
+    return dprobs_TK_.data();
+  }
+  void take_pending_dprobs(float* dprobs_TK) const;
 
  protected:
   friend class Dispatcher;
@@ -89,6 +102,7 @@ class DispatchPlan {
   int64_t rows_ = 0;
   std::vector<int32_t> topk_ids_TK_;
   std::vector<float> probs_TK_;
+  std::vector<float> dprobs_TK_;
   std::vector<int64_t> rows_per_local_expert_;
   std::vector<int> local_experts_;
   float* x_RD_ = nullptr;
@@ -104,15 +118,16 @@ class Dispatcher {
   // A fresh plan object of this dispatcher's kind (one per MoE layer; reused every micro-batch).
   virtual std::unique_ptr<DispatchPlan> new_plan() const = 0;
 
-  // Collective: the count exchange. `x_TD` is the input that dispatch() will send (T, D); it is
-  // not read by flat transports, but compressing ones plan on it. The placement must match the
+  // Collective: the count exchange. `x_TD` is the input that dispatch() will send (T, D), the same
+  // buffer with the same contents: flat transports do not read it, compressing ones plan on it, and
+  // hierarchical sends it already with each hop's counts (dispatch() then only reorders). The placement must match the
   // dispatcher's group (size and rank) and stay alive until dispatch_backward.
   virtual void plan(DispatchPlan& plan, const Routing& routing, const float* x_TD, int D,
                     const Placement& placement) = 0;
   virtual void dispatch(DispatchPlan& plan, const float* x_TD) = 0;
   virtual void combine(DispatchPlan& plan, float* out_TD) = 0;
-  virtual void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) = 0;
-  virtual void dispatch_backward(DispatchPlan& plan, float* dx_TD) = 0;
+  virtual void combine_backward(DispatchPlan& plan, const float* dout_TD) = 0;
+  virtual void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) = 0;
 
   // Called by the trainer before the first plan() of every optimizer step (0-based; validation
   // passes run under the step just done). Dispatchers that depend on the step (lsh: its hash

@@ -349,9 +349,10 @@ void FlatDispatcher::combine(DispatchPlan& base, float* out_TD) {
   p.slots.weighted_sum(out_TD, p.y_RD_, p.src_side.data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
-void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_flat(base);
+  float* dprobs_TK = p.pending_dprobs();
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
   // dprobs from the y rows this rank holds (the rows that came back in combine, and its own expert
@@ -380,12 +381,13 @@ void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, 
   p.inflight.wait();
 }
 
-void FlatDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
+void FlatDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.dx_RD(), p.src_side.data());
   p.inflight.wait();
   p.slots.add(dx_TD, p.dx_RD(), p.src_side.data(), p.T_, p.K_, p.D_);
+  p.take_pending_dprobs(dprobs_TK);
 }
 
 }  // namespace moempi

@@ -46,8 +46,8 @@ class FlatDispatcher final : public Dispatcher {
   // Each: collective over ep, one exchange of rows.
   void dispatch(DispatchPlan& plan, const float* x_TD) override;
   void combine(DispatchPlan& plan, float* out_TD) override;
-  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
-  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
 
   struct Plan;  // this dispatcher's DispatchPlan (defined in the .cpp)
 

@@ -55,6 +55,7 @@ struct HierarchicalDispatcher::Plan final : DispatchPlan {
   std::vector<float> fan_p;                    // dedup: (fan send rows) p_tk of the row's slot
   std::vector<int> fan_k;                      // dedup: (fan send rows) k of the row's slot
   std::vector<int64_t> slot_unit;              // dedup: (T*K) hop 0 send row of the slot's unit, -1 dropped
+  const float* planned_x = nullptr;            // the x_TD plan() sent (dispatch() must be given the same)
   // Scratch for plan().
   std::vector<int64_t> from, records, recv_records, next_records;
   std::vector<int> peer;
@@ -105,7 +106,7 @@ void HierarchicalDispatcher::count(const RoutedHop& hop, const HopTraffic& t) {
   (hop.inter() ? stats_.messages_inter : stats_.messages_intra) += t.messages;
 }
 
-void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
+void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD, int D,
                                   const Placement& placement) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
@@ -139,6 +140,12 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
     kinds.push_back({&node_, false, To::kLocal});
   }
   p.H = static_cast<int>(kinds.size());
+  // Each hop's x rows travel with its records (dispatch() then only reorders): one round per hop.
+  HopTraffic plan_traffic;
+  auto rows_of = [&](int h) {
+    return HopRows{h == 0 ? x_TD : p.recv[h - 1].data(), &p.send[h], &p.recv[h], D};
+  };
+  p.planned_x = x_TD;
   if (static_cast<int>(p.hops.size()) < p.H) {
     p.hops.resize(p.H);
     p.send.resize(p.H);
@@ -202,14 +209,20 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
       }
     }
     (void)unit_of_given;
-    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records);
+    const HopRows rows = rows_of(0);
+    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records, &rows,
+                   &plan_traffic);
+    count(p.hops[0], plan_traffic);
     const std::vector<int64_t>& pos = p.hops[0].sorted_position();
     for (size_t u = 0; u < pos.size(); ++u)
       for (int k = 0; k < K; ++k)
         if (unit_slots[u * K + k] >= 0) p.slot_unit[unit_slots[u * K + k]] = pos[u];
   }
   if (!dedup_) {
-    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records);
+    const HopRows rows = rows_of(0);
+    p.hops[0].plan(*kinds[0].group, kinds[0].inter, T, p.from, p.peer, p.records, width, p.recv_records, &rows,
+                   &plan_traffic);
+    count(p.hops[0], plan_traffic);
     p.slots.row_of_slot.assign(slots, -1);
     const std::vector<int64_t>& pos = p.hops[0].sorted_position();
     for (size_t i = 0; i < pos.size(); ++i)
@@ -247,7 +260,11 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
       }
     }
     const int next_width = fan ? kSlotWidth : width;
-    p.hops[h].plan(*kinds[h].group, kinds[h].inter, n, p.from, p.peer, p.next_records, next_width, p.recv_records);
+    const HopRows rows = rows_of(h);
+    HopTraffic t;
+    p.hops[h].plan(*kinds[h].group, kinds[h].inter, n, p.from, p.peer, p.next_records, next_width, p.recv_records,
+                   &rows, &t);
+    count(p.hops[h], t);
     if (fan) {  // fan_p / fan_k in send-row order
       const std::vector<int64_t>& pos = p.hops[h].sorted_position();
       std::vector<float> fp(pos.size());
@@ -285,6 +302,9 @@ void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const fl
   }
   p.rows_ = R;
   p.use_own_buffers();
+  const float* last = p.recv[p.H - 1].data();  // the x rows, moved with the records
+  for (size_t i = 0; i < p.final_row.size(); ++i)
+    std::memcpy(p.x_RD_ + i * D, last + p.final_row[i] * D, sizeof(float) * D);
   for (int h = 0; h < p.H; ++h) {
     p.send[h].resize(static_cast<size_t>(p.hops[h].send_rows()) * D);
     p.recv[h].resize(static_cast<size_t>(p.hops[h].recv_rows()) * D);
@@ -311,48 +331,57 @@ void HierarchicalDispatcher::exchange_forward(Plan& p, const float* in0, float* 
 }
 
 // x_RD-ordered rows back to hop 0's send buffer; the fan-out hop (dedup) reduces the copies of a
-// unit, weighted by p_tk when `weighted` (combine) or plainly (dispatch_backward).
-void HierarchicalDispatcher::exchange_reverse(Plan& p, const float* RD, bool weighted) {
-  const int D = p.D_;
+// unit, weighted by p_tk when `weighted` (combine) or plainly (dispatch_backward). With `dprobs`
+// (dedup, dispatch_backward) the k dprobs of each unit, left in recv_k[fan - 1] by
+// combine_backward, ride back with the unit's rows on the hops before the fan-out (same rounds).
+void HierarchicalDispatcher::exchange_reverse(Plan& p, const float* RD, bool weighted, bool dprobs) {
+  const int D = p.D_, K = p.K_;
   float* last = p.recv[p.H - 1].data();
   for (size_t r = 0; r < p.final_row.size(); ++r)
     std::memcpy(last + p.final_row[r] * D, RD + r * D, sizeof(float) * D);
   for (int h = p.H - 1; h >= 0; --h) {
+    const bool side = dprobs && h < p.fan;
     HopTraffic t;
-    p.hops[h].exchange_back(p.recv[h].data(), p.send[h].data(), D, t);
+    p.hops[h].exchange_back(p.recv[h].data(), p.send[h].data(), D, t, side ? p.recv_k[h].data() : nullptr,
+                            side ? p.send_k[h].data() : nullptr, side ? K : 0);
     count(p.hops[h], t);
     if (h == 0) break;
-    if (h == p.fan)
+    if (h == p.fan) {
       p.hops[h].reduce(p.send[h].data(), p.recv[h - 1].data(), D, weighted ? p.fan_p.data() : nullptr, false);
-    else
+    } else {
       p.hops[h].scatter(p.send[h].data(), p.recv[h - 1].data(), D);
+      if (side) p.hops[h].scatter(p.send_k[h].data(), p.recv_k[h - 1].data(), K);
+    }
   }
 }
 
+// plan() moved the x rows with the records (the contract: plan's x_TD is what dispatch sends).
 void HierarchicalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
-  p.hops[0].gather(x_TD, p.send[0].data(), p.D_);
-  exchange_forward(p, nullptr, p.x_RD_);
+  MOEMPI_CHECK_ONE(x_TD == p.planned_x || p.T_ == 0,
+                   "hierarchical dispatcher: dispatch() of other rows than plan() was given (plan sends them)");
 }
 
 void HierarchicalDispatcher::combine(DispatchPlan& base, float* out_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
-  exchange_reverse(p, p.y_RD_, true);
+  exchange_reverse(p, p.y_RD_, true, false);
   if (dedup_)  // per-node partial sums, already weighted: out_t = Σ over the token's nodes
     p.hops[0].reduce(p.send[0].data(), out_TD, p.D_, nullptr, false);
   else  // y rows of every slot, kept in send[0] for dprobs
     p.slots.weighted_sum(out_TD, nullptr, p.send[0].data(), p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
-void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
   ScopedTimer timer(stats_.seconds);
   Plan& p = as_hier(base);
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
   if (!dedup_) {
-    // dprobs from the y rows in send[0]; then dy = p·dout over them, and the hops forward.
+    // dprobs from the y rows in send[0] (pending until dispatch_backward); then dy = p·dout over
+    // them, and the hops forward.
+    float* dprobs_TK = p.pending_dprobs();
     float* rows = p.send[0].data();
     for (int64_t s = 0; s < slots; ++s) {
       const int64_t v = p.slots.row_of_slot[s];
@@ -393,26 +422,24 @@ void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* d
   const float* last = p.recv[p.H - 1].data();
   for (size_t r = 0; r < p.final_row.size(); ++r)
     std::memcpy(p.dy_RD_ + r * D, last + p.final_row[r] * D, sizeof(float) * D);
-  // The k dprobs of each unit return along the hops before the fan-out.
-  for (int h = p.fan - 1; h >= 0; --h) {
-    HopTraffic t;
-    p.hops[h].exchange_back(p.recv_k[h].data(), p.send_k[h].data(), K, t);
-    count(p.hops[h], t);
-    if (h > 0) p.hops[h].scatter(p.send_k[h].data(), p.recv_k[h - 1].data(), K);
+  // The k dprobs of each unit stay in recv_k[fan - 1]; they return with dispatch_backward's rows.
+}
+
+void HierarchicalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
+  ScopedTimer timer(stats_.seconds);
+  Plan& p = as_hier(base);
+  exchange_reverse(p, p.dx_RD(), false, dedup_);
+  if (!dedup_) {
+    p.slots.add(dx_TD, nullptr, p.send[0].data(), p.T_, p.K_, p.D_);
+    p.take_pending_dprobs(dprobs_TK);
+    return;
   }
+  p.hops[0].reduce(p.send[0].data(), dx_TD, p.D_, nullptr, true);
+  const int K = p.K_;
+  const int64_t slots = static_cast<int64_t>(p.T_) * K;
   const float* units_k = p.send_k[0].data();
   for (int64_t s = 0; s < slots; ++s)
     dprobs_TK[s] = p.slot_unit[s] < 0 ? 0.0f : units_k[p.slot_unit[s] * K + s % K];
-}
-
-void HierarchicalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
-  ScopedTimer timer(stats_.seconds);
-  Plan& p = as_hier(base);
-  exchange_reverse(p, p.dx_RD(), false);
-  if (dedup_)
-    p.hops[0].reduce(p.send[0].data(), dx_TD, p.D_, nullptr, true);
-  else
-    p.slots.add(dx_TD, nullptr, p.send[0].data(), p.T_, p.K_, p.D_);
 }
 
 }  // namespace moempi

@@ -17,14 +17,19 @@
 // experts. Combine reduces Σ p_tk · y_tk over the token's experts on that node before the return
 // trip, and the source adds the per-node partial sums (node order). Backward mirrors it: dout_t
 // crosses once per node; on the node, dprobs_tk = <dout_t, y_tk> is computed where y_tk was kept
-// (the fan-out rank) and only the k scalars per unit travel back, and dy = p_tk · dout_t is formed
-// there; dx is summed per node before the return. x_RD, dy_RD and dprobs stay bit-identical to
+// (the fan-out rank) and dy = p_tk · dout_t is formed there; dx is summed per node before the
+// return, and the k dprobs scalars of each unit ride back with that dx row (a side message in the
+// same round, not an exchange of their own: contract v2 hands dprobs out in dispatch_backward). x_RD, dy_RD and dprobs stay bit-identical to
 // local; out and dx differ only by summation order (tests: relative 1e-6 of the row scale).
 // Every hop is one MPI message per peer with rows (MPI_Isend/MPI_Irecv of contiguous blocks); inside
 // a node Open MPI carries them over shared memory (vader, single copy with CMA), not through the
 // shm dispatcher's window (comm/shm_window.h), which would need its own synchronisation per hop.
 // Routing records (8·(3+3k) bytes per unit with dedup, 32 bytes per slot row without) travel once
-// per hop in plan() and are not in the statistics.
+// per hop in plan() and are not in the statistics; the x rows travel in the same round as their
+// records (a second message per peer), so plan() does dispatch()'s exchanges and dispatch() only
+// checks it was given the same x_TD. Exchanges per layer (rounds in which ranks wait for peers),
+// 2dh + dedup: plan/dispatch 2, combine 2, combine_backward 2, dispatch_backward 2 (with the
+// dprobs); flat: 3 and 2.
 // Traffic statistics count every hop (a row crossing two hops counts twice); the inter-node
 // bytes are those of the one hop between nodes. Test: tests/dispatcher_mpitest.cpp.
 #pragma once
@@ -55,8 +60,8 @@ class HierarchicalDispatcher final : public Dispatcher {
   // Each: collective over the hops' groups, one exchange of rows per hop.
   void dispatch(DispatchPlan& plan, const float* x_TD) override;
   void combine(DispatchPlan& plan, float* out_TD) override;
-  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
-  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
 
   HierAlgorithm algorithm() const { return algorithm_; }
   bool dedup() const { return dedup_; }
@@ -69,7 +74,7 @@ class HierarchicalDispatcher final : public Dispatcher {
   void count(const RoutedHop& hop, const HopTraffic& t);
   // Hops after hop 0 (records of the rows hop 0 delivered): appended to p.hops.
   void exchange_forward(Plan& p, const float* in, float* x_RD);
-  void exchange_reverse(Plan& p, const float* RD, bool weighted);
+  void exchange_reverse(Plan& p, const float* RD, bool weighted, bool dprobs);
 
   Communicator ep_, node_, inter_;
   HierAlgorithm algorithm_;

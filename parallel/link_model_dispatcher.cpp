@@ -24,11 +24,11 @@ void LinkModelDispatcher::plan(DispatchPlan& p, const Routing& r, const float* x
 }
 void LinkModelDispatcher::dispatch(DispatchPlan& p, const float* x_TD) { run([&] { inner_->dispatch(p, x_TD); }); }
 void LinkModelDispatcher::combine(DispatchPlan& p, float* out_TD) { run([&] { inner_->combine(p, out_TD); }); }
-void LinkModelDispatcher::combine_backward(DispatchPlan& p, const float* dout_TD, float* dprobs_TK) {
-  run([&] { inner_->combine_backward(p, dout_TD, dprobs_TK); });
+void LinkModelDispatcher::combine_backward(DispatchPlan& p, const float* dout_TD) {
+  run([&] { inner_->combine_backward(p, dout_TD); });
 }
-void LinkModelDispatcher::dispatch_backward(DispatchPlan& p, float* dx_TD) {
-  run([&] { inner_->dispatch_backward(p, dx_TD); });
+void LinkModelDispatcher::dispatch_backward(DispatchPlan& p, float* dx_TD, float* dprobs_TK) {
+  run([&] { inner_->dispatch_backward(p, dx_TD, dprobs_TK); });
 }
 
 }  // namespace moempi

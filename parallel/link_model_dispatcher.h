@@ -20,8 +20,8 @@ class LinkModelDispatcher final : public Dispatcher {
             const Placement& placement) override;
   void dispatch(DispatchPlan& plan, const float* x_TD) override;
   void combine(DispatchPlan& plan, float* out_TD) override;
-  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
-  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
   void begin_step(int64_t step) override { inner_->begin_step(step); }  // e.g. LSH's rotation
   const Dispatcher& inner() const { return *inner_; }
   double delayed_seconds() const { return delayed_; }

@@ -62,9 +62,10 @@ void LocalDispatcher::combine(DispatchPlan& base, float* out_TD) {
   p.slots.weighted_sum(out_TD, p.y_RD_, nullptr, p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
-void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
   ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
+  float* dprobs_TK = p.pending_dprobs();
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
   for (int64_t s = 0; s < slots; ++s) {
@@ -79,10 +80,11 @@ void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD,
   }
 }
 
-void LocalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
+void LocalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
   ScopedTimer timer(stats_.seconds);
   LocalPlan& p = as_local(base);
   p.slots.add(dx_TD, p.dx_RD(), nullptr, p.T_, p.K_, p.D_);
+  p.take_pending_dprobs(dprobs_TK);
 }
 
 }  // namespace moempi

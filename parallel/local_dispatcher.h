@@ -14,8 +14,8 @@ class LocalDispatcher final : public Dispatcher {
             const Placement& placement) override;
   void dispatch(DispatchPlan& plan, const float* x_TD) override;
   void combine(DispatchPlan& plan, float* out_TD) override;
-  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
-  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
 };
 
 }  // namespace moempi

@@ -255,9 +255,10 @@ void LshDispatcher::combine(DispatchPlan& base, float* out_TD) {
   weighted_sum_rows(out_TD, p.slot_row.data(), p.probs_TK_.data(), p.T_, K, D);
 }
 
-void LshDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, float* dprobs_TK) {
+void LshDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
   Timed timed([this](double s) { sync_stats(s); });
   Plan& p = as_lsh(base);
+  float* dprobs_TK = p.pending_dprobs();
   const int D = p.D_, K = p.K_;
   const int64_t S = static_cast<int64_t>(p.T_) * K, Tv = static_cast<int64_t>(p.bucket_size.size());
   for (int64_t s = 0; s < S; ++s)
@@ -279,11 +280,10 @@ void LshDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD, f
     p.dout_TD.resize(static_cast<size_t>(p.T_) * D);
     std::memcpy(p.dout_TD.data(), dout_TD, sizeof(float) * p.T_ * D);
   }
-  p.vt_dprobs.resize(Tv);
-  inner_->combine_backward(*p.inner, p.G.data(), p.vt_dprobs.data());  // dy_RD = 1·G_j
+  inner_->combine_backward(*p.inner, p.G.data());  // dy_RD = 1·G_j
 }
 
-void LshDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
+void LshDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
   Timed timed([this](double s) { sync_stats(s); });
   Plan& p = as_lsh(base);
   const int D = p.D_, K = p.K_;
@@ -292,7 +292,9 @@ void LshDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD) {
   // -0 is the identity of float addition (-0 + a == a bit for bit, also for a = ±0), so the inner
   // dispatch_backward's "adds into" leaves exactly H_j = J_Eᵀ G_j.
   std::fill(p.vt_dx.data(), p.vt_dx.data() + static_cast<size_t>(Tv) * D, -0.0f);
-  inner_->dispatch_backward(*p.inner, p.vt_dx.data());
+  p.vt_dprobs.resize(Tv);  // the inner dprobs (of centroids with weight 1) are not used
+  inner_->dispatch_backward(*p.inner, p.vt_dx.data(), p.vt_dprobs.data());
+  p.take_pending_dprobs(dprobs_TK);
   const bool residual = spec_.residual;
   for (int64_t j = 0; j < Tv; ++j) {  // shared buckets: (H_j - ρ G_j) / N_j
     const int32_t n = p.bucket_size[j];

@@ -39,8 +39,8 @@ class LshDispatcher final : public Dispatcher {
             const Placement& placement) override;
   void dispatch(DispatchPlan& plan, const float* x_TD) override;
   void combine(DispatchPlan& plan, float* out_TD) override;
-  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
-  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
   // Sets the hash epoch to step / rotation_interval (0 when the interval is 0); forwards to inner.
   void begin_step(int64_t step) override;
 

@@ -219,9 +219,10 @@ void ShmDispatcher::combine(DispatchPlan& plan_base, float* out_TD) {
   stats_.messages_intra += p.peers_in;
 }
 
-void ShmDispatcher::combine_backward(DispatchPlan& plan_base, const float* dout_TD, float* dprobs_TK) {
+void ShmDispatcher::combine_backward(DispatchPlan& plan_base, const float* dout_TD) {
   ScopedTimer timer(stats_.seconds);
   ShmPlan& p = as_shm(plan_base, true);
+  float* dprobs_TK = p.pending_dprobs();
   const int K = p.K_, D = p.D_;
   const int64_t TK = static_cast<int64_t>(p.T_) * K;
   test_pause();
@@ -242,13 +243,14 @@ void ShmDispatcher::combine_backward(DispatchPlan& plan_base, const float* dout_
   stats_.messages_intra += p.peers_out;
 }
 
-void ShmDispatcher::dispatch_backward(DispatchPlan& plan_base, float* dx_TD) {
+void ShmDispatcher::dispatch_backward(DispatchPlan& plan_base, float* dx_TD, float* dprobs_TK) {
   ScopedTimer timer(stats_.seconds);
   ShmPlan& p = as_shm(plan_base, true);
   test_pause();
   p.window->fence();  // every expert has written its dx rows (into y's region)
   test_pause();
   add_slot_rows(dx_TD, p.y_slot.data(), p.T_, p.K_, p.D_);
+  p.take_pending_dprobs(dprobs_TK);
   stats_.rows += p.rows_in;
   stats_.bytes_intra += p.rows_in * static_cast<int64_t>(sizeof(float)) * p.D_;
   stats_.messages_intra += p.peers_in;

@@ -43,9 +43,9 @@ class ShmDispatcher final : public Dispatcher {
   void combine(DispatchPlan& plan, float* out_TD) override;
   // Collective over ep: reads y rows (dprobs) and stores dy rows into the peers' segments, then one
   // barrier.
-  void combine_backward(DispatchPlan& plan, const float* dout_TD, float* dprobs_TK) override;
+  void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
   // Collective over ep: one barrier, then reads dx rows from the peers' segments.
-  void dispatch_backward(DispatchPlan& plan, float* dx_TD) override;
+  void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
 
   // Tests only: when set, every phase calls `delay()` at a few points (before its stores, before
   // its barrier, between its loads) and sleeps that many seconds, to shuffle the ranks' timing.

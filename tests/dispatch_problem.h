@@ -119,10 +119,10 @@ inline void run_forward(Dispatcher& d, DispatchPlan& plan, const DispatchProblem
 
 inline void run_backward(Dispatcher& d, DispatchPlan& plan, const DispatchProblem& p, Result& r) {
   r.dprobs.assign(p.topk.size(), -7.0f);
-  d.combine_backward(plan, p.dout.data(), r.dprobs.data());
+  d.combine_backward(plan, p.dout.data());
   run_experts_backward(plan);
   r.dx = p.x;
-  d.dispatch_backward(plan, r.dx.data());
+  d.dispatch_backward(plan, r.dx.data(), r.dprobs.data());
   r.local_experts = plan.local_experts();
   r.rows_per_local_expert = plan.rows_per_local_expert();
   const size_t n = static_cast<size_t>(plan.rows()) * p.D;

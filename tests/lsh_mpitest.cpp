@@ -242,9 +242,9 @@ TEST_P(LshGradients, MatchFiniteDifferencesWithBucketsFixed) {
   for (int32_t n : LshDispatcher::bucket_sizes(*plan)) shared += n > 1;
   EXPECT_GT(shared, 0) << "no bucket holds two slots: the test would not exercise the 1/N_j term";
   std::vector<float> dprobs(p.topk.size()), dx(p.x.size(), 0.0f);
-  d->combine_backward(*plan, p.dout.data(), dprobs.data());
+  d->combine_backward(*plan, p.dout.data());
   ex.backward(*plan);
-  d->dispatch_backward(*plan, dx.data());
+  d->dispatch_backward(*plan, dx.data(), dprobs.data());
 
   // Central differences; every rank takes part in every evaluation (the loss is collective), the
   // perturbing rank takes turns. A perturbation that changes this rank's buckets is skipped.

@@ -660,15 +660,15 @@ TEST(LocalDispatcher, RoundTripWithProbsOneOverKReturnsX_k1_k2_k3) {
     disp.combine(*plan, out.data());
     for (int i = 0; i < N * D; ++i) EXPECT_NEAR(out[i], x[i], 1e-6f) << "K=" << K << " i=" << i;
     // Backward with dout = x: dprobs = |x_t|², dy rows = x_t / K, and with dx rows = dy rows
-    // dispatch backward sums K of them back to x_t.
-    disp.combine_backward(*plan, x.data(), dprobs.data());
+    // dispatch backward sums K of them back to x_t (and hands out the dprobs).
+    disp.combine_backward(*plan, x.data());
+    std::copy(plan->dy_RD(), plan->dy_RD() + plan->rows() * D, plan->dx_RD());
+    disp.dispatch_backward(*plan, dx.data(), dprobs.data());
     for (int t = 0; t < N; ++t) {
       float n2 = 0;
       for (int d = 0; d < D; ++d) n2 += x[t * D + d] * x[t * D + d];
       for (int k = 0; k < K; ++k) EXPECT_NEAR(dprobs[t * K + k], n2, 1e-5f);
     }
-    std::copy(plan->dy_RD(), plan->dy_RD() + plan->rows() * D, plan->dx_RD());
-    disp.dispatch_backward(*plan, dx.data());
     for (int i = 0; i < N * D; ++i) EXPECT_NEAR(dx[i], x[i], 1e-6f) << "K=" << K << " i=" << i;
   }
 }
@@ -984,13 +984,13 @@ TEST(MoeLayer, ZeroTokensStillCallsEveryCollective) {
       calls.push_back("combine");
       inner.combine(p, out);
     }
-    void combine_backward(DispatchPlan& p, const float* dout, float* dprobs) override {
+    void combine_backward(DispatchPlan& p, const float* dout) override {
       calls.push_back("combine_backward");
-      inner.combine_backward(p, dout, dprobs);
+      inner.combine_backward(p, dout);
     }
-    void dispatch_backward(DispatchPlan& p, float* dx) override {
+    void dispatch_backward(DispatchPlan& p, float* dx, float* dprobs) override {
       calls.push_back("dispatch_backward");
-      inner.dispatch_backward(p, dx);
+      inner.dispatch_backward(p, dx, dprobs);
     }
   };
   std::vector<std::string> seen[2];

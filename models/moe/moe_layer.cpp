@@ -92,15 +92,15 @@ void MoeLayer::backward(ParamArena& arena, float* dx_ND, const float* dout_ND, f
                    layer_, plan.rows(), experts_.rows());
 
   // Combine backward (dy_RD = p·dout per row, dprobs where y lives); experts backward; dispatch
-  // backward adds Σ_k dx_tk into dx_ND.
+  // backward adds Σ_k dx_tk into dx_ND and hands out the dprobs (they may return with the dx rows).
   dprobs_NK_.resize((size_t)N * K_);
-  dispatcher.combine_backward(plan, dout_ND, dprobs_NK_.data());
+  dispatcher.combine_backward(plan, dout_ND);
   experts_.backward(arena, plan.dx_RD(), plan.dy_RD(), plan.x_RD());
   if (dx_ND) {
-    dispatcher.dispatch_backward(plan, dx_ND);
+    dispatcher.dispatch_backward(plan, dx_ND, dprobs_NK_.data());
   } else {
     scratch_dx_ND_.resize((size_t)N * D);
-    dispatcher.dispatch_backward(plan, scratch_dx_ND_.data());  // collective: every rank calls it
+    dispatcher.dispatch_backward(plan, scratch_dx_ND_.data(), dprobs_NK_.data());  // collective: every rank calls it
   }
 
   // Router: dprobs (and the balancing losses) -> scores -> logits -> W_r, x.
