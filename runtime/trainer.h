@@ -26,6 +26,9 @@ struct TrainOptions {
   // step's global mean loss and the updated parameters, e.g. for `moempi bench train` to check
   // that replicas agree. If it communicates it must be collective over the world.
   std::function<void(int step, double loss, ParamArena& arena)> after_step = {};
+  // Called on every rank after each step with every piece of training state by name (parameters,
+  // optimizer moments, ...: what a checkpoint saves), for tests that compare whole models.
+  std::function<void(int step, const StateRegistry& state)> after_step_state = {};
   // Stop after this step (after its checkpoint, if one is due), as a killed job would: for resume
   // tests. 0 = run every step. The binary reads MOEMPI_TEST_STOP_AFTER=STEP.
   int stop_after_step = 0;
@@ -46,6 +49,7 @@ struct TrainSummary {
   int64_t checkpoint_bytes = 0;     // of the last checkpoint saved
   double checkpoint_seconds = 0;    // all saves, wall time (outside the step times)
   std::vector<int64_t> replicas;  // per step: expert replicas the strategy materialised (fssdp)
+  std::vector<int64_t> experts_moved;  // per step: experts whose owner changed (fssdp re-sharding)
   // This rank's model state as allocated (params, grads, optimizer, experts' shares; the start-up
   // line prints rank 0's), and in `replicas` the most replica bytes (params + grads) it held at
   // once in any step (fssdp).
