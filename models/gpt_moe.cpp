@@ -54,6 +54,7 @@ GptMoe::GptMoe(const ModelSpec& model, const MoeSpec& moe, const Placement& plac
       b.moe = std::make_unique<MoeLayer>(model, moe, l, placement_, arena_, env);
       b.moe_index = (int)layer_placements_.size();
       layer_placements_.push_back(placement_);
+      layer_owners_.push_back(placement_);
     } else {
       b.ffn_w1 = arena_.add(p + "ffn.w1", {D, ffn_in_width(model, F)}, ParamKind::kDense, true);
       b.ffn_b1 = arena_.add(p + "ffn.b1", {ffn_in_width(model, F)}, ParamKind::kDense, false);
@@ -196,8 +197,10 @@ double GptMoe::forward(const int32_t* tokens_BT, const int32_t* targets_BT, int 
     }
     if (b.is_moe) {
       ScopedTimer t(phase_seconds_[kPhaseMoe]);
+      if (hooks_) hooks_->before_forward(b.moe_index);
       b.moe->forward(arena_, b.ffn_out.data(), b.ln2_out.data(), N, *dispatcher_, layer_placements_[b.moe_index],
                      training);
+      if (hooks_) hooks_->after_forward(b.moe_index);
     } else {
       ScopedTimer t(phase_seconds_[kPhaseDenseFfn]);
       dense_ffn_forward(b, b.ffn_out.data(), b.ln2_out.data(), N);
@@ -246,7 +249,9 @@ void GptMoe::backward(float grad_scale) {
     dtmp_.zero();
     if (b.is_moe) {
       ScopedTimer t(phase_seconds_[kPhaseMoe]);
+      if (hooks_) hooks_->before_backward(b.moe_index);
       b.moe->backward(arena_, dtmp_.data(), dresid_.data(), grad_scale, *dispatcher_);
+      if (hooks_) hooks_->after_backward(b.moe_index);
     } else {
       ScopedTimer t(phase_seconds_[kPhaseDenseFfn]);
       dense_ffn_backward(b, dtmp_.data(), dresid_.data(), b.ln2_out.data(), N);
@@ -288,6 +293,18 @@ void GptMoe::set_placement(int layer, const Placement& placement) {
   MoeLayer* moe = moe_layers().at(layer);
   moe->experts().set_local_experts(placement.local_experts());
   layer_placements_[layer] = placement;
+}
+
+void GptMoe::set_owners(int layer, const std::vector<int>& owner_E) {
+  const Placement& now = layer_owners_.at(layer);
+  Placement next = Placement::with_owners(owner_E, now.group_size(), now.rank());
+  moe_layers().at(layer)->experts().set_owned_experts(arena_, next.local_experts());
+  layer_placements_[layer] = next;
+  layer_owners_[layer] = std::move(next);
+}
+
+void GptMoe::set_replica_buffers(int layer, bool params, bool grads) {
+  moe_layers().at(layer)->experts().set_replica_buffers(params, grads);
 }
 
 int64_t GptMoe::part_numel(int part) const {

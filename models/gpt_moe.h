@@ -66,8 +66,12 @@ class GptMoe final : public ExpertHost {
 
   // ExpertHost (the sharding strategy's view of the routed experts; MoE layers counted 0..).
   int num_moe_layers() const override { return (int)layer_placements_.size(); }
-  const Placement& owners() const override { return placement_; }
+  const Placement& owners(int layer) const override { return layer_owners_[layer]; }
+  void set_owners(int layer, const std::vector<int>& owner_E) override;
   void set_placement(int layer, const Placement& placement) override;
+  void set_replica_buffers(int layer, bool params, bool grads) override;
+  // Called around every MoE layer's forward and backward from now on (nullptr: none).
+  void set_layer_hooks(MoeLayerHooks* hooks) { hooks_ = hooks; }
   const Placement& placement(int layer) const override { return layer_placements_[layer]; }
   int64_t part_numel(int part) const override;
   float* expert_param(int layer, int e, int part) override;
@@ -94,7 +98,8 @@ class GptMoe final : public ExpertHost {
 
   ModelSpec model_;
   MoeSpec moe_;
-  Placement placement_;                       // owners (construction)
+  Placement placement_;                       // owners at construction
+  std::vector<Placement> layer_owners_;      // per MoE layer: the owners now (FSSDP re-shards them)
   std::vector<Placement> layer_placements_;  // per MoE layer: this step's (owners + replicas)
   std::unique_ptr<Dispatcher> dispatcher_;
   ParamArena arena_;
@@ -107,6 +112,7 @@ class GptMoe final : public ExpertHost {
   FloatBuffer lnf_out_, lnf_mean_, lnf_rstd_, logits_, probs_, losses_;
   FloatBuffer dresid_, dtmp_, dtmp2_, dqkv_, dffn_hidden_;
   std::array<double, kPhaseCount> phase_seconds_{};
+  MoeLayerHooks* hooks_ = nullptr;
 };
 
 }  // namespace moempi

@@ -11,8 +11,17 @@
 //    then dense gradients are summed over the world as under ep, and the optimizer steps only on
 //    what the arena holds: the owned experts and the dense parameters;
 //  - end_step: replicas are dropped (their parameters are stale after the optimizer step).
-// Not built (yet): re-materialisation for backward, heterogeneous re-sharding (owners are fixed),
-// overlap of the gather with attention. Tests: tests/fssdp_test.cpp (placement rule),
+//  - parallel.fssdp.rematerialize: per MoE layer (MoeLayerHooks) the replicas' parameters are
+//    gathered before its forward and freed after it, gathered again before its backward and freed
+//    after it; their gradients live from the first backward to the layer's reduce-scatter, right
+//    after the step's last backward of that layer. Same copies, same sums: the same losses.
+//  - parallel.fssdp.reshard_interval N: after every N-th applied step (end_step) each layer's
+//    owners are recomputed from the predicted loads (fssdp_reshard_owners below); experts whose
+//    owner changes move with their parameters and AdamW moments (a SparseAllGather from the old
+//    owner to the new), bit for bit: the model is the same, only where its pieces live changes.
+//    The owners are checkpoint state (strategy/fssdp.owners); a resumed job moves its experts to
+//    them before its first step. Owners of another world size (invalid here) are not applied.
+// Not built (yet): overlap of the gather with attention. Tests: tests/fssdp_test.cpp (placement rule),
 // tests/train_mpitest.cpp (fssdp trains the one-rank losses at 1-4 ranks).
 #pragma once
 #include <cstdint>
@@ -34,6 +43,15 @@ namespace moempi {
 // same placement from the same loads.
 std::vector<std::vector<int>> fssdp_replicas(const std::vector<double>& load_E, const Placement& owners,
                                              int budget_per_rank);
+
+// Heterogeneous re-sharding of one layer (ALGORITHMS.md 4, Algorithm 2 within equal shard sizes:
+// every rank keeps E/W experts, so the arena keeps its shape): experts in order of predicted load
+// (heaviest first, ties -> lower id) each go to the rank with the least owned load among those with
+// a free slot (ties -> the expert's current owner, then the lower rank). The new owners are
+// returned only when they lower the layer's largest per-rank owned load; otherwise `owners_E`
+// unchanged (nothing moves). Deterministic: every rank computes the same from the same loads.
+std::vector<int> fssdp_reshard_owners(const std::vector<double>& load_E, const std::vector<int>& owners_E,
+                                      int group_size);
 
 std::unique_ptr<ShardingStrategy> make_fssdp_strategy(const ParallelSpec& spec, const ProcessGroups& groups);
 

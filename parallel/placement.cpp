@@ -11,22 +11,50 @@ Placement Placement::contiguous(int num_experts, int group_size, int rank) {
   return with_replicas(num_experts, group_size, rank, {});
 }
 
+std::vector<int> Placement::contiguous_owners(int num_experts, int group_size) {
+  MOEMPI_CHECK_ONE(num_experts >= 1 && group_size >= 1 && num_experts % group_size == 0,
+                   "placement: {} experts over {} ranks is not a valid layout", num_experts, group_size);
+  std::vector<int> owners(num_experts);
+  for (int e = 0; e < num_experts; ++e) owners[e] = e / (num_experts / group_size);
+  return owners;
+}
+
+std::vector<int> Placement::owner_list() const {
+  std::vector<int> out(E_);
+  for (int e = 0; e < E_; ++e) out[e] = owner(e);
+  return out;
+}
+
 Placement Placement::with_replicas(int num_experts, int group_size, int rank,
                                    const std::vector<std::vector<int>>& replicas_E) {
+  return with_owners(contiguous_owners(num_experts, group_size), group_size, rank, replicas_E);
+}
+
+Placement Placement::with_owners(const std::vector<int>& owner_E, int group_size, int rank,
+                                 const std::vector<std::vector<int>>& replicas_E) {
+  const int num_experts = static_cast<int>(owner_E.size());
   MOEMPI_CHECK_ONE(num_experts >= 1 && group_size >= 1 && num_experts % group_size == 0 &&
                        rank >= 0 && rank < group_size,
                    "placement: {} experts over {} ranks (rank {}) is not a valid layout", num_experts,
                    group_size, rank);
+  std::vector<int> owned(group_size, 0);
+  for (int e = 0; e < num_experts; ++e) {
+    MOEMPI_CHECK_ONE(owner_E[e] >= 0 && owner_E[e] < group_size, "placement: owner {} of expert {} is outside [0, {})",
+                     owner_E[e], e, group_size);
+    ++owned[owner_E[e]];
+  }
+  for (int r = 0; r < group_size; ++r)
+    MOEMPI_CHECK_ONE(owned[r] == num_experts / group_size, "placement: rank {} owns {} experts, not {}", r, owned[r],
+                     num_experts / group_size);
   MOEMPI_CHECK_ONE(replicas_E.empty() || (int)replicas_E.size() == num_experts,
                    "placement: replicas given for {} experts, expected {}", replicas_E.size(), num_experts);
   Placement p;
   p.E_ = num_experts;
   p.P_ = group_size;
   p.rank_ = rank;
-  const int per_rank = num_experts / group_size;
   p.holders_.assign(num_experts, {});
   for (int e = 0; e < num_experts; ++e) {
-    p.holders_[e].push_back(e / per_rank);
+    p.holders_[e].push_back(owner_E[e]);
     if (replicas_E.empty()) continue;
     std::vector<int> extra = replicas_E[e];
     std::sort(extra.begin(), extra.end());

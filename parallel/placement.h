@@ -20,6 +20,13 @@ class Placement {
   // Every expert owned by the contiguous rule, plus copies: replicas[e] lists extra ranks.
   static Placement with_replicas(int num_experts, int group_size, int rank,
                                  const std::vector<std::vector<int>>& replicas_E);
+  // Expert e owned by owner_E[e] (every rank owning E/P experts: FSSDP re-sharding keeps the
+  // count), plus copies: replicas[e] lists extra ranks (may be empty: none).
+  static Placement with_owners(const std::vector<int>& owner_E, int group_size, int rank,
+                               const std::vector<std::vector<int>>& replicas_E = {});
+  // The contiguous rule's owners: expert e on rank e / (E/P).
+  static std::vector<int> contiguous_owners(int num_experts, int group_size);
+  std::vector<int> owner_list() const;  // owner(e) for every e
 
   int num_experts() const { return E_; }
   int group_size() const { return P_; }

@@ -59,7 +59,7 @@ MOEMPI_SCHEMA_COVERS(CompressionSpec, 7);
 MOEMPI_SCHEMA_COVERS(DispatchSpec, 5);
 MOEMPI_SCHEMA_COVERS(MoeSpec, 13);
 MOEMPI_SCHEMA_COVERS(ParallelSpec, 4);
-MOEMPI_SCHEMA_COVERS(FssdpSpec, 2);
+MOEMPI_SCHEMA_COVERS(FssdpSpec, 4);
 MOEMPI_SCHEMA_COVERS(ScheduleSpec, 3);
 MOEMPI_SCHEMA_COVERS(OptimSpec, 9);
 MOEMPI_SCHEMA_COVERS(DataSpec, 3);
@@ -144,6 +144,8 @@ const Schema& root_schema() {
   static const Schema fssdp{{
       int_field("max_materialized_experts", &FssdpSpec::max_materialized_experts, 0),
       int_field("load_window", &FssdpSpec::load_window, 1, 1000),
+      bool_field("rematerialize", &FssdpSpec::rematerialize),
+      int_field("reshard_interval", &FssdpSpec::reshard_interval, 0),
   }};
   static const Schema parallel{{
       choice_field("strategy", &ParallelSpec::strategy, sharding_strategy_registry().names()),

@@ -46,7 +46,11 @@ double fssdp_replica_bytes(const JobSpec& s, int ep) {
   const double E = moe.num_experts, E_local = E / std::max(1, ep);
   const double per_layer = std::min<double>(s.parallel.fssdp.max_materialized_experts, E - E_local);
   const double expert = D * Fe1 + Fe * D;  // floats of one expert (w1, w2)
-  return 4 * L_moe * per_layer * 2 * expert;  // parameters and gradients
+  if (!s.parallel.fssdp.rematerialize) return 4 * L_moe * per_layer * 2 * expert;  // params and grads, every layer
+  // Re-materialised: one layer's parameters at a time; gradients of one layer at a time when a step
+  // is one micro-batch, else of every layer from its first backward to the step's last.
+  const double grad_layers = s.train.grad_accum > 1 ? L_moe : std::min(1.0, L_moe);
+  return 4 * per_layer * (std::min(1.0, L_moe) + grad_layers) * expert;
 }
 
 // Counts in double: the point is to refuse sizes that overflow every integer type.

@@ -33,7 +33,9 @@ struct MemoryEstimate {
 MemoryEstimate estimate_memory(const JobSpec& spec, int ep);
 
 // The fssdp replica buffers at the budget, in bytes per rank (0 for other strategies): per MoE
-// layer min(max_materialized_experts, experts a rank does not own) replicas of params + grads.
+// layer min(max_materialized_experts, experts a rank does not own) replicas of params + grads;
+// with parallel.fssdp.rematerialize the params of one layer, and the grads of one layer (one
+// micro-batch per step) or of every layer (train.grad_accum > 1).
 double fssdp_replica_bytes(const JobSpec& spec, int ep);
 
 // What this rank allocated for the model state (the figures estimate_memory predicts): params and

@@ -68,6 +68,12 @@ class TrainLoop {
     }
     schedule_ = std::make_unique<LrSchedule>(spec.optim, spec.train.steps);
     strategy_ = make_sharding_strategy(spec.parallel, groups);
+    model_->set_layer_hooks(strategy_.get());
+    {
+      std::vector<FloatBuffer*> moments;
+      for (const Optimizer::Moment& m : optimizer_->moments()) moments.push_back(m.buffer);
+      strategy_->attach_optimizer_state(model_->arena(), moments);
+    }
     {
       std::vector<size_t> moment_floats;
       for (const Optimizer::Moment& m : optimizer_->moments()) moment_floats.push_back(m.buffer->size());
@@ -78,11 +84,23 @@ class TrainLoop {
     T_ = spec.model.seq_len;
     // Every piece of training state, for checkpoints. The RNG position and the data position are
     // functions of the step (counter-based RNG, globally numbered sequences): the step is enough.
-    const StateWriters writers{.dense = groups.world.rank() == 0, .experts = groups.world.rank() < groups.ep_size};
+    register_state();
+  }
+
+  // Every piece of training state, by name, into state_ (afresh). Expert names follow the arena:
+  // after an fssdp re-sharding renames its slots, state() registers again.
+  void register_state() {
+    state_ = StateRegistry();
+    const StateWriters writers{.dense = g_.world.rank() == 0, .experts = g_.world.rank() < g_.ep_size};
     model_->register_state(state_, writers);
     optimizer_->register_state(state_, model_->arena(), writers);
-    strategy_->register_state(state_, writers, static_cast<int>(model_->moe_layers().size()), spec.moe.num_experts);
+    strategy_->register_state(state_, writers, static_cast<int>(model_->moe_layers().size()), spec_.moe.num_experts);
     state_.add_i64("train/step", {1}, {&steps_done_, 1}, writers.dense);
+    state_names_version_ = model_->arena().names_version();
+  }
+  const StateRegistry& state() {
+    if (state_names_version_ != model_->arena().names_version()) register_state();
+    return state_;
   }
 
   TrainSummary run() {
@@ -127,6 +145,7 @@ class TrainLoop {
                                g_.world.rank()) * B_;
         data_->get(batch_, Split::kTrain, first, B_);
         model_->set_position(spec_.job.seed, step, first);
+        strategy_->begin_micro_batch(a + 1 == spec_.train.grad_accum);
         loss_sum += model_->forward(batch_.tokens_BT.data(), batch_.targets_BT.data(), B_, true);
         aux_sum += model_->aux_loss();
         model_->add_routing(routing);  // before capacity drops; training forwards only
@@ -174,8 +193,13 @@ class TrainLoop {
       summary.step_seconds.push_back(dt);
       const ShardingStrategy::StepStats sharded = strategy_->step_stats();
       summary.replicas.push_back(sharded.replicas);
+      summary.experts_moved.push_back(sharded.experts_moved);
+      if (sharded.experts_moved > 0 && g_.world.rank() == 0 && opt_.log_steps)
+        spdlog::info("step {}: fssdp re-sharded expert ownership: {} experts moved with their optimizer state",
+                     step + 1, sharded.experts_moved);
       summary.memory.replicas = std::max(summary.memory.replicas, 4.0 * static_cast<double>(sharded.replica_floats));
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
+      if (opt_.after_step_state) opt_.after_step_state(step + 1, state());
       steps_done_ = step + 1;
       const bool last = step + 1 == steps;
       // Preemption: every rank posts this every step; a signal on any rank stops all of them here.
@@ -415,7 +439,7 @@ class TrainLoop {
 
   // Collective: one checkpoint of every registered state; returns its directory.
   std::string save(TrainSummary& summary) {
-    const SaveStats st = save_checkpoint(ckpt_root(), steps_done_, state_, job_spec_to_yaml(spec_), spec_.parallel,
+    const SaveStats st = save_checkpoint(ckpt_root(), steps_done_, state(), job_spec_to_yaml(spec_), spec_.parallel,
                                          g_.world, spec_.checkpoint.keep_last);
     ++summary.checkpoints_saved;
     summary.checkpoint_bytes = st.bytes;
@@ -457,7 +481,7 @@ class TrainLoop {
     std::vector<std::string> refused;
     for (const std::string& dir : candidates) {
       try {
-        const CheckpointInfo info = load_checkpoint(dir, state_, g_.world);
+        const CheckpointInfo info = load_checkpoint(dir, state(), g_.world);
         if (rank0 && opt_.log_steps) {
           if (!refused.empty())
             spdlog::warn("fell back to {}, the newest usable checkpoint ({} newer one{} refused)", dir,
@@ -517,6 +541,7 @@ class TrainLoop {
   RunDirLock run_dir_lock_;  // rank 0, while files are written
   MetricsWriter metrics_;
   StateRegistry state_;
+  uint64_t state_names_version_ = 0;  // the arena names state_ was registered with
   int64_t steps_done_ = 0;  // optimizer steps done: "train/step" in checkpoints
   Batch batch_;
   int data_ranks_ = 1, B_ = 1, T_ = 1;

@@ -27,6 +27,9 @@ struct TrainOptions {
   // step's global mean loss and the updated parameters, e.g. for `moempi bench train` to check
   // that replicas agree. If it communicates it must be collective over the world.
   std::function<void(int step, double loss, ParamArena& arena)> after_step = {};
+  // Called on every rank after each step with every piece of training state by name (parameters,
+  // optimizer moments, ...: what a checkpoint saves), for tests that compare whole models.
+  std::function<void(int step, const StateRegistry& state)> after_step_state = {};
   // Stop after this step (after its checkpoint, if one is due), as a killed job would: for resume
   // tests. 0 = run every step. The binary reads MOEMPI_TEST_STOP_AFTER=STEP.
   int stop_after_step = 0;
@@ -52,6 +55,7 @@ struct TrainSummary {
   // step boundary ("" with checkpoints off). The run stopped after step start_step + losses.size().
   int preempted_signal = 0;
   std::string preempted_checkpoint;
+  std::vector<int64_t> experts_moved;  // per step: experts whose owner changed (fssdp re-sharding)
   // This rank's model state as allocated (params, grads, optimizer, experts' shares; the start-up
   // line prints rank 0's), and in `replicas` the most replica bytes (params + grads) it held at
   // once in any step (fssdp).

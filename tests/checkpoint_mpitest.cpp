@@ -1,6 +1,8 @@
 // Resume is bit-identical (DESIGN.md "Checkpoints"): at every world size (1-4), for dp and ep
 // (ep = world), with grad_accum 2 and every balancing pass at once, a run stopped after step 3
-// (and fssdp: its load history, which places the replicas, is saved too)
+// (and fssdp: its load history, which places the replicas, is saved too; fssdp_reshard: fssdp with
+// forced Zipf(1.2) loads re-sharding every 2 steps, so the step-2 checkpoint holds experts on
+// owners other than the start's, which the resumed job moves them to before its first step)
 // and resumed from its step-2 checkpoint gives the uninterrupted run's losses for steps 3..6 to
 // the last bit; with the newest checkpoint damaged, resume falls back to the previous one and
 // still matches. Checkpoints are written to a directory every rank sees (rank 0 names it).
@@ -51,7 +53,12 @@ JobSpec resume_spec(const std::string& strategy, const std::string& run_dir) {
                      {.type = "seq_aux_loss", .coeff = 0.001f},
                      {.type = "global_batch_aux_loss", .coeff = 0.01f},
                      {.type = "loss_free_bias", .bias = {.rate = 0.01f}}};
-  s.parallel.strategy = world_size() > 1 ? strategy : "dp";
+  const bool reshard = strategy == "fssdp_reshard";
+  s.parallel.strategy = world_size() > 1 ? (reshard ? "fssdp" : strategy) : "dp";
+  if (reshard) {
+    s.parallel.fssdp.reshard_interval = 2;
+    s.moe.force_routing = "zipf:1.2";
+  }
   s.parallel.ep = s.parallel.strategy == "dp" ? 1 : world_size();
   s.optim.lr = 1e-2f;
   s.optim.schedule.type = "warmup_cosine";
@@ -119,7 +126,7 @@ TEST_P(Resume, BitIdenticalToTheUninterruptedRun_grad_accum2_every_pass) {
   if (world_rank() == 0) fs::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Strategies, Resume, ::testing::Values("dp", "ep", "fssdp"));
+INSTANTIATE_TEST_SUITE_P(Strategies, Resume, ::testing::Values("dp", "ep", "fssdp", "fssdp_reshard"));
 
 // The format stores slices of the flattened global tensor, not rank layouts: a tensor saved in W
 // uneven slices (rank r holds r + 1 parts of the 0..N-1 ramp) loads on one rank whole, and on W

@@ -69,5 +69,37 @@ TEST(FssdpReplicas, ZipfLoadsRespectBudgetAndLowerTheMaximum) {
   }
 }
 
+// Re-sharding (fssdp_reshard_owners): every rank keeps E/W experts; owners change only when that
+// lowers the largest per-rank owned load; the heaviest experts end on different ranks.
+TEST(FssdpReshard, BalancesOwnedLoadOnlyWhenItHelps) {
+  const std::vector<int> contiguous = Placement::contiguous_owners(8, 2);  // 0 0 0 0 1 1 1 1
+  EXPECT_EQ(fssdp_reshard_owners(std::vector<double>(8, 5.0), contiguous, 2), contiguous) << "even loads";
+  const std::vector<double> zipf = {100, 50, 33, 25, 20, 17, 14, 12};
+  const std::vector<int> next = fssdp_reshard_owners(zipf, contiguous, 2);
+  ASSERT_NE(next, contiguous);
+  double load[2] = {0, 0}, before[2] = {0, 0};
+  int count[2] = {0, 0};
+  for (int e = 0; e < 8; ++e) {
+    load[next[e]] += zipf[e];
+    before[contiguous[e]] += zipf[e];
+    ++count[next[e]];
+  }
+  EXPECT_EQ(count[0], 4);
+  EXPECT_EQ(count[1], 4);
+  EXPECT_LT(std::max(load[0], load[1]), std::max(before[0], before[1]));
+  EXPECT_NE(next[0], next[1]) << "the two heaviest experts on different ranks";
+  EXPECT_EQ(fssdp_reshard_owners(zipf, next, 2), next) << "balanced owners stay (no churn)";
+  EXPECT_EQ(fssdp_reshard_owners(zipf, contiguous, 2), next) << "deterministic";
+  for (int W : {1, 3, 4}) {  // any group size: E/W each
+    std::vector<double> loads(12);
+    for (int e = 0; e < 12; ++e) loads[e] = 100.0 / (e + 1);
+    const std::vector<int> owners = fssdp_reshard_owners(loads, Placement::contiguous_owners(12, W), W);
+    std::vector<int> per(W, 0);
+    for (int o : owners) ++per.at(o);
+    for (int r = 0; r < W; ++r) EXPECT_EQ(per[r], 12 / W) << "W=" << W;
+    if (W == 1) EXPECT_EQ(owners, std::vector<int>(12, 0));
+  }
+}
+
 }  // namespace
 }  // namespace moempi

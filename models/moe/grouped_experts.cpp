@@ -57,7 +57,8 @@ void init_param_normal(ParamArena& arena, ParamArena::Id id, uint64_t seed, floa
 
 GroupedExperts::GroupedExperts(const ModelSpec& model, const MoeSpec& moe, int layer,
                                const Placement& placement, ParamArena& arena)
-    : D_(model.d_model),
+    : layer_(layer),
+      D_(model.d_model),
       F_(moe.d_ff_expert),
       F1_(model.activation == Activation::kSwiglu ? 2 * moe.d_ff_expert : moe.d_ff_expert),
       act_(model.activation) {
@@ -91,23 +92,64 @@ void GroupedExperts::set_local_experts(const std::vector<int>& local_experts) {
   for (auto it = replicas_.begin(); it != replicas_.end();)
     it = std::binary_search(local_experts.begin(), local_experts.end(), it->first) ? std::next(it)
                                                                                     : replicas_.erase(it);
-  for (int e : local_experts) {
-    if (owned_.count(e)) continue;
-    Replica& r = replicas_[e];
-    r.w1.resize((size_t)part_numel(0));
-    r.w2.resize((size_t)part_numel(1));
-    r.dw1.resize((size_t)part_numel(0));
-    r.dw2.resize((size_t)part_numel(1));
-    r.dw1.zero();
-    r.dw2.zero();
-  }
+  for (int e : local_experts)
+    if (!owned_.count(e)) replicas_.try_emplace(e);
   step_experts_ = local_experts;
+}
+
+void GroupedExperts::set_replica_buffers(bool params, bool grads) {
+  for (auto& [e, r] : replicas_) {
+    // FloatBuffer::resize zeroes what it allocates; an empty FloatBuffer holds no memory.
+    if (params && r.w1.size() == 0) {
+      r.w1.resize((size_t)part_numel(0));
+      r.w2.resize((size_t)part_numel(1));
+    }
+    if (!params) r.w1 = FloatBuffer(), r.w2 = FloatBuffer();
+    if (grads && r.dw1.size() == 0) {
+      r.dw1.resize((size_t)part_numel(0));
+      r.dw2.resize((size_t)part_numel(1));
+    }
+    if (!grads) r.dw1 = FloatBuffer(), r.dw2 = FloatBuffer();
+  }
+}
+
+void GroupedExperts::set_owned_experts(ParamArena& arena, const std::vector<int>& owned) {
+  MOEMPI_CHECK_ONE(owned.size() == w1_.size() && std::is_sorted(owned.begin(), owned.end()),
+                   "layer {}: {} owned experts given (ascending), the arena has {} slots", layer_, owned.size(),
+                   w1_.size());
+  std::map<int, int> next;
+  std::vector<bool> taken(w1_.size(), false);
+  for (int e : owned)
+    if (auto it = owned_.find(e); it != owned_.end()) {
+      next[e] = it->second;
+      taken[it->second] = true;
+    }
+  size_t slot = 0;
+  for (int e : owned) {
+    if (next.count(e)) continue;
+    while (taken[slot]) ++slot;
+    taken[slot] = true;
+    next[e] = static_cast<int>(slot);
+  }
+  // Two passes so that a name freed by one slot can be taken by another in the same call.
+  for (auto& [e, j] : next)
+    if (!owned_.count(e)) arena.rename(w1_[j], fmt::format("~moving.{}.w1", j)), arena.rename(w2_[j], fmt::format("~moving.{}.w2", j));
+  for (auto& [e, j] : next)
+    if (!owned_.count(e)) {
+      const std::string base = fmt::format("layers.{}.moe.experts.{}", layer_, e);
+      arena.rename(w1_[j], base + ".w1");
+      arena.rename(w2_[j], base + ".w2");
+    }
+  owned_ = std::move(next);
+  replicas_.clear();
+  step_experts_ = owned;
 }
 
 float* GroupedExperts::param(ParamArena& arena, int e, int part) {
   if (auto it = owned_.find(e); it != owned_.end()) return arena.param(part == 0 ? w1_[it->second] : w2_[it->second]);
   auto it = replicas_.find(e);
   MOEMPI_CHECK_ONE(it != replicas_.end(), "expert {} is not held on this rank", e);
+  MOEMPI_CHECK_ONE(it->second.w1.size() > 0, "replica of expert {}: parameters not materialised", e);
   return part == 0 ? it->second.w1.data() : it->second.w2.data();
 }
 
@@ -115,11 +157,14 @@ float* GroupedExperts::grad(ParamArena& arena, int e, int part) {
   if (auto it = owned_.find(e); it != owned_.end()) return arena.grad(part == 0 ? w1_[it->second] : w2_[it->second]);
   auto it = replicas_.find(e);
   MOEMPI_CHECK_ONE(it != replicas_.end(), "expert {} is not held on this rank", e);
+  MOEMPI_CHECK_ONE(it->second.dw1.size() > 0, "replica of expert {}: gradients not materialised", e);
   return part == 0 ? it->second.dw1.data() : it->second.dw2.data();
 }
 
 int64_t GroupedExperts::replica_floats() const {
-  return (int64_t)replicas_.size() * 2 * (part_numel(0) + part_numel(1));
+  int64_t n = 0;
+  for (const auto& [e, r] : replicas_) n += (int64_t)(r.w1.size() + r.w2.size() + r.dw1.size() + r.dw2.size());
+  return n;
 }
 
 void GroupedExperts::forward(ParamArena& arena, float* y_RD, const float* x_RD,

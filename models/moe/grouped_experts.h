@@ -44,15 +44,25 @@ class GroupedExperts {
   // The experts this rank runs from now on (ascending global ids, a step placement's
   // local_experts()): the ones it owns (arena) plus replicas, whose parameters and gradients live
   // here, outside the arena (FSSDP; they hold parameters only, never optimizer state). New
-  // replicas get room (parameters to be filled by the caller), every replica's gradient is zeroed,
-  // and replicas no longer listed are freed. Local error if an owned expert is missing.
+  // replicas hold no buffers yet (set_replica_buffers); replicas no longer listed are freed.
+  // Local error if an owned expert is missing.
   void set_local_experts(const std::vector<int>& local_experts);
+  // Every replica's parameter buffers (params) and gradient buffers (grads): true allocates what
+  // is missing (parameters to be filled by the caller, gradients zeroed) and keeps what is there;
+  // false frees them (FSSDP re-materialisation frees parameters between forward and backward).
+  void set_replica_buffers(bool params, bool grads);
+  // FSSDP re-sharding: the experts this rank owns from now on (ascending global ids, as many as
+  // it owns now). An expert it keeps keeps its arena slot; each new one takes a slot freed by an
+  // expert that left (in ascending order), and those slots are renamed to the new experts' global
+  // names. The slots' contents are the caller's to fill (params and optimizer state move with the
+  // owner). Replicas are dropped; the local experts become the owned ones.
+  void set_owned_experts(ParamArena& arena, const std::vector<int>& owned);
   const std::vector<int>& local_experts() const { return step_experts_; }
   // Expert e's part (0 = w1 (D, F1), 1 = w2 (F, D)) on this rank, owned or replica.
   float* param(ParamArena& arena, int e, int part);
   float* grad(ParamArena& arena, int e, int part);
   int64_t part_numel(int part) const { return part == 0 ? (int64_t)D_ * F1_ : (int64_t)F_ * D_; }
-  int64_t replica_floats() const;  // parameters + gradients of the replicas held now
+  int64_t replica_floats() const;  // replica parameter + gradient floats allocated now
 
   // x_RD: rows grouped by local expert, rows_per_local_expert (E_local) counts per block.
   // Writes y_RD; keeps the hidden activations for backward.
@@ -68,7 +78,7 @@ class GroupedExperts {
   ParamArena::Id w2_id(int local) const { return w2_[local]; }
 
  private:
-  int D_, F_, F1_;
+  int layer_, D_, F_, F1_;
   Activation act_;
   std::vector<ParamArena::Id> w1_, w2_;   // per owned expert (construction placement order)
   std::map<int, int> owned_;              // global id -> index into w1_/w2_

@@ -70,6 +70,16 @@ void ParamArena::allocate() {
   allocated_ = true;
 }
 
+void ParamArena::rename(Id id, std::string name) {
+  MOEMPI_CHECK_ONE(id < infos_.size(), "ParamArena::rename: no tensor {}", id);
+  if (infos_[id].name == name) return;
+  MOEMPI_CHECK_ONE(!index_.count(name), "ParamArena::rename: '{}' is taken", name);
+  index_.erase(infos_[id].name);
+  index_.emplace(name, id);
+  infos_[id].name = std::move(name);
+  ++names_version_;
+}
+
 std::optional<ParamArena::Id> ParamArena::find(const std::string& name) const {
   if (auto it = index_.find(name); it != index_.end()) return it->second;
   return std::nullopt;

@@ -59,6 +59,11 @@ class ParamArena {
   // The tensor of that name, or nullopt when this rank holds none (with expert parallelism a
   // name may exist on some ranks only, so a miss is not an error here).
   std::optional<Id> find(const std::string& name) const;
+  // Gives tensor `id` a new name (FSSDP re-sharding: a slot of the arena now holds another expert,
+  // of the same shape); the new name must be free. Bumps names_version().
+  void rename(Id id, std::string name);
+  // Changes with every rename: state views registered by name are stale once it changes.
+  uint64_t names_version() const { return names_version_; }
   // Registers every tensor as "param/<name>" (dense: writer when writers.dense; experts: when
   // writers.experts) for checkpoints.
   void register_state(StateRegistry& registry, const StateWriters& writers);
@@ -84,6 +89,7 @@ class ParamArena {
   Buffer params_, grads_;
   size_t total_ = 0, dense_numel_ = 0;
   bool allocated_ = false;
+  uint64_t names_version_ = 0;
 };
 
 // A zero-initialised, 64-byte aligned float buffer (activations, scratch, optimizer moments).

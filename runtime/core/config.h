@@ -104,6 +104,8 @@ struct MoeSpec {
 struct FssdpSpec {
   int max_materialized_experts = 2;  // replicas a rank may hold per MoE layer per step
   int load_window = 5;               // steps in the sliding mean that predicts expert loads
+  bool rematerialize = false;        // free replicas after each layer's forward, gather again for backward
+  int reshard_interval = 100;        // re-shard expert ownership every this many steps (0 = never)
 };
 
 struct ParallelSpec {
