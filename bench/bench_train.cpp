@@ -146,13 +146,18 @@ int run(const TrainBenchArgs& args) {
   for (double x : s.step_seconds) total += x;
   for (double p : s.phase_seconds) phases += p;
   // JSON keys; the table shows "a2a" as "moe.a2a" (it is part of moe).
-  const std::vector<std::string> names = {"attention", "moe",       "a2a",      "dense_ffn", "other",
-                                          "optimizer", "grad_sync", "unattrib", "step"};
-  const std::vector<double> mine = {s.phase_seconds[kPhaseAttention] / n, s.phase_seconds[kPhaseMoe] / n,
-                                    s.exchange_seconds / n,               s.phase_seconds[kPhaseDenseFfn] / n,
-                                    s.phase_seconds[kPhaseOther] / n,     s.phase_seconds[kPhaseOptimizer] / n,
-                                    s.phase_seconds[kPhaseGradSync] / n,  (total - phases) / n,
-                                    total / n};
+  std::vector<std::string> names = {"attention", "moe",       "a2a",      "dense_ffn", "other",
+                                    "optimizer", "grad_sync", "unattrib", "step"};
+  std::vector<double> mine = {s.phase_seconds[kPhaseAttention] / n, s.phase_seconds[kPhaseMoe] / n,
+                              s.exchange_seconds / n,               s.phase_seconds[kPhaseDenseFfn] / n,
+                              s.phase_seconds[kPhaseOther] / n,     s.phase_seconds[kPhaseOptimizer] / n,
+                              s.phase_seconds[kPhaseGradSync] / n,  (total - phases) / n,
+                              total / n};
+  // The dispatcher's time by call (inside a2a), after a2a.
+  for (int c = kDispatchCalls - 1; c >= 0; --c) {
+    names.insert(names.begin() + 3, fmt::format("a2a.{}", dispatch_call_name(static_cast<DispatchCall>(c))));
+    mine.insert(mine.begin() + 3, s.dispatch_call_seconds[c] / n);
+  }
   std::vector<OverRanks> phase;
   for (double v : mine) phase.push_back(over_ranks(v, groups.world));
   const OverRanks data_s = over_ranks(data_seconds_per_step(spec, groups.world.rank(), world), groups.world);
@@ -187,7 +192,7 @@ int run(const TrainBenchArgs& args) {
                    cell(1e3 * step_s.max, 1), cell(tok_s, 0), cell(s.flops_per_token * tok_s / 1e9, 1),
                    cell(100 * mfu, 1), cell(s.sgemm_gflops, 1), cell(wrong)});
 
-  Table phase_table({{"phase", "", 10}, {"avg", "(ms/step)", 10}, {"max", "(ms/step)", 10}, {"share", "(% avg)", 8}},
+  Table phase_table({{"phase", "", 22}, {"avg", "(ms/step)", 10}, {"max", "(ms/step)", 10}, {"share", "(% avg)", 8}},
                     printing);
   phase_table.print_header({"time by phase, all steps incl. warm-up, avg and max over ranks; moe.a2a = dispatch "
                             "exchanges (inside moe); unattrib = step minus phases (data, metrics, ...)"});

@@ -5,12 +5,27 @@
 #include <cstring>
 
 #include "runtime/core/error.h"
+#include "runtime/core/timer.h"
 
 namespace moempi {
 
 Dispatcher::Dispatcher() {
   static std::atomic<uint64_t> next{1};
   id_ = next++;
+}
+
+const char* dispatch_call_name(DispatchCall c) {
+  static const char* const names[kDispatchCalls] = {"plan", "dispatch", "combine", "combine_backward",
+                                                     "dispatch_backward"};
+  return names[c];
+}
+
+DispatchTimer::DispatchTimer(DispatchStats& stats, DispatchCall call)
+    : stats_(stats), call_(call), start_(now_seconds()) {}
+DispatchTimer::~DispatchTimer() {
+  const double s = now_seconds() - start_;
+  stats_.seconds += s;
+  stats_.call_seconds[call_] += s;
 }
 
 void DispatchPlan::reset(const Routing& r, int D) {

@@ -37,6 +37,7 @@
 // 1-4 ranks, also on 2x2 virtual nodes); finite differences through the whole chain in
 // tests/moe_test.cpp.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -54,10 +55,17 @@ struct Routing {
   int T = 0, K = 1;
 };
 
+// The collective calls of the contract, for the time spent in each (DispatchStats::call_seconds).
+enum DispatchCall { kCallPlan, kCallDispatch, kCallCombine, kCallCombineBackward, kCallDispatchBackward, kDispatchCalls };
+const char* dispatch_call_name(DispatchCall c);  // "plan", "dispatch", ...
+
 // Accumulated traffic of a dispatcher (all layers, all calls). Rows and bytes count what this rank
 // sends to other ranks (its own rows are copies, not traffic); messages count non-empty sends.
 struct DispatchStats {
   double seconds = 0;       // wall time in plan/dispatch/combine and their backward
+  // The same by call (DispatchCall order); wrappers (lsh, the link model) report their inner
+  // transport's, so these sum to `seconds` only for the transports themselves.
+  std::array<double, kDispatchCalls> call_seconds{};
   int64_t rows = 0;         // rows sent to other ranks
   int64_t bytes_intra = 0, bytes_inter = 0;        // to ranks on this node / on other nodes
   int64_t messages_intra = 0, messages_inter = 0;
@@ -109,6 +117,18 @@ class DispatchPlan {
   float* y_RD_ = nullptr;
   float* dy_RD_ = nullptr;
   FloatBuffer own_x_, own_y_, own_dy_;
+};
+
+// Adds the wall time of its scope to stats.seconds and stats.call_seconds[call].
+class DispatchTimer {
+ public:
+  DispatchTimer(DispatchStats& stats, DispatchCall call);
+  ~DispatchTimer();
+
+ private:
+  DispatchStats& stats_;
+  DispatchCall call_;
+  double start_;
 };
 
 class Dispatcher {

@@ -89,7 +89,7 @@ std::string FlatDispatcher::name() const {
 
 void FlatDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
                           const Placement& placement) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallPlan);
   Plan& p = as_flat(base);
   MOEMPI_CHECK_ALL(placement.group_size() == P_,
                    "flat dispatcher: placement over {} ranks does not match the ep group '{}' of {}",
@@ -311,7 +311,7 @@ void FlatDispatcher::exchange_from_experts(Plan& p, const float* src_RD, float* 
 }
 
 void FlatDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatch);
   Plan& p = as_flat(base);
   const int D = p.D_, K = p.K_, L = p.L;
   const size_t row_bytes = sizeof(float) * D;
@@ -342,7 +342,7 @@ void FlatDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
 }
 
 void FlatDispatcher::combine(DispatchPlan& base, float* out_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombine);
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.y_RD_, p.src_side.data());  // y rows back; kept for dprobs
   p.inflight.wait();
@@ -350,7 +350,7 @@ void FlatDispatcher::combine(DispatchPlan& base, float* out_TD) {
 }
 
 void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombineBackward);
   Plan& p = as_flat(base);
   float* dprobs_TK = p.pending_dprobs();
   const int D = p.D_, K = p.K_;
@@ -382,7 +382,7 @@ void FlatDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) 
 }
 
 void FlatDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatchBackward);
   Plan& p = as_flat(base);
   exchange_from_experts(p, p.dx_RD(), p.src_side.data());
   p.inflight.wait();

@@ -108,7 +108,7 @@ void HierarchicalDispatcher::count(const RoutedHop& hop, const HopTraffic& t) {
 
 void HierarchicalDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD, int D,
                                   const Placement& placement) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallPlan);
   Plan& p = as_hier(base);
   MOEMPI_CHECK_ALL(placement.group_size() == P_,
                    "hierarchical dispatcher: placement over {} ranks does not match the ep group '{}' of {}",
@@ -357,14 +357,14 @@ void HierarchicalDispatcher::exchange_reverse(Plan& p, const float* RD, bool wei
 
 // plan() moved the x rows with the records (the contract: plan's x_TD is what dispatch sends).
 void HierarchicalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatch);
   Plan& p = as_hier(base);
   MOEMPI_CHECK_ONE(x_TD == p.planned_x || p.T_ == 0,
                    "hierarchical dispatcher: dispatch() of other rows than plan() was given (plan sends them)");
 }
 
 void HierarchicalDispatcher::combine(DispatchPlan& base, float* out_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombine);
   Plan& p = as_hier(base);
   exchange_reverse(p, p.y_RD_, true, false);
   if (dedup_)  // per-node partial sums, already weighted: out_t = Σ over the token's nodes
@@ -374,7 +374,7 @@ void HierarchicalDispatcher::combine(DispatchPlan& base, float* out_TD) {
 }
 
 void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombineBackward);
   Plan& p = as_hier(base);
   const int D = p.D_, K = p.K_;
   const int64_t slots = static_cast<int64_t>(p.T_) * K;
@@ -426,7 +426,7 @@ void HierarchicalDispatcher::combine_backward(DispatchPlan& base, const float* d
 }
 
 void HierarchicalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatchBackward);
   Plan& p = as_hier(base);
   exchange_reverse(p, p.dx_RD(), false, dedup_);
   if (!dedup_) {

@@ -24,7 +24,7 @@ std::unique_ptr<DispatchPlan> LocalDispatcher::new_plan() const { return std::ma
 
 void LocalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, int D,
                            const Placement& placement) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallPlan);
   LocalPlan& p = as_local(base);
   MOEMPI_CHECK_ONE(placement.group_size() == 1,
                    "moe.dispatch.type 'local' needs every expert on this rank (a group of 1, got {})",
@@ -49,7 +49,7 @@ void LocalDispatcher::plan(DispatchPlan& base, const Routing& r, const float*, i
 }
 
 void LocalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatch);
   LocalPlan& p = as_local(base);
   const int D = p.D_, K = p.K_;
   for (int64_t r = 0; r < p.rows_; ++r)
@@ -57,13 +57,13 @@ void LocalDispatcher::dispatch(DispatchPlan& base, const float* x_TD) {
 }
 
 void LocalDispatcher::combine(DispatchPlan& base, float* out_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombine);
   LocalPlan& p = as_local(base);
   p.slots.weighted_sum(out_TD, p.y_RD_, nullptr, p.probs_TK_.data(), p.T_, p.K_, p.D_);
 }
 
 void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombineBackward);
   LocalPlan& p = as_local(base);
   float* dprobs_TK = p.pending_dprobs();
   const int D = p.D_, K = p.K_;
@@ -81,7 +81,7 @@ void LocalDispatcher::combine_backward(DispatchPlan& base, const float* dout_TD)
 }
 
 void LocalDispatcher::dispatch_backward(DispatchPlan& base, float* dx_TD, float* dprobs_TK) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatchBackward);
   LocalPlan& p = as_local(base);
   p.slots.add(dx_TD, p.dx_RD(), nullptr, p.T_, p.K_, p.D_);
   p.take_pending_dprobs(dprobs_TK);

@@ -105,7 +105,7 @@ ShmPlan& as_shm(DispatchPlan& plan, bool planned) {
 
 void ShmDispatcher::plan(DispatchPlan& plan_base, const Routing& routing, const float* x_TD, int D,
                          const Placement& placement) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallPlan);
   ShmPlan& p = as_shm(plan_base, false);
   p.reset(routing, D);
   const int P = ep_.size(), me = ep_.rank(), E = placement.num_experts();
@@ -192,7 +192,7 @@ void ShmDispatcher::plan(DispatchPlan& plan_base, const Routing& routing, const 
 }
 
 void ShmDispatcher::dispatch(DispatchPlan& plan_base, const float* x_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatch);
   ShmPlan& p = as_shm(plan_base, true);
   const int K = p.K_, D = p.D_;
   const int64_t TK = static_cast<int64_t>(p.T_) * K;
@@ -208,7 +208,7 @@ void ShmDispatcher::dispatch(DispatchPlan& plan_base, const float* x_TD) {
 }
 
 void ShmDispatcher::combine(DispatchPlan& plan_base, float* out_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombine);
   ShmPlan& p = as_shm(plan_base, true);
   test_pause();
   p.window->fence();  // every expert has written its y rows
@@ -220,7 +220,7 @@ void ShmDispatcher::combine(DispatchPlan& plan_base, float* out_TD) {
 }
 
 void ShmDispatcher::combine_backward(DispatchPlan& plan_base, const float* dout_TD) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallCombineBackward);
   ShmPlan& p = as_shm(plan_base, true);
   float* dprobs_TK = p.pending_dprobs();
   const int K = p.K_, D = p.D_;
@@ -244,7 +244,7 @@ void ShmDispatcher::combine_backward(DispatchPlan& plan_base, const float* dout_
 }
 
 void ShmDispatcher::dispatch_backward(DispatchPlan& plan_base, float* dx_TD, float* dprobs_TK) {
-  ScopedTimer timer(stats_.seconds);
+  DispatchTimer timer(stats_, kCallDispatchBackward);
   ShmPlan& p = as_shm(plan_base, true);
   test_pause();
   p.window->fence();  // every expert has written its dx rows (into y's region)

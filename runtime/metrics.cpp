@@ -167,6 +167,9 @@ void MetricsWriter::write(const StepMetrics& m) {
   j["a2a_frac"] = m.a2a_frac;
   j["a2a_bytes_intra"] = m.a2a_bytes_intra;
   j["a2a_bytes_inter"] = m.a2a_bytes_inter;
+  j["a2a_bytes_intra_all"] = m.a2a_bytes_intra_all;
+  j["a2a_bytes_inter_all"] = m.a2a_bytes_inter_all;
+  for (const auto& [call, ms] : m.a2a_call_ms) j["a2a_call_ms"][call] = ms;
   j["compression_ratio"] = m.compression_ratio;
   j["wire_bytes"] = m.wire_bytes;
   if (m.dropped_frac) j["dropped_frac"] = *m.dropped_frac;

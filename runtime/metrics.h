@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moempi {
@@ -24,6 +25,10 @@ struct StepMetrics {
   std::optional<double> dropped_frac;  // with moe.capacity_factor > 0: share of routed slots dropped
   double a2a_frac = 0;   // share of the step spent in the dispatcher (rank 0)
   int64_t a2a_bytes_intra = 0, a2a_bytes_inter = 0;  // rank 0's dispatch bytes to other ranks this step
+  int64_t a2a_bytes_intra_all = 0, a2a_bytes_inter_all = 0;  // the same summed over every rank
+  // Rank 0's dispatcher time this step by call (plan, dispatch, combine, combine_backward,
+  // dispatch_backward), in ms: JSON a2a_call_ms.
+  std::vector<std::pair<std::string, double>> a2a_call_ms;
   // Rows handed to the exchanges ÷ routed slot rows this step, over every rank (1 without
   // compression); `compressed` puts it in the step line as "lsh 0.21".
   double compression_ratio = 1;

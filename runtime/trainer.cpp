@@ -236,6 +236,9 @@ class TrainLoop {
       m.a2a_frac = exchange_s / dt;
       m.a2a_bytes_intra = traffic.bytes_intra - traffic0.bytes_intra;
       m.a2a_bytes_inter = traffic.bytes_inter - traffic0.bytes_inter;
+      for (int c = 0; c < kDispatchCalls; ++c)
+        m.a2a_call_ms.emplace_back(dispatch_call_name(static_cast<DispatchCall>(c)),
+                                   1e3 * (traffic.call_seconds[c] - traffic0.call_seconds[c]));
       if (strategy_->name() == "fssdp") {  // every rank takes this branch alike (collective)
         double replica_bytes = 4.0 * static_cast<double>(sharded.replica_floats);
         allreduce(&replica_bytes, 1, ReduceOp::kMax, g_.world);
@@ -244,9 +247,12 @@ class TrainLoop {
         m.replica_bytes_max = static_cast<int64_t>(replica_bytes);
       }
       m.wire_bytes = m.a2a_bytes_intra + m.a2a_bytes_inter;
-      {  // compression over every rank (collective; every rank logs the same steps)
-        int64_t rows[2] = {traffic.slot_rows - traffic0.slot_rows, traffic.exchange_rows - traffic0.exchange_rows};
-        allreduce_sum(rows, 2, g_.world);
+      {  // compression and traffic over every rank (collective; every rank logs the same steps)
+        int64_t rows[4] = {traffic.slot_rows - traffic0.slot_rows, traffic.exchange_rows - traffic0.exchange_rows,
+                           m.a2a_bytes_intra, m.a2a_bytes_inter};
+        allreduce_sum(rows, 4, g_.world);
+        m.a2a_bytes_intra_all = rows[2];
+        m.a2a_bytes_inter_all = rows[3];
         m.compressed = spec_.moe.dispatch.compression.type != "none";
         if (rows[0] > 0) m.compression_ratio = static_cast<double>(rows[1]) / static_cast<double>(rows[0]);
       }
@@ -282,6 +288,7 @@ class TrainLoop {
     watchdog::set_step(0);
     for (int p = 0; p < kPhaseCount; ++p) summary.phase_seconds[p] = model_->phase_seconds()[p];
     summary.exchange_seconds = model_->exchange_seconds();
+    summary.dispatch_call_seconds = model_->dispatcher().stats().call_seconds;
     return summary;
   }
 

@@ -45,6 +45,7 @@ struct TrainSummary {
   int64_t skipped_steps = 0;    // train.nonfinite: skip
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
   double exchange_seconds = 0;  // dispatchers' exchanges, rank 0 (included in the moe phase)
+  std::array<double, kDispatchCalls> dispatch_call_seconds{};  // the same by dispatcher call
   int start_step = 0;           // steps already done when this run started (from a checkpoint)
   int checkpoints_saved = 0;
   int64_t checkpoint_bytes = 0;     // of the last checkpoint saved

@@ -163,6 +163,15 @@ TEST_P(DispatcherContract, EqualsLocalBitForBit) {
   }
   const DispatchStats& st = d->stats();
   EXPECT_GT(st.seconds, 0.0);  // every call is timed
+  if (dspec.compression.type == "none") {  // a transport: its time by call adds up to its total
+    double by_call = 0;
+    for (double s : st.call_seconds) {
+      EXPECT_GE(s, 0.0);
+      by_call += s;
+    }
+    EXPECT_NEAR(by_call, st.seconds, 1e-9 * (1.0 + st.seconds));
+    EXPECT_GT(st.call_seconds[kCallPlan] + st.call_seconds[kCallCombine], 0.0);
+  }
   if (hier) {
     int64_t group_inter = st.bytes_inter;
     allreduce_sum(&group_inter, 1, groups.ep);
