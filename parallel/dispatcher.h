@@ -10,8 +10,10 @@
 // rank, then by slot order t*K+k at the source), so a transport can place them in memory its
 // peers write to directly (shm).
 //
-//   plan(P, routing, x_TD, placement)   collective: count exchange; P.rows() valid afterwards
-//   dispatch(P, x_TD)                   collective: P.x_RD() = x rows of every routed slot
+//   plan(P, routing, x_TD, placement)   collective: count exchange (hierarchical also moves the x
+//                                       rows here); P.rows() valid afterwards
+//   dispatch(P, x_TD)                   collective: P.x_RD() = x rows of every routed slot (x_TD is
+//                                       plan's x_TD, unchanged)
 //   ... experts: read P.x_RD(), write P.y_RD() ...
 //   combine(P, out_TD)                  collective: out_t = Σ_k p_tk · y_tk (k ascending; dropped
 //                                       slots contribute nothing), overwrites out_TD
