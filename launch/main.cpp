@@ -275,8 +275,12 @@ int run_plot(const moempi::PlotOptions& options) {
 int main(int argc, char** argv) {
   // `moempi train`: SIGTERM, SIGUSR1 and SIGINT checkpoint at the next step boundary and exit 75
   // (runtime/preemption.h), from the first instruction on; other commands keep the default actions.
-  if (argc >= 2 && std::string(argv[1]) == "train") moempi::preemption::install();
+  // Held across ensure_fast_kernel: a re-execution resets handlers, and a signal in that window
+  // would otherwise kill the rank with nothing saved.
+  const bool train_command = argc >= 2 && std::string(argv[1]) == "train";
+  if (train_command) moempi::preemption::hold();
   moempi::blas::ensure_fast_kernel(argc, argv);
+  if (train_command) moempi::preemption::install();
   // A file size limit (ulimit -f) then fails the write with EFBIG, reported with the file's name,
   // instead of killing the process mid-line.
   std::signal(SIGXFSZ, SIG_IGN);

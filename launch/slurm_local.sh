@@ -25,6 +25,16 @@ export SLURM_CONF=$CONF
 
 die() { echo "slurm_local: $*" >&2; exit 1; }
 
+# DIR is removed by up and down: only a directory this script made (its marker file inside), or
+# an empty or absent one, so a mistyped DIR never deletes a user's files.
+MARK=.moempi-slurm-local
+check_ours() {
+  [ -e "$DIR" ] || return 0
+  [ -d "$DIR" ] || die "$DIR exists and is not a directory"
+  [ -f "$DIR/$MARK" ] || [ -z "$(ls -A "$DIR")" ] ||
+    die "$DIR is not empty and was not made by slurm_local.sh (no $MARK): choose another directory"
+}
+
 need() {
   for b in munged mungekey slurmctld slurmd sbatch scontrol sinfo; do
     command -v "$b" > /dev/null || die "'$b' not found: install slurm-wlm (apt-get install slurm-wlm)"
@@ -47,6 +57,7 @@ stop_pidfile() {  # file name
 
 down() {
   [ -d "$DIR" ] || { echo "slurm_local: nothing at $DIR"; return 0; }
+  check_ours
   if [ -f "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
     # Cancel every job and let slurmd end their steps (slurmstepd) before it stops.
     scancel --full --quiet $(squeue -h -o %i 2>/dev/null) 2>/dev/null || true
@@ -64,8 +75,10 @@ up() {
   if [ -f "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
     echo "slurm_local: already running in $DIR"; echo "export SLURM_CONF=$CONF"; return 0
   fi
+  check_ours
   rm -rf "$DIR"
   mkdir -p "$DIR"/{state,spool,munge}
+  touch "$DIR/$MARK"
   chmod 700 "$DIR" "$DIR/munge"
   # munge: a fresh key, its own socket (clients and daemons reach it through AuthInfo below).
   mungekey --create --keyfile="$DIR/munge/munge.key"

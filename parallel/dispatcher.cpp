@@ -42,11 +42,12 @@ void DispatchPlan::reset(const Routing& r, int D) {
     probs_TK_.assign(slots, 1.0f);
 }
 
-void DispatchPlan::take_pending_dprobs(float* dprobs_TK) const {
+void DispatchPlan::take_pending_dprobs(float* dprobs_TK) {
   const size_t slots = static_cast<size_t>(T_) * K_;
   MOEMPI_CHECK_ONE(dprobs_TK_.size() == slots, "dispatch plan: dispatch_backward without combine_backward ({} of {} dprobs)",
                    dprobs_TK_.size(), slots);
   if (slots) std::memcpy(dprobs_TK, dprobs_TK_.data(), sizeof(float) * slots);
+  dprobs_TK_.clear();
 }
 
 void DispatchPlan::use_own_buffers() {

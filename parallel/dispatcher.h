@@ -96,12 +96,13 @@ class DispatchPlan {
   const std::vector<int32_t>& topk_ids() const { return topk_ids_TK_; }
   const std::vector<float>& probs() const { return probs_TK_; }
   // (T*K) dprobs held between combine_backward and dispatch_backward (dispatchers that compute
-  // them on this rank in combine_backward store them here).
+  // them on this rank in combine_backward store them here); taking them empties the plan's copy,
+  // so a second dispatch_backward without a combine_backward is an error, not stale values.
   float* pending_dprobs() {
     dprobs_TK_.resize(static_cast<size_t>(T_) * K_);
     return dprobs_TK_.data();
   }
-  void take_pending_dprobs(float* dprobs_TK) const;
+  void take_pending_dprobs(float* dprobs_TK);
 
  protected:
   friend class Dispatcher;

@@ -20,7 +20,19 @@ void on_signal(int signo) {
   g_count.fetch_add(1);
 }
 
+sigset_t preemption_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int signo : {SIGTERM, SIGUSR1, SIGINT}) sigaddset(&set, signo);
+  return set;
+}
+
 }  // namespace
+
+void hold() {
+  const sigset_t set = preemption_signals();
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+}
 
 void install() {
   struct sigaction sa;
@@ -29,6 +41,8 @@ void install() {
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   for (int signo : {SIGTERM, SIGUSR1, SIGINT}) sigaction(signo, &sa, nullptr);
+  const sigset_t set = preemption_signals();
+  sigprocmask(SIG_UNBLOCK, &set, nullptr);  // what hold() kept pending is delivered now
 }
 
 int pending_signal() { return g_first.load(); }

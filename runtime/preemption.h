@@ -16,8 +16,12 @@ namespace moempi::preemption {
 // sysexits.h: "temporary failure; the user is invited to retry"). Rerun (resume: auto) to continue.
 constexpr int kPreemptedExitCode = 75;
 
+// Blocks SIGTERM, SIGUSR1 and SIGINT until install(): they stay pending, across an execve too
+// (blas::ensure_fast_kernel may re-execute the binary, which resets handlers but keeps the mask).
+void hold();
+
 // Installs the handlers for SIGTERM, SIGUSR1 and SIGINT (SA_RESTART: interrupted system calls
-// resume). Idempotent.
+// resume) and unblocks them; a signal held since hold() is delivered then. Idempotent.
 void install();
 
 // The first signal received since start (0 = none), and how many were received in all.
