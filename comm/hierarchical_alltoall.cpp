@@ -208,7 +208,7 @@ void RoutedHop::scatter(const float* send, float* in, int width) const {
 }
 
 void RoutedHop::reduce(const float* send, float* in, int width, const float* scale, bool accumulate) const {
-  if (!accumulate) std::memset(in, 0, sizeof(float) * in_rows_ * width);
+  if (!accumulate && in_rows_ > 0) std::memset(in, 0, sizeof(float) * in_rows_ * width);  // `in` may be null
   for (size_t i = 0; i < from_.size(); ++i) {
     float* dst = in + from_[i] * width;
     const float* src = send + i * width;
