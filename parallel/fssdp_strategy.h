@@ -21,8 +21,10 @@
 //    owner to the new), bit for bit: the model is the same, only where its pieces live changes.
 //    The owners are checkpoint state (strategy/fssdp.owners); a resumed job moves its experts to
 //    them before its first step. Owners of another world size (invalid here) are not applied.
-// Not built (yet): overlap of the gather with attention. Tests: tests/fssdp_test.cpp (placement rule),
-// tests/train_mpitest.cpp (fssdp trains the one-rank losses at 1-4 ranks).
+// Not built (yet): overlap of the gather with attention. Tests: tests/fssdp_test.cpp (placement and
+// re-sharding rules), tests/train_mpitest.cpp (fssdp trains the one-rank losses at 1-4 ranks; the
+// same losses with re-materialisation; the same model across a re-sharding),
+// tests/checkpoint_mpitest.cpp (resume across a re-sharding), tests/e2e/fssdp.sh (the binary).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -97,7 +97,9 @@ TEST(FssdpReshard, BalancesOwnedLoadOnlyWhenItHelps) {
     std::vector<int> per(W, 0);
     for (int o : owners) ++per.at(o);
     for (int r = 0; r < W; ++r) EXPECT_EQ(per[r], 12 / W) << "W=" << W;
-    if (W == 1) EXPECT_EQ(owners, std::vector<int>(12, 0));
+    if (W == 1) {
+      EXPECT_EQ(owners, std::vector<int>(12, 0));
+    }
   }
 }
 
