@@ -37,4 +37,5 @@ for rm in false true; do
 done
 awk -v a="$m_true" -v b="$m_false" -v pa="$p_true" -v pb="$p_false" -v sa="$s_true" -v sb="$s_false" \
   'BEGIN {printf "| true / false | step time %.3f | replica bytes %.3f (saved %.1f%%) | sparse bytes %.2f |\n", a / b, pa / pb, 100 * (1 - pa / pb), sa / sb}'
-[ "${losses[false]}" = "${losses[true]}" ] && echo "losses identical (${STEPS} steps)" || echo "LOSSES DIFFER: ${losses[false]} vs ${losses[true]}"
+if [ "${losses[false]}" = "${losses[true]}" ]; then echo "losses identical (${STEPS} steps)"
+else echo "LOSSES DIFFER: ${losses[false]} vs ${losses[true]}"; exit 1; fi

@@ -28,10 +28,10 @@ bool start(double timeout_s);
 void attach_progress();
 void detach_progress();
 void stop();
-void set_step(int64_t step);
+void set_step(int64_t step);  // 1-based training step shown in the report (0 = outside training)
 // True inside a Pending scope: every blocking MPI call moempi makes must be (the test binary
 // checks it on each call: launch/watchdog_audit.cpp, tests/e2e/faults.sh).
-bool in_scope();   // 1-based training step shown in the report (0 = outside training)
+bool in_scope();
 
 class Pending {
  public:

@@ -184,4 +184,6 @@ audit hier_leader_dedup 4 tiny_ep.yaml --set moe.dispatch.type=hierarchical --se
   --set moe.dispatch.algorithm=leader --set moe.dispatch.dedup=true
 audit ep2_dp2 4 tiny.yaml --set parallel.strategy=ep --set parallel.ep=2
 audit fssdp 3 tiny.yaml --set parallel.strategy=fssdp --set parallel.ep=3 --set moe.num_experts=6
+audit fssdp_remat_reshard 3 tiny.yaml --set parallel.strategy=fssdp --set parallel.ep=3 --set moe.num_experts=6 \
+  --set parallel.fssdp.rematerialize=true --set parallel.fssdp.reshard_interval=2
 finish
