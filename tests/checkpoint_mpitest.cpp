@@ -30,24 +30,14 @@ int world_rank() {
   return r;
 }
 
-// One directory name for every rank (rank 0's pid).
-std::string shared_dir(const std::string& tag) {
-  int pid = static_cast<int>(::getpid());
-  MPI_Bcast(&pid, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  return (fs::temp_directory_path() / fmt::format("moempi_ckpt_mpitest_{}_{}", pid, tag)).string();
-}
+// One directory name for every rank.
+std::string shared_dir(const std::string& tag) { return test_util::shared_temp_dir("ckpt_mpitest", tag); }
 
 JobSpec resume_spec(const std::string& strategy, const std::string& run_dir) {
   JobSpec s;
   s.job.name = "resume";
   s.job.run_dir = run_dir;
-  s.model.d_model = 32;
-  s.model.n_layers = 2;
-  s.model.n_heads = 4;
-  s.model.seq_len = 16;
-  s.moe.num_experts = 12;  // divisible by every ep in 1..4
-  s.moe.top_k = 2;
-  s.moe.d_ff_expert = 24;
+  test_util::use_small_moe_model(s);
   s.moe.balancing = {{.type = "aux_loss", .coeff = 0.01f},
                      {.type = "z_loss", .coeff = 0.001f},
                      {.type = "seq_aux_loss", .coeff = 0.001f},

@@ -28,23 +28,14 @@ int world_rank() {
   return r;
 }
 
-std::string shared_dir(const std::string& tag) {  // rank 0's pid: one name on every rank
-  int pid = static_cast<int>(::getpid());
-  MPI_Bcast(&pid, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  return (fs::temp_directory_path() / fmt::format("moempi_preempt_mpitest_{}_{}", pid, tag)).string();
-}
+// One directory name for every rank.
+std::string shared_dir(const std::string& tag) { return test_util::shared_temp_dir("preempt_mpitest", tag); }
 
 JobSpec small_spec(const std::string& run_dir) {
   JobSpec s;
   s.job.name = "preempt";
   s.job.run_dir = run_dir;
-  s.model.d_model = 32;
-  s.model.n_layers = 2;
-  s.model.n_heads = 4;
-  s.model.seq_len = 16;
-  s.moe.num_experts = 12;  // divisible by every ep in 1..4
-  s.moe.top_k = 2;
-  s.moe.d_ff_expert = 24;
+  test_util::use_small_moe_model(s);
   s.moe.balancing = {{.type = "aux_loss", .coeff = 0.01f}, {.type = "loss_free_bias", .bias = {.rate = 0.01f}}};
   s.parallel.strategy = world_size() > 1 ? "ep" : "dp";
   s.parallel.ep = s.parallel.strategy == "dp" ? 1 : world_size();

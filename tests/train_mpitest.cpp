@@ -30,13 +30,7 @@ JobSpec invariance_spec() {
   JobSpec s;
   s.job.name = "invariance";
   s.model.vocab_size = 256;
-  s.model.d_model = 32;
-  s.model.n_layers = 2;
-  s.model.n_heads = 4;
-  s.model.seq_len = 16;
-  s.moe.num_experts = 12;  // divisible by every ep in 1..4
-  s.moe.top_k = 2;
-  s.moe.d_ff_expert = 24;
+  test_util::use_small_moe_model(s);
   s.moe.balancing = {{.type = "aux_loss", .coeff = 0.01f}, {.type = "z_loss", .coeff = 0.001f}};
   s.optim.lr = 1e-2f;
   s.optim.schedule.type = "warmup_cosine";
