@@ -22,19 +22,29 @@ done
 if [ -n "$missing" ]; then echo "skipped: slurm-wlm is not installed (missing:$missing; apt-get install slurm-wlm)"; exit $SKIP; fi
 if [ "$(id -u)" -ne 0 ]; then echo "skipped: a local SLURM needs root"; exit $SKIP; fi
 
-# A port pair nobody listens on, so a real SLURM or another test is not disturbed.
-port=""
-for _ in $(seq 50); do
-  p=$((20000 + RANDOM % 20000))
-  ss -Hltn "( sport = :$p or sport = :$((p + 1)) )" 2>/dev/null | grep -q . || { port=$p; break; }
-done
-export MOEMPI_SLURM_PORT=${port:-16817}
+# A port pair no TCP socket uses (any state), below the ephemeral range (ip_local_port_range
+# starts at 32768), so neither a real SLURM nor another test's connections collide with it; a
+# port taken between the check and the bind gets a second and third try.
+pick_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 12000))
+    ss -Htan "( sport = :$p or sport = :$((p + 1)) )" 2>/dev/null | grep -q . || { echo "$p"; return; }
+  done
+  echo 16817
+}
 SL="$TMP/slurm"
 export SLURM_CONF="$SL/slurm.conf"
 cleanup() { "$SRC/launch/slurm_local.sh" down "$SL" > /dev/null 2>&1 || true; rm -rf "$TMP"; }
 trap cleanup EXIT
-if ! "$SRC/launch/slurm_local.sh" up "$SL" > "$TMP/up.log" 2>&1; then
-  fail "slurm_local.sh up: $(tail -5 "$TMP/up.log")"
+up=0
+for _ in 1 2 3; do
+  export MOEMPI_SLURM_PORT=$(pick_port)
+  if "$SRC/launch/slurm_local.sh" up "$SL" > "$TMP/up.log" 2>&1; then up=1; break; fi
+  "$SRC/launch/slurm_local.sh" down "$SL" > /dev/null 2>&1 || true
+done
+if [ "$up" -ne 1 ]; then
+  fail "slurm_local.sh up (3 tries): $(tail -5 "$TMP/up.log")"
   finish; exit
 fi
 pass "local SLURM: $(grep 'up in' "$TMP/up.log")"
