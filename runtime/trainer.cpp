@@ -206,11 +206,16 @@ class TrainLoop {
       const int signo = agreed_signal();
       const bool preempt = signo != 0 && !last;
       const bool due = spec_.checkpoint.interval > 0 && ((step + 1) % spec_.checkpoint.interval == 0 || last);
-      if (opt_.checkpoints && (due || preempt)) {
-        const std::string dir = save(summary);
-        if (preempt) summary.preempted_checkpoint = dir;
-      }
-      if (preempt) summary.preempted_signal = signo;
+      // After the step's metrics line is written: a job that dies before the save completes
+      // resumes from the previous checkpoint and writes the line again. Saved first, a death
+      // between the save and the line would lose that step's line for good.
+      auto checkpoint_now = [&] {
+        if (opt_.checkpoints && (due || preempt)) {
+          const std::string dir = save(summary);
+          if (preempt) summary.preempted_checkpoint = dir;
+        }
+        if (preempt) summary.preempted_signal = signo;
+      };
 
       const bool eval_now = spec_.eval.interval > 0 && ((step + 1) % spec_.eval.interval == 0 || last);
       std::optional<EvalResult> eval;
@@ -222,7 +227,10 @@ class TrainLoop {
       const bool log_now =
           (step + 1) % spec_.train.log_interval == 0 || step == 0 || last || eval_now || first_after_resume;
       const bool stop_now = (stop_after > 0 && step + 1 == stop_after) || preempt;
-      if (!log_now && !stop_now) continue;
+      if (!log_now && !stop_now) {
+        checkpoint_now();
+        continue;
+      }
       StepMetrics m;
       m.step = step + 1;
       m.total_steps = steps;
@@ -279,6 +287,7 @@ class TrainLoop {
         if (opt_.log_steps && log_now) spdlog::info("{}", format_step_line(m));
         if (log_now) metrics_.write(m);
       }
+      checkpoint_now();
       if (stop_now) {
         if (g_.world.rank() == 0 && opt_.log_steps && !preempt)
           spdlog::info("stopping after step {} (test hook)", step + 1);
