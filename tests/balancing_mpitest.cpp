@@ -28,11 +28,7 @@
 namespace moempi {
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test_util::world_rank;
 using test_util::world_size;
 
 std::vector<float> randn(size_t n, uint64_t stream, float std = 1.0f) {

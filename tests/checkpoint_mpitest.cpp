@@ -24,11 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 using test_util::world_size;
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test_util::world_rank;
 
 // One directory name for every rank.
 std::string shared_dir(const std::string& tag) { return test_util::shared_temp_dir("ckpt_mpitest", tag); }

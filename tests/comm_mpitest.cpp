@@ -27,11 +27,7 @@ namespace {
 
 using test_util::world_size;
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test_util::world_rank;
 
 // World ranks of the members of `c`, in c's rank order (gathered over c).
 std::vector<int> members(const Communicator& c) {

@@ -22,6 +22,13 @@ inline int world_size() {
   return w;
 }
 
+// This process's rank in MPI_COMM_WORLD.
+inline int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
 // Experts split over every rank (strategy ep, or dp on one rank, where ep must be 1).
 inline ParallelSpec expert_parallel_over_world() {
   ParallelSpec spec;
