@@ -172,14 +172,11 @@ int run_alltoall(const AlltoallOptions& o) {
       wrong += verify();
       poison();
     }
-    const DispatchStats before = dispatcher->stats();
-    const DispatchStats vbefore = versus ? vdispatcher->stats() : DispatchStats{};
-    std::vector<std::function<void(int)>> ops = {moempi_op, raw_op};
-    if (versus) ops.push_back(versus_op);
-    const auto seconds = time_interleaved(ops, o.timing.warmup, o.timing.iters, world);
-    const int rounds = o.timing.warmup + o.timing.iters;
-    const RoundTraffic tr = traffic_per_round(before, dispatcher->stats(), rounds, world);
-    const RoundTraffic vtr = traffic_per_round(vbefore, versus ? vdispatcher->stats() : DispatchStats{}, rounds, world);
+    const VersusTiming timed =
+        time_against_raw(*dispatcher, vdispatcher.get(), moempi_op, raw_op, versus_op, o.timing, world);
+    const auto& seconds = timed.seconds;
+    const RoundTraffic& tr = timed.traffic;
+    const RoundTraffic& vtr = timed.versus_traffic;
     const OverRanks vs = over_ranks(versus ? median(seconds[2]) : 0.0, world);
     if (o.timing.check) wrong += verify();
     allreduce_sum(&wrong, 1, world);

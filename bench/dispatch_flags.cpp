@@ -71,4 +71,20 @@ std::vector<std::string> layout_header_lines(const ProcessGroups& groups, const 
   };
 }
 
+VersusTiming time_against_raw(const Dispatcher& dispatcher, const Dispatcher* versus,
+                              const std::function<void(int)>& moempi_op, const std::function<void(int)>& raw_op,
+                              const std::function<void(int)>& versus_op, const TimingFlags& timing,
+                              const Communicator& world) {
+  const DispatchStats before = dispatcher.stats();
+  const DispatchStats vbefore = versus ? versus->stats() : DispatchStats{};
+  std::vector<std::function<void(int)>> ops = {moempi_op, raw_op};
+  if (versus) ops.push_back(versus_op);
+  VersusTiming t;
+  t.seconds = time_interleaved(ops, timing.warmup, timing.iters, world);
+  const int rounds = timing.warmup + timing.iters;
+  t.traffic = traffic_per_round(before, dispatcher.stats(), rounds, world);
+  t.versus_traffic = traffic_per_round(vbefore, versus ? versus->stats() : DispatchStats{}, rounds, world);
+  return t;
+}
+
 }  // namespace moempi::bench

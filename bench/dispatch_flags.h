@@ -4,10 +4,12 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "comm/process_groups.h"
 #include "parallel/dispatcher.h"
 #include "runtime/core/config.h"
@@ -41,5 +43,17 @@ struct RoundTraffic {
 };
 RoundTraffic traffic_per_round(const DispatchStats& before, const DispatchStats& after, int rounds,
                                const Communicator& group);
+
+// moempi's dispatcher, raw MPI and, with `versus`, the versus dispatcher, timed round by round
+// (time_interleaved: moempi_op, raw_op, versus_op) and each dispatcher's traffic per round over
+// the warm-up and timed rounds (collective over `world`).
+struct VersusTiming {
+  std::vector<std::vector<double>> seconds;  // [op][timed round]: moempi, raw, versus
+  RoundTraffic traffic, versus_traffic;      // versus_traffic all 0 without `versus`
+};
+VersusTiming time_against_raw(const Dispatcher& dispatcher, const Dispatcher* versus,
+                              const std::function<void(int)>& moempi_op, const std::function<void(int)>& raw_op,
+                              const std::function<void(int)>& versus_op, const TimingFlags& timing,
+                              const Communicator& world);
 
 }  // namespace moempi::bench
