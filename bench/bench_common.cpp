@@ -71,11 +71,16 @@ void add_timing_flags(CLI::App& app, TimingFlags& flags) {
 }
 
 std::vector<std::vector<double>> time_interleaved(const std::vector<std::function<void(int)>>& ops,
-                                                  int warmup, int iters, const Communicator& group) {
-  std::vector<std::vector<double>> seconds(ops.size());
+                                                  int warmup, int iters, const Communicator& group,
+                                                  int unit) {
+  const size_t n = ops.size();
+  MOEMPI_CHECK_ALL(unit >= 0 && (unit == 0 || n % unit == 0), "time_interleaved: {} ops in units of {}", n, unit);
+  std::vector<std::vector<double>> seconds(n);
   for (auto& s : seconds) s.reserve(iters);
   for (int round = 0; round < warmup + iters; ++round) {
-    for (size_t j = 0; j < ops.size(); ++j) {
+    const size_t first = unit ? (static_cast<size_t>(round) * unit) % n : 0;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t j = (first + i) % n;
       barrier(group);
       const double t0 = MPI_Wtime();
       ops[j](round);

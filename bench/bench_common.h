@@ -35,8 +35,12 @@ void add_timing_flags(CLI::App& app, TimingFlags& flags);
 // Runs warmup + iters rounds; in each round every op runs once, in order, each after a barrier
 // over `group`, so moempi and raw alternate and see the same machine state. Collective over
 // `group`. op(i) gets the round index i. Returns [op][timed round] seconds on this rank.
+// unit > 0: the ops are consecutive units of `unit` ops (e.g. a forward and its backward), run
+// in order within a unit, and round i starts at unit i mod (ops / unit): no variant always runs
+// first (on a cold cache) or right after the same neighbour.
 std::vector<std::vector<double>> time_interleaved(const std::vector<std::function<void(int)>>& ops,
-                                                  int warmup, int iters, const Communicator& group);
+                                                  int warmup, int iters, const Communicator& group,
+                                                  int unit = 0);
 
 double median(std::vector<double> v);
 
