@@ -8,8 +8,10 @@
 # env: NP (4), STEPS (250 = 0.51M tokens), SEED (1), DISPATCH (auto), WIRE (fp32 | bf16, the wire
 #      of the baseline and of settings that name none), MOEMPI (build/moempi), SETTINGS (default:
 #      the issue's grid, num_hashes {2,4,6,8} x buckets_per_hash {2,4} x residual {true,false}, and
-#      a bf16 wire for the residual-free runs). A setting is name=H:b:residual[:wire], e.g.
-#      SETTINGS="h6b4=6:4:false h6b4r=6:4:true h6b4_bf16=6:4:false:bf16".
+#      a bf16 wire for the residual-free runs). A setting is
+#      name=H:b:residual[:wire[:max_residual[:eval]]] (eval: exact, the default, or compressed:
+#      compression.compress_eval), e.g.
+#      SETTINGS="h6b4=6:4:false h6b4r=6:4:true h6b4_bf16=6:4:false:bf16 h6b2m05=6:2:false:fp32:0.5".
 #      AB_ROUNDS (0): then times the baseline and every setting side by side, AB_STEPS (20) steps
 #      each, alternated AB_ROUNDS times, and reports the median step time of each (the training
 #      runs above run one after another, so their step times are not a comparison on a shared machine).
@@ -54,11 +56,13 @@ declare -A ARGS=([none]="--set moe.dispatch.wire_dtype=$WIRE")
 names=(none)
 for s in $SETTINGS; do
   name=${s%%=*}
-  IFS=: read -r h b res wire <<<"${s#*=}"
+  IFS=: read -r h b res wire spread eval <<<"${s#*=}"
+  case ${eval:-exact} in exact) ce=false ;; compressed) ce=true ;; *) echo "$s: eval '$eval' is not exact or compressed" >&2; exit 2 ;; esac
   names+=("$name")
   ARGS[$name]="--set moe.dispatch.wire_dtype=${wire:-$WIRE} --set moe.dispatch.compression.type=lsh
     --set moe.dispatch.compression.num_hashes=$h --set moe.dispatch.compression.buckets_per_hash=$b
-    --set moe.dispatch.compression.residual=$res"
+    --set moe.dispatch.compression.residual=$res --set moe.dispatch.compression.max_residual=${spread:-0}
+    --set moe.dispatch.compression.compress_eval=$ce"
 done
 
 train() {  # dir steps name [more moempi arguments]
@@ -87,14 +91,16 @@ value() { grep -o "\"$2\":[^,}]*" "$1" | cut -d: -f2; }  # every value of a key 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR) printf "%.1f", a[int((NR+1)/2)]; else printf "-"}'; }
 describe() {  # the run's dispatch settings, from its job.yaml
   local y="$OUT/$1/job.yaml"
-  local t h b r w
+  local t h b r w m e
   t=$(sed -n '/compression:/,/^  [a-z]/p' "$y" | grep -o 'type: [a-z]*' | head -1 | cut -d' ' -f2)
   w=$(grep -o 'wire_dtype: [a-z0-9]*' "$y" | cut -d' ' -f2)
   if [ "$t" = lsh ]; then
     h=$(grep -o 'num_hashes: [0-9]*' "$y" | cut -d' ' -f2)
     b=$(grep -o 'buckets_per_hash: [0-9]*' "$y" | cut -d' ' -f2)
-    r=$(grep -o 'residual: [a-z]*' "$y" | cut -d' ' -f2)
-    echo "lsh H=$h b=$b residual=$r, wire $w"
+    r=$(grep -o ' residual: [a-z]*' "$y" | cut -d' ' -f3)
+    m=$(grep -o 'max_residual: [0-9.e+-]*' "$y" | cut -d' ' -f2)
+    e=$(grep -o 'compress_eval: [a-z]*' "$y" | cut -d' ' -f2)
+    echo "lsh H=$h b=$b residual=$r max_residual=${m:-0}, wire $w, eval $([ "$e" = true ] && echo compressed || echo exact)"
   else
     echo "uncompressed, wire $w"
   fi

@@ -156,6 +156,10 @@ class Dispatcher {
   // passes run under the step just done). Dispatchers that depend on the step (lsh: its hash
   // projections rotate every rotation_interval steps) read it; wrappers forward it. Not collective.
   virtual void begin_step(int64_t step) { (void)step; }
+  // Called by the trainer around validation passes (true before, false after). Approximating
+  // dispatchers (lsh unless compress_eval) run exact while it is set; wrappers forward it. Not
+  // collective (every rank calls it at the same point anyway).
+  virtual void set_evaluating(bool evaluating) { (void)evaluating; }
 
   const DispatchStats& stats() const { return stats_; }
   // Unique per dispatcher object in this process (never reused), so a plan's owner can be told

@@ -96,6 +96,8 @@ std::vector<schema::TypeChoice> compression_choices() {
            schema::int_field("rotation_interval", &C::rotation_interval, 0),
            schema::int_field("min_tokens", &C::min_tokens, 0),
            schema::bool_field("residual", &C::residual),
+           schema::real_field("max_residual", &C::max_residual, schema::kNonNegative),
+           schema::bool_field("compress_eval", &C::compress_eval),
        },
        "cross-polytope buckets per destination expert; centroids travel, residuals stay (ALGORITHMS.md 3.3)"},
   };

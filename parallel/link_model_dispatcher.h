@@ -23,6 +23,7 @@ class LinkModelDispatcher final : public Dispatcher {
   void combine_backward(DispatchPlan& plan, const float* dout_TD) override;
   void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
   void begin_step(int64_t step) override { inner_->begin_step(step); }  // e.g. LSH's rotation
+  void set_evaluating(bool evaluating) override { inner_->set_evaluating(evaluating); }
   const Dispatcher& inner() const { return *inner_; }
   double delayed_seconds() const { return delayed_; }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 
 #include "runtime/core/error.h"
 #include "runtime/core/timer.h"
@@ -29,6 +30,7 @@ struct LshDispatcher::Plan final : DispatchPlan {
     int32_t expert;
   };
   std::vector<Bucket> buckets;           // scratch
+  std::vector<double> spread_centroid;   // (D) scratch of keep_near
   bool any_shared = false;               // some bucket holds more than one slot
   FloatBuffer x_TD;                      // (T, D) copy of the input (residuals)
   FloatBuffer centroids;                 // (T', D) what travels
@@ -91,6 +93,11 @@ void LshDispatcher::begin_step(int64_t step) {
   inner_->begin_step(step);
 }
 
+void LshDispatcher::set_evaluating(bool evaluating) {
+  exact_ = evaluating && !spec_.compress_eval;
+  inner_->set_evaluating(evaluating);
+}
+
 void LshDispatcher::sync_stats(double seconds) {
   own_seconds_ += seconds;
   const int64_t slot_rows = stats_.slot_rows, exchange_rows = stats_.exchange_rows;
@@ -110,6 +117,32 @@ struct Timed {
 };
 }  // namespace
 
+// max_residual: reorders the run order[i, j) of one bucket (ascending slots) into the slots whose
+// token lies within max_residual·|c| of the run's centroid c, then the others, each part still
+// ascending; returns the end of the first part.
+int64_t LshDispatcher::keep_near(Plan& p, const float* x_TD, int64_t i, int64_t j, int D) const {
+  const int K = p.K_;
+  std::vector<double>& c = p.spread_centroid;
+  c.assign(D, 0.0);
+  for (int64_t m = i; m < j; ++m) {
+    const float* x = x_TD + p.order[m] / K * D;
+    for (int d = 0; d < D; ++d) c[d] += x[d];
+  }
+  double c2 = 0;
+  for (int d = 0; d < D; ++d) {
+    c[d] /= static_cast<double>(j - i);
+    c2 += c[d] * c[d];
+  }
+  const double limit2 = spec_.max_residual * spec_.max_residual * c2;
+  auto near = [&](int64_t s) {
+    const float* x = x_TD + s / K * D;
+    double r2 = 0;
+    for (int d = 0; d < D; ++d) r2 += (x[d] - c[d]) * (x[d] - c[d]);
+    return r2 <= limit2;
+  };
+  return std::stable_partition(p.order.begin() + i, p.order.begin() + j, near) - p.order.begin();
+}
+
 void LshDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD, int D,
                          const Placement& placement) {
   Timed timed([this](double s) { sync_stats(s); });
@@ -128,8 +161,10 @@ void LshDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD
   // Slots by expert, ascending (stable counting sort).
   std::vector<int64_t>& rows_e = p.slot_begin;
   count_slots(r.topk_ids_TK, S, E, rows_e);
+  // Fewer slots than this from this rank: the expert's slots go uncompressed (every one alone).
+  const int64_t min_shared = exact_ ? std::numeric_limits<int64_t>::max() : std::max<int64_t>(spec_.min_tokens, 2);
   bool need_hash = false;
-  for (int e = 0; e < E; ++e) need_hash |= rows_e[e] >= std::max(spec_.min_tokens, 2);
+  for (int e = 0; e < E; ++e) need_hash |= rows_e[e] >= min_shared;
   rows_e.insert(rows_e.begin(), 0);
   for (int e = 0; e < E; ++e) rows_e[e + 1] += rows_e[e];
   const int64_t routed = rows_e[E];
@@ -153,7 +188,7 @@ void LshDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD
   };
   for (int e = 0; e < E; ++e) {
     const int64_t b0 = rows_e[e], b1 = rows_e[e + 1];
-    if (b1 - b0 < std::max(spec_.min_tokens, 2)) {  // uncompressed: every slot alone
+    if (b1 - b0 < min_shared) {  // uncompressed: every slot alone
       for (int64_t i = b0; i < b1; ++i) p.buckets.push_back({p.order[i], i, i + 1, e});
       continue;
     }
@@ -167,7 +202,9 @@ void LshDispatcher::plan(DispatchPlan& base, const Routing& r, const float* x_TD
     for (int64_t i = b0; i < b1;) {
       int64_t j = i + 1;
       while (j < b1 && same_codes(p.order[i], p.order[j])) ++j;
-      p.buckets.push_back({p.order[i], i, j, e});  // order[i] is the run's smallest slot
+      const int64_t kept = spec_.max_residual > 0 && j - i > 1 ? keep_near(p, x_TD, i, j, D) : j;
+      if (kept > i) p.buckets.push_back({p.order[i], i, kept, e});  // order[i]: the smallest kept slot
+      for (int64_t m = kept; m < j; ++m) p.buckets.push_back({p.order[m], m, m + 1, e});
       i = j;
     }
   }

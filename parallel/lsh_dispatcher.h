@@ -6,7 +6,10 @@
 // (T' virtual tokens, K' = 1). Residuals stay on the sender. Each slot s = (t, k) in bucket j gets
 //   z_s = E(c_j) + (x_t - c_j)   (residual: true)    or    z_s = E(c_j)   (residual: false)
 // and out_t = Σ_k p_tk z_s. A destination expert with fewer than min_tokens slots from this rank
-// sends every slot as its own bucket (uncompressed).
+// sends every slot as its own bucket (uncompressed). max_residual > 0 bounds a bucket's spread: a
+// slot whose token is farther than max_residual·|c| from its bucket's centroid c goes alone (one
+// pass: the centroid of the rest is not re-checked). Validation passes run exact (every bucket a
+// singleton) unless compress_eval.
 // Backward (derived in ALGORITHMS.md 3.3; ρ = 1 with residual, else 0), with buckets held fixed:
 //   G_j = Σ_{s in j} p_s g_t          one vector per centroid out (dy of the expert row)
 //   H_j = J_E(c_j)ᵀ G_j               one vector per centroid back (the inner dispatch_backward)
@@ -43,6 +46,8 @@ class LshDispatcher final : public Dispatcher {
   void dispatch_backward(DispatchPlan& plan, float* dx_TD, float* dprobs_TK) override;
   // Sets the hash epoch to step / rotation_interval (0 when the interval is 0); forwards to inner.
   void begin_step(int64_t step) override;
+  // true: plan() makes every slot its own bucket (exact) unless compress_eval; forwarded to inner.
+  void set_evaluating(bool evaluating) override;
 
   const Dispatcher& inner() const { return *inner_; }
   // The hash of the current epoch (its projections are drawn at the first plan() of a width).
@@ -55,10 +60,12 @@ class LshDispatcher final : public Dispatcher {
 
  private:
   void sync_stats(double seconds);
+  int64_t keep_near(Plan& p, const float* x_TD, int64_t i, int64_t j, int D) const;
   std::unique_ptr<Dispatcher> inner_;
   CompressionSpec spec_;
   std::unique_ptr<CrossPolytopeHash> hash_;
   int64_t epoch_ = 0;
+  bool exact_ = false;  // evaluating without compress_eval
   double own_seconds_ = 0;
 };
 

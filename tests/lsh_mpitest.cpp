@@ -1,8 +1,11 @@
 // MPI tests of LSH-compressed dispatch (parallel/lsh_dispatcher.h, parallel/lsh_hash.h), run at
 // 1-4 ranks by ctest:
-//   - every bucket a singleton (min_tokens above every count, or a hash so fine that no two tokens
-//     share a bucket) => bit-identical to `local` (and so to the inner dispatcher alone), over every
+//   - every bucket a singleton (min_tokens above every count, a hash so fine that no two tokens
+//     share a bucket, a max_residual below every token's spread, or a validation pass without
+//     compress_eval) => bit-identical to `local` (and so to the inner dispatcher alone), over every
 //     registered inner dispatcher that accepts the layout;
+//   - max_residual splits exactly the slots farther than max_residual·|c| from their bucket's
+//     centroid c out of the bucket, and nothing else;
 //   - lsh over flat, flat_packed and shm at W ranks equals lsh over `local` on each rank's own
 //     problem bit for bit (compression is per sender, so the result may not depend on W or the
 //     transport);
@@ -13,6 +16,7 @@
 //     at a new rotation epoch, and the compression counters.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -68,7 +72,7 @@ std::unique_ptr<Dispatcher> make_lsh(const std::string& inner, const Compression
 // Singletons: bit-identical to local.
 
 struct SingletonCase {
-  std::string inner, pattern, how;  // how: min_tokens | fine_hash
+  std::string inner, pattern, how;  // how: min_tokens | fine_hash | max_residual | evaluating
 };
 
 class LshSingletons : public ::testing::TestWithParam<SingletonCase> {};
@@ -79,9 +83,15 @@ TEST_P(LshSingletons, BitIdenticalToUncompressed) {
   const ProcessGroups groups = ProcessGroups::build(test_util::expert_parallel_over_world());
   // fine_hash: 8 hashes of 2*D codes each; payload rows are distinct random vectors, so two tokens
   // share all 8 codes with negligible probability (checked below: every bucket has one slot).
-  const CompressionSpec spec = c.how == "min_tokens" ? lsh_spec(2, 2, 1 << 30, true) : lsh_spec(8, 32, 0, true);
+  // max_residual: coarse buckets, but no token lies within 1e-6·|c| of its bucket's centroid.
+  // evaluating: coarse buckets, but a validation pass without compress_eval runs exact.
+  CompressionSpec spec = c.how == "min_tokens" ? lsh_spec(2, 2, 1 << 30, true)
+                         : c.how == "fine_hash" ? lsh_spec(8, 32, 0, true)
+                                                : lsh_spec(1, 2, 0, true);
+  if (c.how == "max_residual") spec.max_residual = 1e-6;
   auto d = make_lsh(c.inner, spec, groups);
   if (!d) GTEST_SKIP() << c.inner << " refuses ep " << W;
+  if (c.how == "evaluating") d->set_evaluating(true);
   const Placement placement = make_placement(kExperts, groups);
   auto plan = d->new_plan();
   for (int round = 0; round < 2; ++round) {
@@ -106,7 +116,8 @@ std::vector<SingletonCase> singleton_cases() {
   std::vector<SingletonCase> out;
   for (const std::string& inner : dispatcher_names())
     for (const char* pattern : {"balanced", "hot_expert", "dropped", "zero_rank"})
-      for (const char* how : {"min_tokens", "fine_hash"}) out.push_back({inner, pattern, how});
+      for (const char* how : {"min_tokens", "fine_hash", "max_residual", "evaluating"})
+        out.push_back({inner, pattern, how});
   return out;
 }
 
@@ -299,6 +310,113 @@ TEST_P(LshGradients, MatchFiniteDifferencesWithBucketsFixed) {
 
 INSTANTIATE_TEST_SUITE_P(Residual, LshGradients, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "residual" : "no_residual"; });
+
+// ---------------------------------------------------------------------------------------------
+// max_residual and validation passes.
+
+// 200 tokens of width 16 over 4 experts, k = 2, on one rank.
+DispatchProblem spread_problem() {
+  DispatchProblem p;
+  p.T = 200, p.K = 2, p.D = 16;
+  Rng rng(11, 0, 0, 0);
+  for (int t = 0; t < p.T; ++t) {
+    const int a = static_cast<int>(rng.below(4)), b = (a + 1 + static_cast<int>(rng.below(3))) % 4;
+    p.topk.insert(p.topk.end(), {a, b});
+    p.probs.insert(p.probs.end(), {0.6f, 0.4f});
+  }
+  for (int i = 0; i < p.T * p.D; ++i) p.x.push_back(rng.normal() + (i % p.D < 4 ? 2.0f : 0.0f));
+  p.dout.assign(p.x.size(), 1.0f);
+  return p;
+}
+
+// The buckets (slot lists) of the last plan.
+std::vector<std::vector<int64_t>> buckets_of(const DispatchPlan& plan) {
+  const auto& bos = LshDispatcher::bucket_of_slot(plan);
+  std::vector<std::vector<int64_t>> out(LshDispatcher::bucket_sizes(plan).size());
+  for (size_t s = 0; s < bos.size(); ++s)
+    if (bos[s] >= 0) out[bos[s]].push_back(static_cast<int64_t>(s));
+  return out;
+}
+
+TEST(LshSpread, MaxResidualSplitsOffExactlyTheFarSlots) {
+  const DispatchProblem p = spread_problem();
+  const Placement one = Placement::contiguous(4, 1, 0);
+  CompressionSpec spec = lsh_spec(1, 2, 0, false);  // 2 buckets per expert: wide ones
+  LshDispatcher coarse(std::make_unique<LocalDispatcher>(), spec);
+  auto plan0 = coarse.new_plan();
+  test_util::Result r0;
+  test_util::run_forward(coarse, *plan0, p, one, r0);
+  const auto wide = buckets_of(*plan0);
+  // |x_t - c| / |c| of every slot against its wide bucket's centroid (double).
+  std::vector<double> spread(p.topk.size(), 0.0);
+  for (const auto& b : wide) {
+    std::vector<double> c(p.D, 0.0);
+    for (int64_t s : b)
+      for (int d = 0; d < p.D; ++d) c[d] += p.x[s / p.K * p.D + d] / static_cast<double>(b.size());
+    double c2 = 0;
+    for (double v : c) c2 += v * v;
+    for (int64_t s : b) {
+      double r2 = 0;
+      for (int d = 0; d < p.D; ++d) r2 += (p.x[s / p.K * p.D + d] - c[d]) * (p.x[s / p.K * p.D + d] - c[d]);
+      spread[s] = std::sqrt(r2 / c2);
+    }
+  }
+  std::vector<double> sorted = spread;
+  std::sort(sorted.begin(), sorted.end());
+  spec.max_residual = sorted[sorted.size() / 2] * (1 + 1e-9);  // about half the slots are near
+  LshDispatcher gated(std::make_unique<LocalDispatcher>(), spec);
+  auto plan1 = gated.new_plan();
+  test_util::Result r1;
+  test_util::run_forward(gated, *plan1, p, one, r1);
+  const auto& bos = LshDispatcher::bucket_of_slot(*plan1);
+  int split = 0, kept_shared = 0;
+  for (const auto& b : wide) {
+    // The near slots of a wide bucket share one bucket (alone when just one), the far ones go alone.
+    std::vector<int64_t> near;
+    for (int64_t s : b) {
+      if (spread[s] <= spec.max_residual) {
+        near.push_back(s);
+        continue;
+      }
+      EXPECT_EQ(LshDispatcher::bucket_sizes(*plan1)[bos[s]], 1) << "far slot " << s << " shares a bucket";
+      ++split;
+    }
+    if (near.empty()) continue;
+    const auto bucket = buckets_of(*plan1)[bos[near[0]]];
+    EXPECT_EQ(bucket, near) << "the near slots of a wide bucket form one bucket, nothing else";
+    kept_shared += near.size() > 1;
+  }
+  EXPECT_GT(split, 0);
+  EXPECT_GT(kept_shared, 0);
+  // Backward runs on the gated buckets as on any (centroid gradient checks: LshGradients).
+  test_util::run_backward(gated, *plan1, p, r1);
+  for (float v : r1.dx) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST(LshSpread, ValidationCompressesOnlyWithCompressEval) {
+  const DispatchProblem p = spread_problem();
+  const Placement one = Placement::contiguous(4, 1, 0);
+  for (bool compress_eval : {false, true}) {
+    CompressionSpec spec = lsh_spec(1, 2, 0, true);
+    spec.compress_eval = compress_eval;
+    LshDispatcher d(std::make_unique<LocalDispatcher>(), spec);
+    auto plan = d.new_plan();
+    auto shared = [&] {
+      test_util::Result r;
+      test_util::run_forward(d, *plan, p, one, r);
+      const auto sizes = LshDispatcher::bucket_sizes(*plan);
+      return std::count_if(sizes.begin(), sizes.end(), [](int32_t n) { return n > 1; });
+    };
+    EXPECT_GT(shared(), 0);  // training
+    d.set_evaluating(true);
+    if (compress_eval)
+      EXPECT_GT(shared(), 0);
+    else
+      EXPECT_EQ(shared(), 0);
+    d.set_evaluating(false);
+    EXPECT_GT(shared(), 0) << "training compresses again after validation";
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Hashing: shared projections, deterministic codes, rotation.

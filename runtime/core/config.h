@@ -66,6 +66,10 @@ struct CompressionSpec {
   int rotation_interval = 100;  // projections redrawn every this many optimizer steps; 0 = never
   int min_tokens = 16;        // a destination expert with fewer slots from this rank goes uncompressed
   bool residual = true;       // each token gets E(centroid) + (x - centroid); false: E(centroid)
+  // A slot whose token lies farther than max_residual x |centroid| from its bucket's centroid
+  // leaves the bucket and goes alone (one pass; the rest keep sharing). 0 = off.
+  double max_residual = 0.0;
+  bool compress_eval = false;  // evaluation passes compress too; false: they run exact (uncompressed)
 };
 
 // moe.dispatch.wire_dtype: what rows travel as between ranks (compute is always fp32).
