@@ -353,6 +353,14 @@ int64_t GptMoe::active_params() const {
   return n;
 }
 
+double GptMoe::routed_flops_per_token() const {
+  const int64_t act = model_.activation == Activation::kSwiglu ? 3 : 2;
+  int64_t n = 0;
+  for (const auto& b : blocks_)
+    if (b.is_moe) n += static_cast<int64_t>(moe_.top_k) * act * model_.d_model * moe_.d_ff_expert;
+  return 6.0 * static_cast<double>(n);
+}
+
 double GptMoe::flops_per_token() const {
   return 6.0 * static_cast<double>(active_params()) +
          12.0 * model_.n_layers * model_.seq_len * model_.d_model;

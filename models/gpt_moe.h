@@ -58,6 +58,8 @@ class GptMoe final : public ExpertHost {
 
   // Training FLOPs per token (6 × active matmul params incl. the tied head + 12·L·T·D attention).
   double flops_per_token() const;
+  // The part of flops_per_token() spent in the routed experts (6 x their top_k experts' weights).
+  double routed_flops_per_token() const;
   int64_t active_params() const;
   std::array<double, kPhaseCount>& phase_seconds() { return phase_seconds_; }
   double exchange_seconds() const { return dispatcher_->stats().seconds; }  // part of kPhaseMoe

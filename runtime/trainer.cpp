@@ -108,6 +108,7 @@ class TrainLoop {
     summary.memory = memory_;
     summary.sgemm_gflops = allreduce_scalar(measure_sgemm_gflops(), g_.world) / g_.world.size();
     summary.flops_per_token = model_->flops_per_token();
+    summary.routed_flops_per_token = model_->routed_flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
     // Rank 0 locks and prepares the run directory; a directory in use ends every rank alike.
     agree_on_errors(g_.world, [&] {
@@ -265,7 +266,8 @@ class TrainLoop {
         if (rows[0] > 0) m.compression_ratio = static_cast<double>(rows[1]) / static_cast<double>(rows[0]);
       }
       m.tokens_per_s = summary.tokens_per_step / dt;
-      m.mfu = summary.flops_per_token * m.tokens_per_s /
+      // With compression the experts run on exchange_rows rows instead of slot_rows: count those.
+      m.mfu = (summary.flops_per_token - (1.0 - m.compression_ratio) * summary.routed_flops_per_token) * m.tokens_per_s /
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
       m.eta_s = elapsed / (step + 1 - start) * (steps - step - 1);
       if (first_after_resume) m.resumed_from = start;
@@ -344,6 +346,11 @@ class TrainLoop {
   // of maxvio_global and the joint table of the specialisation. Nothing here touches the
   // training RoutingStats or the passes' step state (forwards with training = false).
   EvalResult evaluate() {
+    struct Evaluating {  // lsh runs exact in validation unless compress_eval (also on an exception)
+      Dispatcher& d;
+      explicit Evaluating(Dispatcher& dispatcher) : d(dispatcher) { d.set_evaluating(true); }
+      ~Evaluating() { d.set_evaluating(false); }
+    } evaluating(model_->dispatcher());
     const int64_t micro_batches = static_cast<int64_t>(spec_.eval.batches) * spec_.train.grad_accum;
     const auto layers = model_->moe_layers();
     const int E = spec_.moe.num_experts, Dm = std::max(1, data_->num_domains());

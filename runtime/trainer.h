@@ -41,6 +41,7 @@ struct TrainSummary {
   std::optional<double> final_val_loss;
   double sgemm_gflops = 0;      // measured single-thread sgemm rate (mean over ranks)
   double flops_per_token = 0;
+  double routed_flops_per_token = 0;  // the routed experts' part of it
   int64_t tokens_per_step = 0;  // global
   int64_t skipped_steps = 0;    // train.nonfinite: skip
   std::array<double, kPhaseCount + 2> phase_seconds{};  // model phases, then optimizer, grad sync
