@@ -74,7 +74,8 @@ std::vector<std::vector<double>> time_interleaved(const std::vector<std::functio
                                                   int warmup, int iters, const Communicator& group,
                                                   int unit) {
   const size_t n = ops.size();
-  MOEMPI_CHECK_ALL(unit >= 0 && (unit == 0 || n % unit == 0), "time_interleaved: {} ops in units of {}", n, unit);
+  MOEMPI_CHECK_ALL(unit >= 0 && (unit == 0 || (n > 0 && n % unit == 0)), "time_interleaved: {} ops in units of {}",
+                   n, unit);
   std::vector<std::vector<double>> seconds(n);
   for (auto& s : seconds) s.reserve(iters);
   for (int round = 0; round < warmup + iters; ++round) {

@@ -197,7 +197,8 @@ int run(const ExpertsArgs& a) {
   }
   const double grouped_over_dense = rows[1].gflops / rows[0].gflops;
   // The layer's overhead: the median over rounds of the paired ratio (layer ÷ grouped, measured
-  // seconds apart in the same round), so machine drift between rounds cancels; slowest rank.
+  // seconds apart in the same round), so machine drift between rounds cancels; the largest such
+  // median over the ranks.
   std::vector<double> paired(secs[4].size());
   for (size_t i = 0; i < paired.size(); ++i)
     paired[i] = (secs[4][i] + secs[5][i]) / (secs[2][i] + secs[3][i]);

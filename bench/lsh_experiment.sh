@@ -100,7 +100,8 @@ describe() {  # the run's dispatch settings, from its job.yaml
     r=$(grep -o ' residual: [a-z]*' "$y" | cut -d' ' -f3)
     m=$(grep -o 'max_residual: [0-9.e+-]*' "$y" | cut -d' ' -f2)
     e=$(grep -o 'compress_eval: [a-z]*' "$y" | cut -d' ' -f2)
-    echo "lsh H=$h b=$b residual=$r max_residual=${m:-0}, wire $w, eval $([ "$e" = true ] && echo compressed || echo exact)"
+    case $e in true) e=compressed ;; false) e=exact ;; *) e="compressed (a run from before compress_eval)" ;; esac
+    echo "lsh H=$h b=$b residual=$r max_residual=${m:-0}, wire $w, eval $e"
   else
     echo "uncompressed, wire $w"
   fi

@@ -3,6 +3,7 @@
 #include "parallel/lsh_dispatcher.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -70,6 +71,8 @@ LshDispatcher::LshDispatcher(std::unique_ptr<Dispatcher> inner, const Compressio
   MOEMPI_CHECK_ALL(spec.num_hashes >= 1, "moe.dispatch.compression.num_hashes ({}) must be >= 1", spec.num_hashes);
   MOEMPI_CHECK_ALL(spec.buckets_per_hash >= 2 && spec.buckets_per_hash % 2 == 0,
                    "moe.dispatch.compression.buckets_per_hash ({}) must be even and >= 2", spec.buckets_per_hash);
+  MOEMPI_CHECK_ALL(std::isfinite(spec.max_residual) && spec.max_residual >= 0,
+                   "moe.dispatch.compression.max_residual ({}) must be a finite number >= 0", spec.max_residual);
   MOEMPI_CHECK_ALL(spec.rotation_interval >= 0 && spec.min_tokens >= 0,
                    "moe.dispatch.compression: rotation_interval ({}) and min_tokens ({}) must be >= 0",
                    spec.rotation_interval, spec.min_tokens);

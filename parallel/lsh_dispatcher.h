@@ -16,8 +16,8 @@
 //   dx_t += Σ_k [ ρ p_s g_t + (H_j - ρ G_j) / N_j ]   (k ascending; a singleton adds H_j exactly)
 //   dprobs_s = <g_t, z_s>             from rows this rank holds (E(c_j) came back in combine)
 // Guarantees: when every bucket is a singleton the outputs, dprobs, expert rows, dy and dx are
-// bit-identical to the inner dispatcher alone; bucket assignment is a function of (x, seed, epoch)
-// only. Tests: tests/lsh_mpitest.cpp (MPI at 1-4 ranks, over flat and shm).
+// bit-identical to the inner dispatcher alone; bucket assignment is a function of (x, seed, epoch,
+// max_residual, evaluating) only. Tests: tests/lsh_mpitest.cpp (MPI at 1-4 ranks, over flat and shm).
 #pragma once
 #include <cstdint>
 #include <memory>
