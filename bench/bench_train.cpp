@@ -179,7 +179,7 @@ int run(const TrainBenchArgs& args) {
   std::vector<std::string> header = {
       fmt::format("moempi bench train {} | world {} = dp {} x ep {} | strategy {} | dispatch {}", args.job, world,
                   groups.dp_size, groups.ep_size, spec.parallel.strategy,
-                  resolve_dispatcher(spec.moe.dispatch, groups).name),
+                  s.dispatcher),
       fmt::format("CPU: {} | {} | {} BLAS thread(s) per rank", cpu_model(), blas::kernel_note(), blas::num_threads()),
       fmt::format("{} timed steps after {} warm-up, {} tokens per step, {:.2f} MFLOP per token", args.steps,
                   args.warmup, s.tokens_per_step, s.flops_per_token / 1e6),

@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 
+#include "comm/collectives.h"
 #include "comm/link_model.h"
+#include "comm/link_probe.h"
 #include "parallel/flat_dispatcher.h"
 #include "parallel/hierarchical_dispatcher.h"
 #include "parallel/link_model_dispatcher.h"
@@ -72,7 +74,9 @@ const DispatcherRegistry& dispatcher_registry() {
            hierarchical_keys,
            "two-level all-to-all over nodes (algorithm 2dh | leader), optionally one copy per token and node "
            "(dedup); the ep group N nodes x G ranks"},
-          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node, flat across nodes (never hierarchical: bench/README.md)"},
+          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node; across nodes hierarchical (2dh, dedup) with one ep rank per "
+           "node, top_k >= 2 and an inter-node link of at most 0.45 Gbit/s (measured at start-up, or "
+           "comm.link_model), else flat (bench/README.md)"},
       });
   return registry;
 }
@@ -105,7 +109,28 @@ std::vector<schema::TypeChoice> compression_choices() {
 
 std::vector<std::string> dispatcher_names() { return dispatcher_registry().names(); }
 
-DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
+AutoInputs auto_inputs(const DispatchSpec& spec, int top_k, const LinkModelSpec& link, const ProcessGroups& groups) {
+  AutoInputs in;
+  in.top_k = top_k;
+  if (spec.type != "auto") return in;
+  double one_per_node = groups.ep_num_nodes() >= 2 && groups.ep_node.size() == 1 ? 1.0 : 0.0;
+  allreduce(&one_per_node, 1, ReduceOp::kMin, groups.world);
+  in.one_rank_per_node = one_per_node == 1.0;
+  if (!in.one_rank_per_node || top_k < 2 || spec.wire_dtype == WireDtype::kBf16) return in;
+  if (link.inter_node_gbps > 0) {
+    in.inter_node_gbps = link.inter_node_gbps;
+    in.link_source = "comm.link_model";
+    return in;
+  }
+  std::vector<int64_t> node(groups.world.size());
+  const int64_t mine = groups.node_index;
+  allgather_i64(&mine, node.data(), 1, groups.world);
+  in.inter_node_gbps = probe_inter_node_gbps(groups.world, std::vector<int>(node.begin(), node.end()));
+  in.link_source = "measured";
+  return in;
+}
+
+DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups, const AutoInputs& in) {
   if (spec.type != "auto") return {spec.type, ""};
   if (groups.ep_size == 1) return {"local", "parallel.ep is 1: no expert leaves its rank"};
   if (spec.wire_dtype == WireDtype::kBf16)
@@ -113,15 +138,33 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
   if (groups.every_ep_within_node)
     return {"shm", fmt::format("every ep group ({} ranks) is on one node: single copy per row through "
                                "shared memory", groups.ep_size)};
-  return {"flat", fmt::format("the ep groups ({} ranks each) do not all lie within one node (this rank's "
-                              "spans {})", groups.ep_size, groups.ep_num_nodes())};
+  const std::string link =
+      in.inter_node_gbps > 0 ? fmt::format("the inter-node link is {:.3g} Gbit/s ({})", in.inter_node_gbps, in.link_source)
+                             : std::string("the inter-node link was not measured");
+  const bool one_per_node = in.one_rank_per_node && groups.ep_node.size() == 1 && groups.ep_num_nodes() >= 2;
+  if (one_per_node && in.top_k >= 2 && in.inter_node_gbps > 0 && in.inter_node_gbps <= kAutoHierarchicalMaxGbps)
+    return {"hierarchical", fmt::format("one ep rank per node over {} nodes, top_k {}, and {} (at most {}): 2dh "
+                                        "with dedup sends a token once per destination node (bench/README.md)",
+                                        groups.ep_num_nodes(), in.top_k, link, kAutoHierarchicalMaxGbps)};
+  std::string why = fmt::format("the ep groups ({} ranks each) do not all lie within one node (this rank's spans {})",
+                                groups.ep_size, groups.ep_num_nodes());
+  if (!one_per_node)
+    why += "; hierarchical only with one ep rank per node";
+  else if (in.top_k < 2)
+    why += "; hierarchical only for top_k >= 2 (dedup)";
+  else
+    why += fmt::format("; {}, hierarchical only at most {}", link, kAutoHierarchicalMaxGbps);
+  return {"flat", why};
 }
 
-std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups) {
+std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups,
+                                            const AutoInputs& inputs) {
   const DispatcherRegistry& registry = dispatcher_registry();
   registry.at("moe.dispatch.type", spec.type);  // unknown names: one message listing the registry
-  std::unique_ptr<Dispatcher> d =
-      registry.at("moe.dispatch.type", resolve_dispatcher(spec, groups).name).factory(spec, groups);
+  const std::string name = resolve_dispatcher(spec, groups, inputs).name;
+  DispatchSpec chosen = spec;
+  if (spec.type == "auto" && name == "hierarchical") chosen.hierarchical.dedup = true;
+  std::unique_ptr<Dispatcher> d = registry.at("moe.dispatch.type", name).factory(chosen, groups);
   if (spec.compression.type != "none") {
     MOEMPI_CHECK_ALL(spec.compression.type == "lsh", "moe.dispatch.compression.type: {}",
                      schema::not_one_of(spec.compression.type, {"none", "lsh"}));

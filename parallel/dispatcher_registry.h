@@ -1,10 +1,12 @@
 // Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | flat_typed | shm | auto, one Registry
 // (runtime/core/registry.h) whose entries carry their own keys (the job spec's schema reads them).
 // A new dispatcher is a new file plus one line in the table in dispatcher_registry.cpp.
-// `auto` (the default) resolves by layout: local for an ep group of one rank, shm for an ep group
-// within one node, flat otherwise. It never picks hierarchical: in bench/README.md's measurements
-// (2 nodes x 2 ranks) hierarchical+dedup only won the forward exchange on links of ~200 Mbit/s and
-// no training step, so choosing it is left to the user. Test: tests/dispatcher_mpitest.cpp (Registry.*).
+// `auto` (the default) resolves by layout and link: local for an ep group of one rank, shm for an
+// ep group within one node; across nodes hierarchical (2dh, dedup) when every ep group has one
+// rank per node, top_k >= 2 and the inter-node link is at most kAutoHierarchicalMaxGbps (measured
+// at start-up, or comm.link_model's), else flat: bench/README.md ("The crossover") measured
+// hierarchical + dedup winning a training step at 1 rank per node at 0.2 Gbit/s and losing at 2
+// ranks per node, and on links of 1 Gbit/s and more. Test: tests/dispatcher_mpitest.cpp (Registry.*).
 #pragma once
 #include <memory>
 #include <string>
@@ -27,13 +29,29 @@ struct DispatcherChoice {
   std::string name;
   std::string reason;
 };
-DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
+// What auto weighs besides the layout. The default (unknown link) never picks hierarchical.
+struct AutoInputs {
+  int top_k = 1;
+  bool one_rank_per_node = false;  // every ep group spans >= 2 nodes with one of its ranks on each (all ranks agree)
+  double inter_node_gbps = 0.0;    // 0 = unknown
+  std::string link_source;         // where inter_node_gbps comes from: "measured" | "comm.link_model"
+};
+inline constexpr double kAutoHierarchicalMaxGbps = 0.45;  // between the measured win (0.2) and loss (1)
+// Collective over groups.world when spec.type is auto (else returns at once, on every rank): one
+// allreduce for the layout, then, only if it suits hierarchical and top_k >= 2, the link: the
+// comm.link_model's inter_node_gbps when set, else probe_inter_node_gbps (comm/link_probe.h).
+AutoInputs auto_inputs(const DispatchSpec& spec, int top_k, const LinkModelSpec& link, const ProcessGroups& groups);
+DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups,
+                                    const AutoInputs& inputs = {});
 
 // Builds the dispatcher spec.type names (auto resolved) over groups.ep. Collective error naming
 // moe.dispatch.type, the value and the allowed values if the name is unknown, or if the layout
 // does not suit it. Collective over the world (shm checks its layout with one allreduce); every
 // rank calls it with the same spec.
-std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups);
+// When auto picks hierarchical it uses moe.dispatch.algorithm and always dedup (without dedup
+// hierarchical moves flat's bytes in more rounds and loses).
+std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups,
+                                            const AutoInputs& inputs = {});
 
 // The table: factories build over groups.ep (shm's is collective over the world); `auto` has no
 // factory (it resolves to another entry first).

@@ -51,14 +51,15 @@ class TrainLoop {
  public:
   TrainLoop(const JobSpec& spec, const ProcessGroups& groups, const TrainOptions& options)
       : spec_(spec), g_(groups), opt_(options) {
-    dispatch_choice_ = resolve_dispatcher(spec.moe.dispatch, groups);
+    const AutoInputs auto_in = auto_inputs(spec.moe.dispatch, spec.moe.top_k, spec.comm.link_model, groups);
+    dispatch_choice_ = resolve_dispatcher(spec.moe.dispatch, groups, auto_in);
     set_link_model(spec.comm.link_model);  // comm.link_model: make_dispatcher wraps the dispatcher in it
     // Passes that reduce counts do it over the data group (every rank that sees different data).
     BalancingEnv env;
     env.allreduce_counts_data = [&g = g_](int64_t* counts, int n) { allreduce_sum(counts, n, g.data); };
     AllocationLabel label("building the model: parameters and gradients");
     model_ = std::make_unique<GptMoe>(spec.model, spec.moe, make_placement(spec.moe.num_experts, groups),
-                                      make_dispatcher(spec.moe.dispatch, groups), env);
+                                      make_dispatcher(spec.moe.dispatch, groups, auto_in), env);
     model_->init_params(spec.job.seed);
     // Data files may be missing or unreadable on some ranks only: fail every rank alike.
     agree_on_errors(groups.world, [&] { data_ = make_data_source(spec.data, spec.model, spec.job.seed); });
@@ -108,6 +109,7 @@ class TrainLoop {
     summary.memory = memory_;
     summary.sgemm_gflops = allreduce_scalar(measure_sgemm_gflops(), g_.world) / g_.world.size();
     summary.flops_per_token = model_->flops_per_token();
+    summary.dispatcher = dispatch_choice_.name;
     summary.routed_flops_per_token = model_->routed_flops_per_token();
     summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
     // Rank 0 locks and prepares the run directory; a directory in use ends every rank alike.

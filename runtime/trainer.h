@@ -37,6 +37,7 @@ struct TrainOptions {
 
 struct TrainSummary {
   std::vector<double> losses;   // global mean loss of every step
+  std::string dispatcher;       // moe.dispatch.type as resolved (auto: what it chose)
   std::vector<double> step_seconds;
   std::optional<double> final_val_loss;
   double sgemm_gflops = 0;      // measured single-thread sgemm rate (mean over ranks)

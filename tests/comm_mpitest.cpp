@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -15,6 +16,7 @@
 #include "comm/agreement.h"
 #include "comm/collectives.h"
 #include "comm/communicator.h"
+#include "comm/link_probe.h"
 #include "comm/mpi_check.h"
 #include "comm/payload.h"
 #include "comm/process_groups.h"
@@ -541,6 +543,28 @@ TEST(AgreeOnText, RanksThatDifferAreNamedWithTheFirstDifference) {
   EXPECT_EQ(msg, fmt::format("the job spec differs between ranks: rank{} {} differ{} from rank 0; first "
                              "difference: 'lr 0.001' against 'lr 0.3' on rank 1",
                              world.size() >= 4 ? "s" : "", ranks, world.size() >= 4 ? "" : "s"));
+}
+
+
+// The probe: a positive bandwidth, the same on every rank, when some rank is on another node;
+// 0 (nothing sent) when all share rank 0's node.
+TEST(LinkProbe, MeasuresBetweenNodesAndAgreesOnEveryRank) {
+  const int W = test_util::world_size();
+  const Communicator world = Communicator::world();
+  std::vector<int> own(W), one(W, 3);
+  std::iota(own.begin(), own.end(), 0);  // every rank its own node
+  const double gbps = probe_inter_node_gbps(world, own, 1 << 16, 2);
+  double lo = gbps, hi = gbps;
+  allreduce(&lo, 1, ReduceOp::kMin, world);
+  allreduce(&hi, 1, ReduceOp::kMax, world);
+  EXPECT_EQ(lo, hi);
+  if (W >= 2) {
+    EXPECT_GT(gbps, 0.0);
+    EXPECT_TRUE(std::isfinite(gbps));
+  } else {
+    EXPECT_EQ(gbps, 0.0);
+  }
+  EXPECT_EQ(probe_inter_node_gbps(world, one), 0.0);
 }
 
 }  // namespace

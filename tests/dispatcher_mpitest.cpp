@@ -17,6 +17,7 @@
 #include "comm/collectives.h"
 #include "comm/process_groups.h"
 #include "parallel/dispatcher_registry.h"
+#include "parallel/hierarchical_dispatcher.h"
 #include "parallel/local_dispatcher.h"
 #include "runtime/core/error.h"
 #include "tests/dispatch_problem.h"
@@ -306,6 +307,63 @@ TEST(Registry, AutoPicksLocalForOneRankElseByNodes) {
     const ProcessGroups split = ProcessGroups::build(spec);
     EXPECT_EQ(split.ep_num_nodes(), world_size() / 2);
     EXPECT_EQ(resolve_dispatcher(s, split).name, "flat");
+  }
+}
+
+// auto across nodes: hierarchical (2dh, dedup) only with one ep rank per node, top_k >= 2 and a
+// link of at most kAutoHierarchicalMaxGbps; flat otherwise, and always when the link is unknown.
+TEST(Registry, AutoPicksHierarchicalOnlyOnSlowLinksWithOneRankPerNode) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 or more ranks (one virtual node each)";
+  ParallelSpec spec = test_util::expert_parallel_over_world();
+  spec.ranks_per_node = 1;
+  const ProcessGroups nodes = ProcessGroups::build(spec);
+  DispatchSpec s;  // auto
+  LinkModelSpec slow;
+  slow.inter_node_gbps = 0.2;
+  const AutoInputs in = auto_inputs(s, 2, slow, nodes);
+  EXPECT_TRUE(in.one_rank_per_node);
+  EXPECT_EQ(in.inter_node_gbps, 0.2);
+  EXPECT_EQ(in.link_source, "comm.link_model");
+  const DispatcherChoice choice = resolve_dispatcher(s, nodes, in);
+  EXPECT_EQ(choice.name, "hierarchical");
+  test_util::expect_contains(choice.reason, {"one ep rank per node", "0.2 Gbit/s", "comm.link_model", "dedup"});
+  auto d = make_dispatcher(s, nodes, in);
+  auto* hier = dynamic_cast<HierarchicalDispatcher*>(d.get());
+  ASSERT_NE(hier, nullptr) << d->name();
+  EXPECT_TRUE(hier->dedup());
+  EXPECT_STREQ(hier_algorithm_name(hier->algorithm()), "2dh");
+  // The same layout, but: a fast link, an unknown link, top_k 1, a bf16 wire.
+  AutoInputs fast = in;
+  fast.inter_node_gbps = 1.0;
+  EXPECT_EQ(resolve_dispatcher(s, nodes, fast).name, "flat");
+  test_util::expect_contains(resolve_dispatcher(s, nodes, fast).reason, {"1 Gbit/s", "at most 0.45"});
+  EXPECT_EQ(resolve_dispatcher(s, nodes, AutoInputs{2, true, 0.0, ""}).name, "flat");
+  AutoInputs k1 = in;
+  k1.top_k = 1;
+  EXPECT_EQ(resolve_dispatcher(s, nodes, k1).name, "flat");
+  EXPECT_EQ(auto_inputs(s, 1, slow, nodes).inter_node_gbps, 0.0);  // top_k 1: no link wanted
+  DispatchSpec bf16 = s;
+  bf16.wire_dtype = WireDtype::kBf16;
+  EXPECT_EQ(resolve_dispatcher(bf16, nodes, in).name, "flat");
+  // Not auto: nothing measured, nothing changed.
+  DispatchSpec flat = s;
+  flat.type = "flat";
+  EXPECT_FALSE(auto_inputs(flat, 2, slow, nodes).one_rank_per_node);
+  EXPECT_EQ(resolve_dispatcher(flat, nodes, in).name, "flat");
+  // Measured: the virtual nodes share memory, far faster than the threshold.
+  const AutoInputs measured = auto_inputs(s, 2, LinkModelSpec{}, nodes);
+  EXPECT_EQ(measured.link_source, "measured");
+  EXPECT_GT(measured.inter_node_gbps, kAutoHierarchicalMaxGbps);
+  EXPECT_EQ(resolve_dispatcher(s, nodes, measured).name, "flat");
+  // Two ranks per node: never hierarchical, and no probe.
+  if (world_size() % 2 == 0 && world_size() > 2) {
+    spec.ranks_per_node = 2;
+    const ProcessGroups pairs = ProcessGroups::build(spec);
+    const AutoInputs two = auto_inputs(s, 2, slow, pairs);
+    EXPECT_FALSE(two.one_rank_per_node);
+    EXPECT_EQ(two.inter_node_gbps, 0.0);
+    EXPECT_EQ(resolve_dispatcher(s, pairs, in).name, "flat");  // inputs of another layout: its own wins
+    EXPECT_EQ(resolve_dispatcher(s, pairs, two).name, "flat");
   }
 }
 

@@ -4,7 +4,9 @@
 # spans them and shm for one within a node, shm refuses to span nodes, and expert-parallel training
 # over TCP between the nodes logs the same losses as one rank (tolerance as in parallel.sh); the
 # hierarchical dispatcher (2dh with node-level dedup) over the two real nodes logs the same losses
-# as the same run on 2x2 virtual nodes, and sends fewer inter-node bytes than flat. Needs root,
+# as the same run on 2x2 virtual nodes, and sends fewer inter-node bytes than flat; at 2 nodes x 1
+# rank `auto` measures the link and picks flat on the bare veth, hierarchical once it is shaped to
+# 200 Mbit/s (tc tbf). Needs root,
 # `ip netns` and `tc`; elsewhere it says so and passes nothing (ctest label netns). Cleans up its
 # own namespaces only.
 source "$(dirname "$0")/lib.bash"
@@ -67,4 +69,21 @@ hinter=$(jsonl_values "$TMP/hier/metrics.jsonl" a2a_bytes_inter | tail -1)
 [ "${hinter:-0}" -gt 0 ] && [ "$hinter" -lt "$inter" ] \
   && pass "hierarchical+dedup: $hinter inter-node bytes in the last step, flat $inter" \
   || fail "hierarchical+dedup inter-node bytes $hinter not below flat's $inter"
+# auto at one rank per node: it measures the inter-node link at start-up.
+auto1() {  # name: 2 nodes x 1 rank, auto, 2 steps
+  timeout 300 "$CLUSTER" run 1 -- -np 2 -x OPENBLAS_NUM_THREADS=1 "$MOEMPI" train configs/tiny_ep.yaml \
+    --set train.steps=2 --set eval.interval=0 --set job.run_dir="$TMP/$1" > "$TMP/$1.log" 2>&1 || fail "$1: $(tail -3 "$TMP/$1.log")"
+  grep -m1 'auto: chose' "$TMP/$1.log" || true
+}
+chose=$(auto1 auto_bare)
+[[ "$chose" == *"chose flat ("*"Gbit/s (measured), hierarchical only at most 0.45"* ]] \
+  && pass "2x1, bare veth: auto measured the link and chose flat" || fail "auto on bare veth: $chose"
+"$CLUSTER" down > /dev/null 2>&1
+if "$CLUSTER" up 2 200mbit > "$TMP/up_shaped.log" 2>&1; then
+  chose=$(auto1 auto_shaped)
+  [[ "$chose" == *"chose hierarchical ("*"Gbit/s (measured) (at most 0.45)"* ]] \
+    && pass "2x1, 200 Mbit/s: auto measured the link and chose hierarchical" || fail "auto at 200 Mbit/s: $chose"
+else
+  fail "shaped cluster: $(tail -2 "$TMP/up_shaped.log")"
+fi
 finish
