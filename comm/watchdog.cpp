@@ -137,8 +137,9 @@ void monitor() {
   }
 }
 
-// The launcher's job id, this rank and the world size, from the environment (before MPI exists).
-bool launcher_identity(std::string& job, int& rank, int& size) {
+// The launcher's job id, this rank, the world size and this rank's index on its node (-1 when the
+// launcher does not say), from the environment (before MPI exists).
+bool launcher_identity(std::string& job, int& rank, int& size, int& local_rank) {
   auto env = [](const char* name) -> const char* {
     const char* v = std::getenv(name);
     return v && *v ? v : nullptr;
@@ -147,10 +148,12 @@ bool launcher_identity(std::string& job, int& rank, int& size) {
     job = env("PMIX_NAMESPACE") ? env("PMIX_NAMESPACE") : env("OMPI_MCA_ess_base_jobid");
     rank = std::atoi(env("OMPI_COMM_WORLD_RANK"));
     size = std::atoi(env("OMPI_COMM_WORLD_SIZE"));
+    local_rank = env("OMPI_COMM_WORLD_LOCAL_RANK") ? std::atoi(env("OMPI_COMM_WORLD_LOCAL_RANK")) : -1;
   } else if (env("SLURM_JOB_ID") && env("SLURM_PROCID") && env("SLURM_NTASKS")) {
     job = fmt::format("slurm{}.{}", env("SLURM_JOB_ID"), env("SLURM_STEP_ID") ? env("SLURM_STEP_ID") : "0");
     rank = std::atoi(env("SLURM_PROCID"));
     size = std::atoi(env("SLURM_NTASKS"));
+    local_rank = env("SLURM_LOCALID") ? std::atoi(env("SLURM_LOCALID")) : -1;
   } else {
     return false;
   }
@@ -201,8 +204,8 @@ void remove_stale_tables(const std::string& keep) {
 
 void attach_progress() {
   std::string job;
-  int rank = 0, size = 0;
-  if (g_table || !launcher_identity(job, rank, size)) return;
+  int rank = 0, size = 0, local_rank = -1;
+  if (g_table || !launcher_identity(job, rank, size, local_rank)) return;
   g_rank.store(rank);
   const std::string path = fmt::format("/dev/shm/moempi-progress-{}-{}", job, getuid());
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -220,13 +223,16 @@ void attach_progress() {
   g_table_path = path;
   g_table[rank].pid.store(static_cast<int32_t>(::getpid()));
   g_table[rank].heartbeat_ms.store(steady_ms());
-  if (rank == 0) remove_stale_tables(path);
+  // One rank per node looks for tables that faults left behind (each node has its own /dev/shm).
+  if (local_rank == 0 || (local_rank < 0 && rank == 0)) remove_stale_tables(path);
 }
 
 void detach_progress() {
   if (!g_table) return;
   if (ProgressSlot* s = my_slot()) s->heartbeat_ms.store(0);
-  if (my_rank() == 0) ::unlink(g_table_path.c_str());  // the others keep their mappings
+  // Every rank: each node has its own file (the first unlink removes it, the rest find none); ranks
+  // still running keep their mappings, and every rank attached before MPI_Init completed.
+  ::unlink(g_table_path.c_str());
   ::munmap(g_table, sizeof(ProgressSlot) * static_cast<size_t>(g_table_size));
   g_table = nullptr;
 }
