@@ -183,6 +183,7 @@ void MetricsWriter::write(const StepMetrics& m) {
   if (m.replicas) j["replicas"] = *m.replicas;
   if (m.sparse_bytes) j["sparse_bytes"] = *m.sparse_bytes;
   if (m.replica_bytes_max) j["replica_bytes_max"] = *m.replica_bytes_max;
+  if (m.experts_moved) j["experts_moved"] = *m.experts_moved;
   if (m.maxvio_global) {
     j["maxvio_global"] = *m.maxvio_global;
     j["maxvio_global_layers"] = m.maxvio_global_layers;

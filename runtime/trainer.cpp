@@ -256,6 +256,7 @@ class TrainLoop {
         m.replicas = sharded.replicas;
         m.sparse_bytes = sharded.bytes_sent;
         m.replica_bytes_max = static_cast<int64_t>(replica_bytes);
+        m.experts_moved = sharded.experts_moved;
       }
       m.wire_bytes = m.a2a_bytes_intra + m.a2a_bytes_inter;
       {  // compression and traffic over every rank (collective; every rank logs the same steps)

@@ -33,6 +33,11 @@ rs=(--set parallel.fssdp.reshard_interval=2 --set checkpoint.interval=1)
 grep -q "step 2: fssdp re-sharded expert ownership: [1-9][0-9]* experts moved" "$TMP/full.log" &&
   pass "reshard_interval 2: $(grep -o 'step 2: fssdp re-sharded.*' "$TMP/full.log")" ||
   fail "no re-sharding at step 2: $(grep -i 'shard\|error' "$TMP/full.log" | head -3)"
+moved=$(grep -o 'step 2: fssdp re-sharded expert ownership: [0-9]*' "$TMP/full.log" | grep -o '[0-9]*$')
+[ "$(jsonl_values "$TMP/full/metrics.jsonl" experts_moved | sed -n 2p)" = "${moved:-x}" ] &&
+  [ "$(jsonl_values "$TMP/full/metrics.jsonl" experts_moved | sed -n 1p)" = 0 ] &&
+  pass "metrics.jsonl: experts_moved $moved at step 2, 0 at step 1" ||
+  fail "experts_moved in metrics.jsonl: $(jsonl_values "$TMP/full/metrics.jsonl" experts_moved | tr '\n' ' ')"
 MOEMPI_TEST_STOP_AFTER=3 "${MPIRUN[@]}" -np 2 -x MOEMPI_TEST_STOP_AFTER "$MOEMPI" train configs/tiny.yaml "${common[@]}" \
   "${rs[@]}" --set job.run_dir="$TMP/cut" > "$TMP/cut1.log" 2>&1
 "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny.yaml "${common[@]}" "${rs[@]}" --set checkpoint.resume=auto \
