@@ -42,14 +42,14 @@ int run_alltoall(const AlltoallOptions& o) {
   const int El = o.experts_per_rank;
   const Placement placement = make_placement(W * El, groups);
   const DispatchSpec dspec = dispatch_spec(o.flags, o.flags.dispatcher);
-  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(dspec, groups);
+  std::unique_ptr<Dispatcher> dispatcher = make_bench_dispatcher(dspec, 1, o.flags, groups);  // k = 1
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   const bool versus = !o.flags.versus.empty();
   const DispatchSpec vspec = dispatch_spec(o.flags, versus ? o.flags.versus : "flat");
-  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_dispatcher(vspec, groups) : nullptr;
+  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_bench_dispatcher(vspec, 1, o.flags, groups) : nullptr;
   std::unique_ptr<DispatchPlan> vplan = versus ? vdispatcher->new_plan() : nullptr;
-  const std::string label = dispatcher_label(*dispatcher, dspec);
-  const std::string vlabel = versus ? dispatcher_label(*vdispatcher, vspec) : "";
+  const std::string label = dispatcher_label(*dispatcher);
+  const std::string vlabel = versus ? dispatcher_label(*vdispatcher) : "";
   const std::vector<int64_t> sizes =
       size_sweep(parse_size(o.min_size, "-b"), parse_size(o.max_size, "-e"), o.factor);
   {  // Refuse a sweep whose largest size cannot fit before allocating it: per rank the input, the

@@ -105,16 +105,16 @@ int run_dispatch(const DispatchOptions& o) {
                    (o.E / W + 1) * W);
   const Placement placement = make_placement(o.E, groups);
   const DispatchSpec dspec = dispatch_spec(o.flags, o.flags.dispatcher);
-  std::unique_ptr<Dispatcher> dispatcher = make_dispatcher(dspec, groups);
+  std::unique_ptr<Dispatcher> dispatcher = make_bench_dispatcher(dspec, o.k, o.flags, groups);
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   // --versus: a second dispatcher, verified and timed the same way in the same rounds.
   const bool versus = !o.flags.versus.empty();
   const DispatchSpec vspec = dispatch_spec(o.flags, versus ? o.flags.versus : "flat");
-  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_dispatcher(vspec, groups) : nullptr;
+  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_bench_dispatcher(vspec, o.k, o.flags, groups) : nullptr;
   std::unique_ptr<DispatchPlan> vplan = versus ? vdispatcher->new_plan() : nullptr;
-  const std::string label = dispatcher_label(*dispatcher, dspec);
-  const std::string vlabel = versus ? dispatcher_label(*vdispatcher, vspec) : "";
-  const bool dedup = dispatcher->name() == "hierarchical" && o.flags.dedup;
+  const std::string label = dispatcher_label(*dispatcher);
+  const std::string vlabel = versus ? dispatcher_label(*vdispatcher) : "";
+  const bool dedup = dispatcher_dedups(*dispatcher), vdedup = versus && dispatcher_dedups(*vdispatcher);
   const int D = o.D, k = o.k, El = placement.num_local();
   // Combine weights 2^-(k+1): products are exact, so the expected sums below are exact to
   // recompute in the same order whether or not the compiler fuses multiply-adds.
@@ -240,7 +240,7 @@ int run_dispatch(const DispatchOptions& o) {
       for (size_t r = 0; r < routings.size(); ++r) {
         Dispatcher* const checked = which ? vdispatcher.get() : dispatcher.get();
         DispatchPlan* const checked_plan = which ? vplan.get() : plan.get();
-        const bool near_ok = which == 0 && dedup;  // dedup: per-node partial sums
+        const bool near_ok = which == 0 ? dedup : vdedup;  // dedup: per-node partial sums
         const auto& ids = routings[r];
         Dispatcher* const dispatcher = checked;
         DispatchPlan* const plan = checked_plan;

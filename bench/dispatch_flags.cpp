@@ -5,6 +5,9 @@
 
 #include "comm/collectives.h"
 #include "comm/link_model.h"
+#include "parallel/dispatcher_registry.h"
+#include "parallel/hierarchical_dispatcher.h"
+#include "parallel/link_model_dispatcher.h"
 
 namespace moempi::bench {
 
@@ -44,9 +47,29 @@ DispatchSpec dispatch_spec(const DispatchFlags& f, const std::string& type) {
   return s;
 }
 
-std::string dispatcher_label(const Dispatcher& d, const DispatchSpec& spec) {
-  if (d.name() != "hierarchical") return d.name();
-  return fmt::format("hierarchical({}{})", spec.hierarchical.algorithm, spec.hierarchical.dedup ? ", dedup" : "");
+std::unique_ptr<Dispatcher> make_bench_dispatcher(const DispatchSpec& spec, int top_k, const DispatchFlags& f,
+                                                  const ProcessGroups& groups) {
+  const AutoInputs in =
+      auto_inputs(spec, top_k, {.inter_node_gbps = f.link_gbps, .inter_node_latency_us = f.link_latency_us}, groups);
+  return make_dispatcher(spec, groups, in);
+}
+
+namespace {
+const HierarchicalDispatcher* as_hierarchical(const Dispatcher& d) {
+  if (const auto* link = dynamic_cast<const LinkModelDispatcher*>(&d)) return as_hierarchical(link->inner());
+  return dynamic_cast<const HierarchicalDispatcher*>(&d);
+}
+}  // namespace
+
+std::string dispatcher_label(const Dispatcher& d) {
+  const HierarchicalDispatcher* h = as_hierarchical(d);
+  if (!h) return d.name();
+  return fmt::format("hierarchical({}{})", hier_algorithm_name(h->algorithm()), h->dedup() ? ", dedup" : "");
+}
+
+bool dispatcher_dedups(const Dispatcher& d) {
+  const HierarchicalDispatcher* h = as_hierarchical(d);
+  return h && h->dedup();
 }
 
 RoundTraffic traffic_per_round(const DispatchStats& a, const DispatchStats& b, int rounds, const Communicator& group) {

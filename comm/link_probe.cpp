@@ -13,7 +13,7 @@ namespace moempi {
 
 double probe_inter_node_gbps(const Communicator& world, const std::vector<int>& node_of_rank, int64_t bytes,
                              int rounds) {
-  MOEMPI_CHECK_ALL(static_cast<int>(node_of_rank.size()) == world.size() && bytes >= 4 && rounds >= 1,
+  MOEMPI_CHECK_ALL(static_cast<int>(node_of_rank.size()) == world.size() && bytes >= 4096 && rounds >= 1,
                    "probe_inter_node_gbps: {} node indices for {} ranks, {} bytes, {} rounds", node_of_rank.size(),
                    world.size(), bytes, rounds);
   int peer = -1;

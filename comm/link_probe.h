@@ -10,7 +10,7 @@ namespace moempi {
 
 // Collective over `world`. `node_of_rank` (world size) is every rank's node index, the same on
 // every rank. World rank 0 and the lowest world rank on another node exchange a message of `bytes`
-// back and forth `rounds` times after one untimed round; returns the median round trip's
+// (>= 4096, rounded down to whole 4 KiB rows) back and forth `rounds` times after one untimed round; returns the median round trip's
 // bandwidth, 2 · 8 · bytes / seconds, in Gbit/s, on every rank (bit-identical: broadcast from rank 0). 0
 // when every rank is on rank 0's node (nothing to measure; no message is sent then, only the
 // broadcast).

@@ -8,8 +8,9 @@
 // Each rank keeps a progress record (collectives entered, step, heartbeat) in a table shared by
 // the ranks of a machine (/dev/shm, named after the launcher's job id), so a report names the
 // ranks that had not reached the collective or stopped responding. A process that was itself
-// suspended (SIGSTOP) does not count the suspension against its collective. Rank 0 removes the
-// tables of earlier jobs that ended without removing theirs (a killed rank).
+// suspended (SIGSTOP) does not count the suspension against its collective. Every rank removes the
+// table at a clean end; one rank per machine (the launcher's local rank 0) removes the tables of
+// earlier jobs that ended without removing theirs (a killed rank).
 // Non-blocking operations (MPI_Isend/Irecv) are watched where they are waited for: a Pending
 // scope around the MPI_Waitall (RowBlockExchange::wait, the hierarchical hop).
 // Tests: tests/e2e/watchdog.sh (a rank that skips a collective, a SIGSTOPped rank mid-run and

@@ -113,10 +113,12 @@ AutoInputs auto_inputs(const DispatchSpec& spec, int top_k, const LinkModelSpec&
   AutoInputs in;
   in.top_k = top_k;
   if (spec.type != "auto") return in;
-  double one_per_node = groups.ep_num_nodes() >= 2 && groups.ep_node.size() == 1 ? 1.0 : 0.0;
+  double one_per_node =
+      groups.ep_num_nodes() >= 2 && groups.ep_node.size() == 1 && HierarchicalDispatcher::layout_ok(groups) ? 1.0 : 0.0;
   allreduce(&one_per_node, 1, ReduceOp::kMin, groups.world);
   in.one_rank_per_node = one_per_node == 1.0;
-  if (!in.one_rank_per_node || top_k < 2 || spec.wire_dtype == WireDtype::kBf16) return in;
+  const bool compressed = spec.compression.type != "none";  // lsh: centroids travel with k = 1
+  if (!in.one_rank_per_node || top_k < 2 || compressed || spec.wire_dtype == WireDtype::kBf16) return in;
   if (link.inter_node_gbps > 0) {
     in.inter_node_gbps = link.inter_node_gbps;
     in.link_source = "comm.link_model";
@@ -141,17 +143,23 @@ DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroup
   const std::string link =
       in.inter_node_gbps > 0 ? fmt::format("the inter-node link is {:.3g} Gbit/s ({})", in.inter_node_gbps, in.link_source)
                              : std::string("the inter-node link was not measured");
-  const bool one_per_node = in.one_rank_per_node && groups.ep_node.size() == 1 && groups.ep_num_nodes() >= 2;
-  if (one_per_node && in.top_k >= 2 && in.inter_node_gbps > 0 && in.inter_node_gbps <= kAutoHierarchicalMaxGbps)
-    return {"hierarchical", fmt::format("one ep rank per node over {} nodes, top_k {}, and {} (at most {}): 2dh "
+  const bool one_per_node = in.one_rank_per_node && groups.ep_node.size() == 1 && groups.ep_num_nodes() >= 2 &&
+                            HierarchicalDispatcher::layout_ok(groups);
+  const bool compressed = spec.compression.type != "none";
+  if (one_per_node && in.top_k >= 2 && !compressed && in.inter_node_gbps > 0 &&
+      in.inter_node_gbps <= kAutoHierarchicalMaxGbps)
+    return {"hierarchical", fmt::format("one ep rank per node over {} nodes, top_k {}, and {} (at most {}): {} "
                                         "with dedup sends a token once per destination node (bench/README.md)",
-                                        groups.ep_num_nodes(), in.top_k, link, kAutoHierarchicalMaxGbps)};
+                                        groups.ep_num_nodes(), in.top_k, link, kAutoHierarchicalMaxGbps,
+                                        spec.hierarchical.algorithm)};
   std::string why = fmt::format("the ep groups ({} ranks each) do not all lie within one node (this rank's spans {})",
                                 groups.ep_size, groups.ep_num_nodes());
   if (!one_per_node)
-    why += "; hierarchical only with one ep rank per node";
+    why += "; hierarchical only with one ep rank per node (nodes in ep rank order)";
   else if (in.top_k < 2)
     why += "; hierarchical only for top_k >= 2 (dedup)";
+  else if (compressed)
+    why += "; hierarchical not under moe.dispatch.compression (centroids travel with k = 1: nothing to dedup)";
   else
     why += fmt::format("; {}, hierarchical only at most {}", link, kAutoHierarchicalMaxGbps);
   return {"flat", why};

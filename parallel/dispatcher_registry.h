@@ -1,4 +1,4 @@
-// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | flat_typed | shm | auto, one Registry
+// Dispatchers by name (moe.dispatch.type): local | flat | flat_packed | flat_typed | shm | hierarchical | auto, one Registry
 // (runtime/core/registry.h) whose entries carry their own keys (the job spec's schema reads them).
 // A new dispatcher is a new file plus one line in the table in dispatcher_registry.cpp.
 // `auto` (the default) resolves by layout and link: local for an ep group of one rank, shm for an
@@ -32,22 +32,27 @@ struct DispatcherChoice {
 // What auto weighs besides the layout. The default (unknown link) never picks hierarchical.
 struct AutoInputs {
   int top_k = 1;
-  bool one_rank_per_node = false;  // every ep group spans >= 2 nodes with one of its ranks on each (all ranks agree)
+  // Every ep group spans >= 2 nodes with one of its ranks on each, nodes in ep rank order (the
+  // layout hierarchical accepts; all ranks agree).
+  bool one_rank_per_node = false;
   double inter_node_gbps = 0.0;    // 0 = unknown
   std::string link_source;         // where inter_node_gbps comes from: "measured" | "comm.link_model"
 };
 inline constexpr double kAutoHierarchicalMaxGbps = 0.45;  // between the measured win (0.2) and loss (1)
 // Collective over groups.world when spec.type is auto (else returns at once, on every rank): one
-// allreduce for the layout, then, only if it suits hierarchical and top_k >= 2, the link: the
-// comm.link_model's inter_node_gbps when set, else probe_inter_node_gbps (comm/link_probe.h).
+// allreduce for the layout, then, only if it suits hierarchical, top_k >= 2, no compression and an
+// fp32 wire, the link: the comm.link_model's inter_node_gbps when set, else an allgather of the
+// ranks' nodes and probe_inter_node_gbps (comm/link_probe.h). A measured link near the bound can
+// measure either side of it from one run to the next: the two choices differ in summation order
+// only (hierarchical + dedup is within float rounding of flat); set the type for bit-exact reruns.
 AutoInputs auto_inputs(const DispatchSpec& spec, int top_k, const LinkModelSpec& link, const ProcessGroups& groups);
 DispatcherChoice resolve_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups,
                                     const AutoInputs& inputs = {});
 
 // Builds the dispatcher spec.type names (auto resolved) over groups.ep. Collective error naming
 // moe.dispatch.type, the value and the allowed values if the name is unknown, or if the layout
-// does not suit it. Collective over the world (shm checks its layout with one allreduce); every
-// rank calls it with the same spec.
+// does not suit it. Collective over the world (shm and hierarchical check their layout with one
+// allreduce); every rank calls it with the same spec and inputs.
 // When auto picks hierarchical it uses moe.dispatch.algorithm and always dedup (without dedup
 // hierarchical moves flat's bytes in more rounds and loses).
 std::unique_ptr<Dispatcher> make_dispatcher(const DispatchSpec& spec, const ProcessGroups& groups,

@@ -77,14 +77,7 @@ HierarchicalDispatcher::HierarchicalDispatcher(const ProcessGroups& groups, Hier
   me_ = ep_.rank();
   G_ = node_.size();
   N_ = inter_.size();
-  // Layout: ep rank = node * G + local index, the same G on every node, nodes in ascending order.
-  bool ok = G_ * N_ == P_ && node_.rank() == me_ % G_ && inter_.rank() == me_ / G_ &&
-            static_cast<int>(groups.ep_rank_node.size()) == P_;
-  for (int q = 0; ok && q < P_; ++q) {
-    const int first = groups.ep_rank_node[q / G_ * G_];
-    ok = groups.ep_rank_node[q] == first && (q < G_ || q % G_ != 0 || first > groups.ep_rank_node[q - G_]);
-  }
-  int all_ok = ok ? 1 : 0;
+  int all_ok = layout_ok(groups) ? 1 : 0;
   {
     watchdog::Pending pending("MPI_Allreduce", groups.world.name().c_str());
     MOEMPI_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, groups.world.comm()));
@@ -96,6 +89,17 @@ HierarchicalDispatcher::HierarchicalDispatcher(const ProcessGroups& groups, Hier
                    "on some rank it does not hold); set parallel.ranks_per_node to a divisor of parallel.ep, or use "
                    "moe.dispatch.type flat",
                    nodes);
+}
+
+bool HierarchicalDispatcher::layout_ok(const ProcessGroups& groups) {
+  const int P = groups.ep.size(), me = groups.ep.rank(), G = groups.ep_node.size(), N = groups.ep_inter.size();
+  bool ok = G >= 1 && G * N == P && groups.ep_node.rank() == me % G && groups.ep_inter.rank() == me / G &&
+            static_cast<int>(groups.ep_rank_node.size()) == P;
+  for (int q = 0; ok && q < P; ++q) {
+    const int first = groups.ep_rank_node[q / G * G];
+    ok = groups.ep_rank_node[q] == first && (q < G || q % G != 0 || first > groups.ep_rank_node[q - G]);
+  }
+  return ok;
 }
 
 std::unique_ptr<DispatchPlan> HierarchicalDispatcher::new_plan() const { return std::make_unique<Plan>(); }

@@ -51,6 +51,9 @@ class HierarchicalDispatcher final : public Dispatcher {
   // Collective over groups.world (one allreduce: the layout check). Non-owning views of
   // groups.ep / ep_node / ep_inter (the ProcessGroups must outlive the dispatcher).
   HierarchicalDispatcher(const ProcessGroups& groups, HierAlgorithm algorithm, bool dedup);
+  // This rank's ep group is a layout the constructor accepts: ep rank = node * G + local index, the
+  // same G on every node, nodes in ascending order. Local (no communication).
+  static bool layout_ok(const ProcessGroups& groups);
   std::string name() const override { return "hierarchical"; }
   std::unique_ptr<DispatchPlan> new_plan() const override;
 

@@ -45,7 +45,7 @@ struct StepMetrics {
   std::optional<double> bias_max_abs;    // max |b| over layers and experts (with loss_free_bias)
   // parallel.strategy fssdp: expert replicas materialised this step (all layers), rank 0's sparse
   // gather + reduce-scatter bytes, the most replica memory (params + grads) any rank held, and the
-  // experts whose owner changed at this step's re-sharding (0 on other steps).
+  // experts whose owner changed at re-shardings since the previous line (0 when none ran).
   std::optional<int64_t> replicas, sparse_bytes, replica_bytes_max, experts_moved;
   // At evaluations: over every token of the validation pass, per MoE layer.
   std::optional<double> maxvio_global;             // mean over layers (MaxVio_global, arXiv:2408.15664)

@@ -197,6 +197,7 @@ class TrainLoop {
       const ShardingStrategy::StepStats sharded = strategy_->step_stats();
       summary.replicas.push_back(sharded.replicas);
       summary.experts_moved.push_back(sharded.experts_moved);
+      moved_since_line_ += sharded.experts_moved;  // a re-sharding on a step without a line counts in the next
       if (sharded.experts_moved > 0 && g_.world.rank() == 0 && opt_.log_steps)
         spdlog::info("step {}: fssdp re-sharded expert ownership: {} experts moved with their optimizer state",
                      step + 1, sharded.experts_moved);
@@ -256,7 +257,8 @@ class TrainLoop {
         m.replicas = sharded.replicas;
         m.sparse_bytes = sharded.bytes_sent;
         m.replica_bytes_max = static_cast<int64_t>(replica_bytes);
-        m.experts_moved = sharded.experts_moved;
+        m.experts_moved = moved_since_line_;
+        moved_since_line_ = 0;
       }
       m.wire_bytes = m.a2a_bytes_intra + m.a2a_bytes_inter;
       {  // compression and traffic over every rank (collective; every rank logs the same steps)
@@ -558,6 +560,7 @@ class TrainLoop {
   const ProcessGroups& g_;
   TrainOptions opt_;
   DispatcherChoice dispatch_choice_;
+  int64_t moved_since_line_ = 0;  // fssdp: experts moved by re-shardings since the last metrics line
   std::unique_ptr<GptMoe> model_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Optimizer> optimizer_;

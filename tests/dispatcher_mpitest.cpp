@@ -345,6 +345,11 @@ TEST(Registry, AutoPicksHierarchicalOnlyOnSlowLinksWithOneRankPerNode) {
   DispatchSpec bf16 = s;
   bf16.wire_dtype = WireDtype::kBf16;
   EXPECT_EQ(resolve_dispatcher(bf16, nodes, in).name, "flat");
+  DispatchSpec lsh = s;  // centroids travel with k = 1: nothing to deduplicate
+  lsh.compression.type = "lsh";
+  EXPECT_EQ(resolve_dispatcher(lsh, nodes, in).name, "flat");
+  test_util::expect_contains(resolve_dispatcher(lsh, nodes, in).reason, {"moe.dispatch.compression"});
+  EXPECT_EQ(auto_inputs(lsh, 2, slow, nodes).inter_node_gbps, 0.0);
   // Not auto: nothing measured, nothing changed.
   DispatchSpec flat = s;
   flat.type = "flat";
