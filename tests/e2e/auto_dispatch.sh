@@ -25,10 +25,8 @@ line() { grep -m1 'moe.dispatch.type auto: chose' "$TMP/$1.log" || true; }
   && pass "5 Gbit/s: auto chose flat and says why" || fail "fast: $(line fast)"
 [[ "$(line measured)" == *"chose flat ("*"Gbit/s (measured)"* ]] \
   && pass "measured link (shared memory): auto chose flat" || fail "measured: $(line measured)"
-worst=$(paste <(jsonl_values "$TMP/flat/metrics.jsonl" loss) <(jsonl_values "$TMP/slow/metrics.jsonl" loss) |
-        awk 'NF == 2 { d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d; n++ }
-             END { if (n != 12) print "missing"; else printf "%.3g", w }')
-if [ "$worst" != missing ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-5) }'; then
+worst=$(worst_loss_diff "$TMP/flat/metrics.jsonl" "$TMP/slow/metrics.jsonl" 12)
+if below "$worst" 1e-5; then
   pass "auto's hierarchical logs flat's 12 losses (worst relative difference $worst)"
 else
   fail "auto's hierarchical against flat: $worst"

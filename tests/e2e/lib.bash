@@ -24,6 +24,17 @@ jsonl_values() {  # file key
   grep -o "\"$2\":[^,}]*" "$1" | cut -d: -f2
 }
 
+# Worst relative difference |a - b| / |a| over the losses of two metrics.jsonl files, or "missing"
+# unless both hold exactly N losses.
+worst_loss_diff() {  # a.jsonl b.jsonl N
+  paste <(jsonl_values "$1" loss) <(jsonl_values "$2" loss) |
+    awk -v want="$3" 'NF == 2 { d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d; n++ }
+                      END { if (n != want) print "missing"; else printf "%.3g", w }'
+}
+below() {  # worst_loss_diff's result, bound: true when it is a number below the bound
+  [ "$1" != missing ] && awk -v w="$1" -v b="$2" 'BEGIN { exit !(w < b) }'
+}
+
 # Runs a command expected to fail with exit code 2 and a message containing every given string.
 expect_error() {  # name, then "--" then the command; strings before "--"
   local name=$1; shift

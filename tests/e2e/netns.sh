@@ -37,9 +37,8 @@ grep -q "2 real node(s)" "$TMP/ep4.log" && pass "rank map: 2 real nodes" || fail
 grep -q "auto: chose flat" "$TMP/ep4.log" && pass "auto chose flat across nodes" || fail "ep4: $(grep -m1 'auto:' "$TMP/ep4.log")"
 grep -q "auto: chose shm" "$TMP/ep2.log" && pass "auto chose shm within a node" || fail "ep2: $(grep -m1 'auto:' "$TMP/ep2.log")"
 for run in ep4 ep2; do
-  worst=$(paste <(jsonl_values "$TMP/one/metrics.jsonl" loss) <(jsonl_values "$TMP/$run/metrics.jsonl" loss) |
-          awk 'NF == 2 { d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d; n++ } END { if (n != 12) print "missing"; else printf "%.3g", w }')
-  if [ "$worst" != "missing" ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-5) }'; then
+  worst=$(worst_loss_diff "$TMP/one/metrics.jsonl" "$TMP/$run/metrics.jsonl" 12)
+  if below "$worst" 1e-5; then
     pass "$run over 2 nodes: 12 losses, worst relative difference to one rank $worst"
   else
     fail "$run over 2 nodes: losses differ from one rank ($worst)"
@@ -58,9 +57,8 @@ run2x2 "$TMP/hier.log" train configs/tiny_ep.yaml "${common[@]}" "${hier[@]}" --
 "${MPIRUN[@]}" -np 4 "$MOEMPI" train configs/tiny_ep.yaml "${common[@]}" "${hier[@]}" --set parallel.ranks_per_node=2 \
   --set job.run_dir="$TMP/hier_virtual" > "$TMP/hier_virtual.log" 2>&1 \
   && pass "hierarchical on 2x2 virtual nodes trains" || fail "virtual: $(tail -5 "$TMP/hier_virtual.log")"
-worst=$(paste <(jsonl_values "$TMP/hier_virtual/metrics.jsonl" loss) <(jsonl_values "$TMP/hier/metrics.jsonl" loss) |
-        awk 'NF == 2 { d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d; n++ } END { if (n != 12) print "missing"; else printf "%.3g", w }')
-if [ "$worst" != "missing" ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-6) }'; then
+worst=$(worst_loss_diff "$TMP/hier_virtual/metrics.jsonl" "$TMP/hier/metrics.jsonl" 12)
+if below "$worst" 1e-6; then
   pass "hierarchical: real 2x2 nodes = virtual 2x2 nodes over 12 losses (worst relative difference $worst)"
 else
   fail "hierarchical: real and virtual nodes differ ($worst)"

@@ -13,10 +13,8 @@ common=(--set train.steps=20 --set train.log_interval=1 --set eval.interval=0 --
 "$MOEMPI" train configs/tiny.yaml --set train.steps=20 --set train.log_interval=1 --set eval.interval=0 \
   --set train.micro_batch=4 --set train.grad_accum=2 --set job.run_dir="$TMP/free" > "$TMP/free.log" 2>&1
 
-worst=$(paste <(jsonl_values "$TMP/one/metrics.jsonl" loss) <(jsonl_values "$TMP/two/metrics.jsonl" loss) |
-        awk 'NF == 2 { d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d; n++ }
-             END { if (n != 20) print "missing"; else printf "%.3g", w }')
-if [ "$worst" != missing ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-5) }'; then
+worst=$(worst_loss_diff "$TMP/one/metrics.jsonl" "$TMP/two/metrics.jsonl" 20)
+if below "$worst" 1e-5; then
   pass "M=1 over 2 virtual nodes: 20 losses match one rank with routing_nodes 2 (worst $worst)"
 else
   fail "M=1 over 2 virtual nodes against one rank: worst relative difference $worst"
