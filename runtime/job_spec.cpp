@@ -5,6 +5,7 @@
 // config.h gains a field the table lacks. Tests: tests/job_spec_test.cpp.
 #include "runtime/job_spec.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -318,19 +319,42 @@ void validate_impl(const JobSpec& s, const Locations* locs) {
                      s.train.micro_batch));
 }
 
+// Where the documents of a YAML stream start. YAML::LoadAll would tell how many there are, but
+// yaml-cpp 0.7's LoadAll never ends on some invalid streams (a stray ',' at the top level,
+// jbeder/yaml-cpp#1040, fixed upstream after 0.7): it adds empty documents until memory runs out.
+struct DocumentStarts final : YAML::EventHandler {
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 JobSpec load_impl(const std::string& text, const std::string& origin_name,
                   const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(text);
-    if (docs.size() > 1) {  // yaml-cpp's Load would read the first and ignore the rest, bad keys included
-      const YAML::Mark at = docs[1].Mark();
-      fail_collective(fmt::format("{}:{}{}: a second YAML document (after '---' or '...'); a job spec is one "
+    std::istringstream stream(text);
+    YAML::Parser parser(stream);
+    DocumentStarts docs;  // at most two: one is a job spec, two are an error
+    while (docs.marks.size() < 2 && parser.HandleNextDocument(docs)) {}
+    if (docs.marks.size() > 1) {  // yaml-cpp's Load would read the first and ignore the rest, bad keys included
+      const YAML::Mark at = docs.marks[1];
+      const std::string where = fmt::format("{}:{}{}", origin_name, at.line >= 0 ? std::to_string(at.line + 1) : std::string("?"),
+                                            at.column >= 0 ? ":" + std::to_string(at.column + 1) : std::string());
+      if (at.pos == docs.marks[0].pos)  // a document that starts where the last one did: no progress
+        fail_collective(fmt::format("{}: YAML syntax error: unexpected '{}' (a job spec is one map of keys)", where,
+                                    at.pos >= 0 && at.pos < static_cast<int>(text.size()) ? text[at.pos] : '?'));
+      fail_collective(fmt::format("{}: a second YAML document (after '---' or '...'); a job spec is one "
                                   "document: merge it into the first or remove it",
-                                  origin_name, at.line >= 0 ? std::to_string(at.line + 1) : std::string("?"),
-                                  at.column >= 0 ? ":" + std::to_string(at.column + 1) : std::string()));
+                                  where));
     }
-    if (!docs.empty()) root = docs[0];
+    if (!docs.marks.empty()) root = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
     fail_collective(
         fmt::format("{}:{}:{}: YAML syntax error: {}", origin_name, e.mark.line + 1, e.mark.column + 1, e.msg));
