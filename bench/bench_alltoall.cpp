@@ -41,12 +41,10 @@ int run_alltoall(const AlltoallOptions& o) {
   MOEMPI_CHECK_ALL(o.experts_per_rank >= 1, "--experts-per-rank ({}) must be >= 1", o.experts_per_rank);
   const int El = o.experts_per_rank;
   const Placement placement = make_placement(W * El, groups);
-  const DispatchSpec dspec = dispatch_spec(o.flags, o.flags.dispatcher);
-  std::unique_ptr<Dispatcher> dispatcher = make_bench_dispatcher(dspec, 1, o.flags, groups);  // k = 1
+  std::unique_ptr<Dispatcher> dispatcher = make_bench_dispatcher(o.flags, o.flags.dispatcher, 1, groups);  // k = 1
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   const bool versus = !o.flags.versus.empty();
-  const DispatchSpec vspec = dispatch_spec(o.flags, versus ? o.flags.versus : "flat");
-  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_bench_dispatcher(vspec, 1, o.flags, groups) : nullptr;
+  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_bench_dispatcher(o.flags, o.flags.versus, 1, groups) : nullptr;
   std::unique_ptr<DispatchPlan> vplan = versus ? vdispatcher->new_plan() : nullptr;
   const std::string label = dispatcher_label(*dispatcher);
   const std::string vlabel = versus ? dispatcher_label(*vdispatcher) : "";

@@ -104,13 +104,11 @@ int run_dispatch(const DispatchOptions& o) {
   MOEMPI_CHECK_ALL(o.E % W == 0, "-E ({}) is not divisible by the number of ranks ({}); try -E {}", o.E, W,
                    (o.E / W + 1) * W);
   const Placement placement = make_placement(o.E, groups);
-  const DispatchSpec dspec = dispatch_spec(o.flags, o.flags.dispatcher);
-  std::unique_ptr<Dispatcher> dispatcher = make_bench_dispatcher(dspec, o.k, o.flags, groups);
+  std::unique_ptr<Dispatcher> dispatcher = make_bench_dispatcher(o.flags, o.flags.dispatcher, o.k, groups);
   std::unique_ptr<DispatchPlan> plan = dispatcher->new_plan();
   // --versus: a second dispatcher, verified and timed the same way in the same rounds.
   const bool versus = !o.flags.versus.empty();
-  const DispatchSpec vspec = dispatch_spec(o.flags, versus ? o.flags.versus : "flat");
-  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_bench_dispatcher(vspec, o.k, o.flags, groups) : nullptr;
+  std::unique_ptr<Dispatcher> vdispatcher = versus ? make_bench_dispatcher(o.flags, o.flags.versus, o.k, groups) : nullptr;
   std::unique_ptr<DispatchPlan> vplan = versus ? vdispatcher->new_plan() : nullptr;
   const std::string label = dispatcher_label(*dispatcher);
   const std::string vlabel = versus ? dispatcher_label(*vdispatcher) : "";

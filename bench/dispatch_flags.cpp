@@ -39,16 +39,12 @@ ProcessGroups build_bench_groups(const DispatchFlags& f) {
   return ProcessGroups::build(spec);
 }
 
-DispatchSpec dispatch_spec(const DispatchFlags& f, const std::string& type) {
-  DispatchSpec s;
-  s.type = type;
-  s.hierarchical.algorithm = f.algorithm;
-  s.hierarchical.dedup = f.dedup;
-  return s;
-}
-
-std::unique_ptr<Dispatcher> make_bench_dispatcher(const DispatchSpec& spec, int top_k, const DispatchFlags& f,
+std::unique_ptr<Dispatcher> make_bench_dispatcher(const DispatchFlags& f, const std::string& type, int top_k,
                                                   const ProcessGroups& groups) {
+  DispatchSpec spec;
+  spec.type = type;
+  spec.hierarchical.algorithm = f.algorithm;
+  spec.hierarchical.dedup = f.dedup;
   const AutoInputs in =
       auto_inputs(spec, top_k, {.inter_node_gbps = f.link_gbps, .inter_node_latency_us = f.link_latency_us}, groups);
   return make_dispatcher(spec, groups, in);

@@ -28,10 +28,10 @@ void add_dispatch_flags(CLI::App& app, DispatchFlags& flags);
 
 // ep = world over parallel.ranks_per_node; sets the process-wide link model first.
 ProcessGroups build_bench_groups(const DispatchFlags& flags);
-DispatchSpec dispatch_spec(const DispatchFlags& flags, const std::string& type);
-// make_dispatcher with auto resolved as training resolves it (parallel/dispatcher_registry.h
-// auto_inputs: top_k, and the link model's bandwidth or a probe of the link). Collective over the world.
-std::unique_ptr<Dispatcher> make_bench_dispatcher(const DispatchSpec& spec, int top_k, const DispatchFlags& flags,
+// The dispatcher `type` names with the flags' hierarchical keys, auto resolved as training
+// resolves it (parallel/dispatcher_registry.h auto_inputs: top_k, and the link model's bandwidth or
+// a probe of the link). Collective over the world.
+std::unique_ptr<Dispatcher> make_bench_dispatcher(const DispatchFlags& flags, const std::string& type, int top_k,
                                                   const ProcessGroups& groups);
 // "flat" or "hierarchical(2dh, dedup)" for headers: what the built dispatcher does.
 std::string dispatcher_label(const Dispatcher& d);
