@@ -19,23 +19,33 @@ namespace {
 
 using test_util::world_size;
 
+// Plans `hop` over the world with every one of this rank's `rows` input rows sent to every rank
+// (peers listed in descending or ascending order), each with the record {rank, row}; returns the
+// records that arrive.
+std::vector<int64_t> plan_every_row_to_every_rank(RoutedHop& hop, const Communicator& world, int rows,
+                                                  bool descending) {
+  const int W = world.size(), me = world.rank();
+  std::vector<int64_t> from, records, got;
+  std::vector<int> peer;
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < W; ++j) {
+      from.push_back(i);
+      peer.push_back(descending ? W - 1 - j : j);
+      records.insert(records.end(), {me, i});
+    }
+  hop.plan(world, true, rows, from, peer, records, 2, got);
+  return got;
+}
+
 // Every rank sends rank+1 rows to each peer q (row i of the input fans out to every peer); the
 // records name (source, i); values are source*100 + i. The reverse reduce sums the copies back.
 TEST(RoutedHop, FanOutAndReduceOverTheWorld) {
   const Communicator world = Communicator::world();
   const int W = world.size(), me = world.rank();
   const int rows = me + 1, D = 3;
-  std::vector<int64_t> from, records;
-  std::vector<int> peer;
-  for (int i = 0; i < rows; ++i)
-    for (int q = W - 1; q >= 0; --q) {  // given in descending peer order: plan() sorts by peer
-      from.push_back(i);
-      peer.push_back(q);
-      records.insert(records.end(), {me, i});
-    }
   RoutedHop hop;
-  std::vector<int64_t> got;
-  hop.plan(world, true, rows, from, peer, records, 2, got);
+  // Given in descending peer order: plan() sorts by peer.
+  const std::vector<int64_t> got = plan_every_row_to_every_rank(hop, world, rows, /*descending=*/true);
   int64_t want_rows = 0;
   for (int s = 0; s < W; ++s) want_rows += s + 1;
   ASSERT_EQ(hop.recv_rows(), want_rows);
@@ -70,17 +80,8 @@ TEST(RoutedHop, RankWithNoRows) {
   const Communicator world = Communicator::world();
   const int W = world.size(), me = world.rank();
   const int rows = me % 2 == 0 ? 2 : 0, D = 2;
-  std::vector<int64_t> from, records;
-  std::vector<int> peer;
-  for (int i = 0; i < rows; ++i)
-    for (int q = 0; q < W; ++q) {
-      from.push_back(i);
-      peer.push_back(q);
-      records.insert(records.end(), {me, i});
-    }
   RoutedHop hop;
-  std::vector<int64_t> got;
-  hop.plan(world, true, rows, from, peer, records, 2, got);
+  plan_every_row_to_every_rank(hop, world, rows, /*descending=*/false);
   std::vector<float> in(rows * D), send(hop.send_rows() * D), recv(hop.recv_rows() * D);
   for (int i = 0; i < rows * D; ++i) in[i] = static_cast<float>(me * 10 + i);
   hop.gather(in.data(), send.data(), D);
