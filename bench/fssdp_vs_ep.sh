@@ -6,17 +6,18 @@
 # the first budget re-sharding every N steps.
 #   bench/fssdp_vs_ep.sh [OUT_DIR]
 #   env: NP (2), STEPS (12), ROUNDS (3), BUDGETS ("2"), RESHARD (0), FORCINGS ("zipf:1.2 balanced none"),
-#        MOEMPI (build/moempi)
+#        MOEMPI (build/moempi), EXTRA (more --set KEY=VALUE words for every run, e.g. "--set moe.d_ff_expert=1024")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/fssdp_vs_ep}
 NP=${NP:-2} STEPS=${STEPS:-12} ROUNDS=${ROUNDS:-3} BUDGETS=${BUDGETS:-2} RESHARD=${RESHARD:-0}
 FORCINGS=${FORCINGS:-zipf:1.2 balanced none} MOEMPI=${MOEMPI:-build/moempi}
+read -r -a extra <<< "${EXTRA:-}"
 MPIRUN=(mpirun --oversubscribe)
 [ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
 export OPENBLAS_NUM_THREADS=1
 mkdir -p "$OUT"
-echo "# $(date -u +%FT%TZ) | CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores) | NP $NP | small_ep | median step ms of steps 3..$STEPS, $ROUNDS runs alternated"
+echo "# $(date -u +%FT%TZ) | CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores) | NP $NP | small_ep ${EXTRA:-} | median step ms of steps 3..$STEPS, $ROUNDS runs alternated"
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 variants=(ep)
 for b in $BUDGETS; do variants+=("fssdp_b$b"); done
@@ -35,7 +36,7 @@ for force in $FORCINGS; do
       fi
       "${MPIRUN[@]}" -np "$NP" "$MOEMPI" train configs/small_ep.yaml "${args[@]}" --set parallel.ep=0 \
         --set moe.force_routing=$force --set train.steps="$STEPS" --set eval.interval=0 --set train.log_interval=1 \
-        --set job.run_dir="$d" --set checkpoint.resume=never > "$d.log" 2>&1
+        --set job.run_dir="$d" --set checkpoint.resume=never "${extra[@]}" > "$d.log" 2>&1
       runs[$v]+="$(grep -o '"step_ms":[^,]*' "$d/metrics.jsonl" | cut -d: -f2 | tail -n +3 | median | xargs printf '%.0f') "
       reps[$v]="$( (grep -o '"replicas":[^,]*' "$d/metrics.jsonl" || true) | cut -d: -f2 | tail -n +3 | median)"
     done
