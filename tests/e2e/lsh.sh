@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LSH-compressed dispatch through the binary a user runs: training with
-# moe.dispatch.compression.type lsh at 1 and 2 ranks (over shm and flat), the compression ratio in
+# moe.dispatch.compression.type lsh at 1, 2 and 4 ranks (over shm, flat and hierarchical), the compression ratio in
 # the step line ("lsh 0.21") and compression_ratio / wire_bytes in metrics.jsonl, bit-identical
 # reruns, and one error naming moe.dispatch.compression.<key> with exit code 2 for bad keys.
 source "$(dirname "$0")/lib.bash"
@@ -42,6 +42,24 @@ done
 [ -n "$(jsonl_values "$TMP/np2_shm/metrics.jsonl" loss)" ] && \
   [ "$(jsonl_values "$TMP/np2_shm/metrics.jsonl" loss)" == "$(jsonl_values "$TMP/np2_flat/metrics.jsonl" loss)" ] \
   && pass "lsh over shm and over flat: identical losses" || fail "lsh over shm and flat differ"
+# Over hierarchical (virtual nodes): 2 nodes x 1 rank against the flat run above, and 4 ranks as
+# 2 nodes x 2 against flat at 4 ranks. Each centroid travels to one expert with weight 1, so the inner exchange's order of
+# summation does not matter: the same losses to the last bit.
+hier_run() {  # name, ranks, ranks per node, dispatcher
+  timeout 300 "${MPIRUN[@]}" -np "$2" "$MOEMPI" train configs/tiny_ep.yaml "${short[@]}" "${lsh[@]}" \
+    --set parallel.ranks_per_node="$3" --set moe.dispatch.type="$4" \
+    --set job.run_dir="$TMP/$1" > "$TMP/$1.log" 2>&1 && grep -q "dispatch $4" "$TMP/$1.log" \
+    || fail "$1: lsh over $4 at $2 ranks: $(tail -3 "$TMP/$1.log")"
+}
+hier_run np2_hier 2 1 hierarchical
+hier_run np4_hier 4 2 hierarchical
+hier_run np4_flat 4 2 flat
+for n in 2 4; do
+  a=$(jsonl_values "$TMP/np${n}_hier/metrics.jsonl" loss)
+  b=$(jsonl_values "$TMP/np${n}_flat/metrics.jsonl" loss)
+  [ -n "$a" ] && [ "$a" == "$b" ] && pass "$n ranks: lsh over hierarchical logs lsh over flat's losses" \
+    || fail "$n ranks: lsh over hierarchical against flat: $(echo $a) / $(echo $b)"
+done
 bytes=$(jsonl_values "$TMP/np2_flat/metrics.jsonl" wire_bytes | tail -1)
 [ "${bytes:-0}" -gt 0 ] && pass "wire_bytes $bytes > 0 at 2 ranks" || fail "wire_bytes at 2 ranks: $bytes"
 
