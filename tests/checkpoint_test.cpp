@@ -114,6 +114,18 @@ TEST_F(CheckpointFiles, KeepLastRemovesOlderCompleteCheckpoints) {
   EXPECT_EQ(fs::path(c[0]).filename(), "step_4");
 }
 
+// A newer checkpoint left by an earlier run (one that resume refused and fell back from) is kept
+// and does not count towards keep_last: this run keeps its own newest two.
+TEST_F(CheckpointFiles, KeepLastIgnoresNewerCheckpointsOfAnEarlierRun) {
+  Job a;
+  save(a, 9, 2);
+  for (int s = 1; s <= 4; ++s) save(a, s, 2);
+  EXPECT_TRUE(fs::exists(root_ / "step_9"));
+  EXPECT_FALSE(fs::exists(root_ / "step_2"));
+  EXPECT_TRUE(fs::exists(root_ / "step_3"));
+  EXPECT_TRUE(fs::exists(root_ / "step_4"));
+}
+
 TEST_F(CheckpointFiles, TruncatedShardIsRefused) {
   Job a;
   const std::string dir = save(a, 3);
@@ -198,11 +210,33 @@ TEST_F(CheckpointFiles, IncompleteCheckpointIsNoCandidate) {
   Job a;
   save(a, 3);
   const std::string d4 = save(a, 4);
-  fs::remove(d4 + "/manifest.pb");  // as if the save of step 4 died before its manifest
+  // As if the save of step 4 died before its manifest: `latest` still names step 3.
+  fs::remove(d4 + "/manifest.pb");
+  std::ofstream(root_ / "latest", std::ios::trunc) << "step_3\n";
   const auto c = checkpoint_candidates(root_.string());
   ASSERT_EQ(c.size(), 1u);
   EXPECT_EQ(fs::path(c[0]).filename(), "step_3");
   expect_contains(error_of([&] { load_checkpoint(d4, a.reg, world_); }), {"no manifest.pb", "incomplete"});
+}
+
+// `latest` moves only after a manifest is written: if the checkpoint it names has lost its
+// manifest, or is gone, it stays first in line, so that resume refuses it with a message and
+// falls back (or stops), instead of skipping it silently and, with nothing older, starting over.
+TEST_F(CheckpointFiles, LatestWithoutManifestStaysFirstToBeRefused) {
+  Job a;
+  save(a, 3);
+  const std::string d4 = save(a, 4);
+  fs::remove(d4 + "/manifest.pb");
+  auto c = checkpoint_candidates(root_.string());
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(fs::path(c[0]).filename(), "step_4");
+  EXPECT_EQ(fs::path(c[1]).filename(), "step_3");
+  expect_contains(error_of([&] { load_checkpoint(c[0], a.reg, world_); }), {"no manifest.pb"});
+  fs::remove_all(root_ / "step_3");
+  fs::remove_all(d4);
+  c = checkpoint_candidates(root_.string());
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(fs::path(c[0]).filename(), "step_4");
 }
 
 TEST(SpecDifferences, NamesEveryChangedAddedAndRemovedKey) {

@@ -412,15 +412,20 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
     // Validate what was written before pointing `latest` at it (coverage: every tensor written once).
     read_manifest(dir);
     write_file_atomic(ckpt_root + "/latest", step_dir_name(step) + "\n");
-    // Keep the newest keep_last complete checkpoints; remove older incomplete ones.
+    // Keep the newest keep_last complete checkpoints up to this step; remove older incomplete ones.
+    // Newer ones (left by an earlier run whose checkpoint resume refused) are kept, and not
+    // counted: they are not on this run's path.
     if (keep_last > 0) {
       std::vector<std::pair<int64_t, fs::path>> complete;
       std::error_code ec;
       for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
         const int64_t s = step_of_name(e.path().filename().string());
         if (s < 0 || !e.is_directory()) continue;
-        if (fs::exists(e.path() / "manifest.pb")) complete.emplace_back(s, e.path());
-        else if (s < step) fs::remove_all(e.path(), ec);
+        if (fs::exists(e.path() / "manifest.pb")) {
+          if (s <= step) complete.emplace_back(s, e.path());
+        } else if (s < step) {
+          fs::remove_all(e.path(), ec);
+        }
       }
       std::sort(complete.rbegin(), complete.rend());
       for (size_t i = static_cast<size_t>(keep_last); i < complete.size(); ++i)
@@ -575,8 +580,16 @@ std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root) {
       while (!latest.empty() && (latest.back() == '\n' || latest.back() == '\r')) latest.pop_back();
     }
   }
+  bool latest_found = false;
   for (const auto& [s, p] : found)
-    if (fs::path(p).filename() == latest) out.push_back(p);
+    if (fs::path(p).filename() == latest) {
+      out.push_back(p);
+      latest_found = true;
+    }
+  // `latest` moves only after a manifest is written, so naming a checkpoint without one means
+  // damage: it goes first anyway, so that loading it fails with a message and resume falls back to
+  // an older one, saying so, or stops (never silently starting over at step 0).
+  if (!latest_found && step_of_name(latest) >= 0) out.push_back((fs::path(ckpt_root) / latest).string());
   for (const auto& [s, p] : found)
     if (fs::path(p).filename() != latest) out.push_back(p);
   return out;
