@@ -338,6 +338,10 @@ void GptMoe::on_step_end(const RoutingStats& global) {
   for (size_t l = 0; l < layers.size(); ++l) layers[l]->on_step_end(global.counts(static_cast<int>(l)));
 }
 
+void GptMoe::on_step_discarded() {
+  for (MoeLayer* layer : moe_layers()) layer->on_step_discarded();
+}
+
 int64_t GptMoe::active_params() const {
   const int64_t D = model_.d_model, V = model_.vocab_size;
   const int64_t act = model_.activation == Activation::kSwiglu ? 3 : 2;

@@ -52,6 +52,8 @@ class GptMoe final : public ExpertHost {
   void add_routing(RoutingStats& stats);
   // The balancing passes' step-level updates, from the step's counts reduced over all data ranks.
   void on_step_end(const RoutingStats& global);
+  // Instead, after a skipped step (train.nonfinite: skip): the passes drop the step's buffers.
+  void on_step_discarded();
   // For checkpoints: the parameters ("param/<name>") and every balancing pass's step-spanning
   // state ("balancing/layers.<l>.<pass>.<tensor>", the same on every rank: a dense writer).
   void register_state(StateRegistry& registry, const StateWriters& writers);

@@ -178,6 +178,7 @@ class TrainLoop {
           fail_collective(what + "; lower optim.lr, set optim.grad_clip, or set train.nonfinite: skip to skip "
                                  "such steps");
         if (g_.world.rank() == 0) spdlog::warn("{}; step skipped (train.nonfinite: skip), parameters unchanged", what);
+        model_->on_step_discarded();  // e.g. global_batch_aux_loss's buffer: the next step starts afresh
         ++summary.skipped_steps;
       } else {
         ScopedTimer t(summary.phase_seconds[kPhaseOptimizer]);

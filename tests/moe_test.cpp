@@ -487,6 +487,11 @@ TEST(GlobalBatchAuxLoss, BufferAccumulatesOverMicroBatchesAndResetsAtStepEnd) {
   EXPECT_EQ(buffer(), (std::vector<int64_t>{0, 0}));
   // Next step starts afresh: micro-batch 2 alone gives f̄ = [0, 1].
   EXPECT_NEAR(pass->forward(mb2.view(ScoreFn::kSoftmax), true), 1.2, 1e-7);
+  // A skipped step (train.nonfinite: skip) drops its counts too: the step after it starts afresh.
+  EXPECT_EQ(buffer(), (std::vector<int64_t>{0, 2}));
+  pass->on_step_discarded();
+  EXPECT_EQ(buffer(), (std::vector<int64_t>{0, 0}));
+  EXPECT_NEAR(pass->forward(mb1.view(ScoreFn::kSoftmax), true), 1.4, 1e-7);
 }
 
 // The all-reduce the pass is given is called once per training forward, never in evaluation.

@@ -61,6 +61,9 @@ class BalancingPass {
   // with the same argument: this layer's top-k selections before drops, summed over the step's
   // training micro-batches and over all data ranks (RoutingStats; counts_E has E entries).
   virtual void on_step_end(const int64_t* counts_E, int E) {}
+  // Instead of on_step_end, after a step whose update was skipped (train.nonfinite: skip): drop
+  // what the step accumulated, update nothing.
+  virtual void on_step_discarded() {}
   // The pass's step-spanning state, as views (empty for stateless passes).
   virtual std::vector<PassTensor> state() { return {}; }
 };

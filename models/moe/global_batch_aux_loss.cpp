@@ -47,6 +47,7 @@ class GlobalBatchAuxLoss final : public BalancingPass {
   }
 
   void on_step_end(const int64_t*, int) override { std::fill(counts_E_.begin(), counts_E_.end(), 0); }
+  void on_step_discarded() override { std::fill(counts_E_.begin(), counts_E_.end(), 0); }
 
   std::vector<PassTensor> state() override { return {{.name = "counts_E", .i64 = counts_E_}}; }
 

@@ -56,6 +56,7 @@ class MoeLayer {
   }
   // counts_E: this layer's step counts over all data ranks (RoutingStats::counts).
   void on_step_end(const int64_t* counts_E) { router_.on_step_end(counts_E); }
+  void on_step_discarded() { router_.on_step_discarded(); }
 
   const Router& router() const { return router_; }
   const RoutingPlan& routing() const { return router_.plan(); }

@@ -130,6 +130,10 @@ void Router::on_step_end(const int64_t* counts_E) {
   for (auto& p : passes_) p->on_step_end(counts_E, moe_.num_experts);
 }
 
+void Router::on_step_discarded() {
+  for (auto& p : passes_) p->on_step_discarded();
+}
+
 void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, bool training) {
   const int E = moe_.num_experts, K = moe_.top_k;
   const size_t NE = (size_t)N * E;

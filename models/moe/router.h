@@ -70,6 +70,7 @@ class Router {
   void set_position(uint64_t seed, int layer, int64_t step, int64_t first_token);
   // counts_E: this layer's step counts over all data ranks (RoutingStats), to every pass.
   void on_step_end(const int64_t* counts_E);
+  void on_step_discarded();  // a skipped step: every pass drops what it accumulated
 
   const RoutingPlan& plan() const { return plan_; }
   RouterState state() const;
