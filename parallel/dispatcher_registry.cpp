@@ -68,6 +68,10 @@ const DispatcherRegistry& dispatcher_registry() {
            "single copy per row through an MPI-3 shared-memory window; the ep group within one node"},
           {"hierarchical",
            [](const DispatchSpec& s, const ProcessGroups& g) -> std::unique_ptr<Dispatcher> {
+             MOEMPI_CHECK_ALL(s.wire_dtype == WireDtype::kFp32,
+                              "moe.dispatch.wire_dtype bf16 does not apply to moe.dispatch.type hierarchical: its "
+                              "hops move fp32 rows; use wire_dtype fp32, or type flat or auto (auto picks flat "
+                              "for a bf16 wire)");
              return std::make_unique<HierarchicalDispatcher>(g, parse_hier_algorithm(s.hierarchical.algorithm),
                                                              s.hierarchical.dedup);
            },

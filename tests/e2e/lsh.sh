@@ -81,6 +81,9 @@ grep -q "chose flat (moe.dispatch.wire_dtype is bf16" "$TMP/wire_auto.log" && pa
 expect_error "bf16 on shm" "moe.dispatch.wire_dtype bf16 does not apply to moe.dispatch.type shm" -- \
   "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml --set moe.dispatch.type=shm --set moe.dispatch.wire_dtype=bf16 \
   --set job.run_dir="$TMP/wire_shm"
+expect_error "bf16 on hierarchical" "moe.dispatch.wire_dtype bf16 does not apply to moe.dispatch.type hierarchical" -- \
+  "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny_ep.yaml --set moe.dispatch.type=hierarchical \
+  --set parallel.ranks_per_node=1 --set moe.dispatch.wire_dtype=bf16 --set job.run_dir="$TMP/wire_hier"
 
 # Bad keys: one error naming moe.dispatch.compression.<key>, exit code 2.
 t=configs/tiny.yaml
