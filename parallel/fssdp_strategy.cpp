@@ -2,9 +2,11 @@
 #include "parallel/fssdp_strategy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <functional>
 
+#include "comm/collectives.h"
 #include "comm/sparse_collectives.h"
 #include "runtime/core/error.h"
 
@@ -196,7 +198,29 @@ class Fssdp final : public ShardingStrategy {
   }
 
   void sync_grads(ParamArena& arena) override { ep_->sync_grads(arena); }
-  double grad_norm(ParamArena& arena) override { return ep_->grad_norm(arena); }
+  // ep's norm, with the expert gradients summed in (layer, expert id, w1, w2) order instead of
+  // storage order: re-sharding keeps a staying expert's slot, so storage order depends on the
+  // history of re-shardings, which a resumed job does not repeat (the norm feeds clipping). While
+  // the slots are in ascending expert order (no re-sharding yet) this is ep's order to the bit.
+  double grad_norm(ParamArena& arena) override {
+    if (host_ == nullptr) return ep_->grad_norm(arena);
+    const int me = g_.ep.rank();
+    double expert_sq = 0;
+    for (int l = 0; l < host_->num_moe_layers(); ++l) {
+      const std::vector<int> owners = host_->owners(l).owner_list();
+      for (int e = 0; e < static_cast<int>(owners.size()); ++e) {
+        if (owners[e] != me) continue;
+        for (int part = 0; part < 2; ++part) {
+          const float* g = host_->expert_grad(l, e, part);
+          for (int64_t i = 0, n = host_->part_numel(part); i < n; ++i) expert_sq += static_cast<double>(g[i]) * g[i];
+        }
+      }
+    }
+    if (g_.ep.size() > 1) allreduce_sum(&expert_sq, 1, g_.ep);
+    double dense_sq = 0;
+    for (float x : arena.dense_grads()) dense_sq += static_cast<double>(x) * x;
+    return std::sqrt(dense_sq + expert_sq);
+  }
   StepStats step_stats() const override { return stats_; }
 
  private:
