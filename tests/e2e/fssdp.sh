@@ -61,6 +61,7 @@ MOEMPI_TEST_STOP_AFTER=20 "${MPIRUN[@]}" -np 2 -x MOEMPI_TEST_STOP_AFTER "$MOEMP
   --set job.run_dir="$TMP/many_cut" > "$TMP/many_cut2.log" 2>&1
 reshards=$(grep -c "fssdp re-sharded expert ownership" "$TMP/many.log" || true)
 if [ "${reshards:-0}" -ge 2 ] && grep -q "resuming from .*step_20" "$TMP/many_cut2.log" &&
+   [ "$(jsonl_values "$TMP/many/metrics.jsonl" grad_norm | wc -l)" -eq 40 ] &&
    [ "$(jsonl_values "$TMP/many/metrics.jsonl" grad_norm)" = "$(jsonl_values "$TMP/many_cut/metrics.jsonl" grad_norm)" ] &&
    [ "$(jsonl_values "$TMP/many/metrics.jsonl" loss)" = "$(jsonl_values "$TMP/many_cut/metrics.jsonl" loss)" ]; then
   pass "$reshards re-shardings in 40 steps, stopped after step 20 and resumed: the same losses and gradient norms exactly"
