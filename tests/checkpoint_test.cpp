@@ -124,6 +124,12 @@ TEST_F(CheckpointFiles, KeepLastIgnoresNewerCheckpointsOfAnEarlierRun) {
   EXPECT_FALSE(fs::exists(root_ / "step_2"));
   EXPECT_TRUE(fs::exists(root_ / "step_3"));
   EXPECT_TRUE(fs::exists(root_ / "step_4"));
+  // Resume tries this run's checkpoints (latest, then older) before the earlier run's newer one.
+  const auto c = checkpoint_candidates(root_.string());
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(fs::path(c[0]).filename(), "step_4");
+  EXPECT_EQ(fs::path(c[1]).filename(), "step_3");
+  EXPECT_EQ(fs::path(c[2]).filename(), "step_9");
 }
 
 TEST_F(CheckpointFiles, TruncatedShardIsRefused) {

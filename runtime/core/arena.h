@@ -97,7 +97,9 @@ class FloatBuffer {
  public:
   FloatBuffer() = default;
   explicit FloatBuffer(size_t n) { resize(n); }
-  void resize(size_t n);  // contents are zeroed when the size grows
+  // Beyond the capacity: a new, zeroed allocation (the contents are not kept). Within it: the
+  // contents are kept and not zeroed.
+  void resize(size_t n);
   void zero();
   float* data() { return data_.data(); }
   const float* data() const { return data_.data(); }
