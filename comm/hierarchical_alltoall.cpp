@@ -73,7 +73,7 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
                                kRecordTag, group.comm(), &sends.back()));
   }
   // Counted in rows (one MPI datatype per row), so a message holds up to INT_MAX rows at any width.
-  const RowType plan_row = rows ? RowType(W) : RowType();
+  if (rows) plan_row_.reset(W);  // re-created only when the width changes
   if (rows) {  // the rows follow their records; the receiver posts for them once it knows the count
     for (int q = 0; q < P; ++q) {
       const int64_t ns = send_first_[q + 1] - send_first_[q];
@@ -81,7 +81,7 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
       MOEMPI_CHECK_ONE(ns <= INT_MAX, "routed hop over '{}': {} rows to peer {} exceed one message", group.name(),
                        ns, q);
       sends.push_back(MPI_REQUEST_NULL);
-      MOEMPI_MPI_CHECK(MPI_Isend(rows->send->data() + send_first_[q] * W, static_cast<int>(ns), plan_row.type(), q,
+      MOEMPI_MPI_CHECK(MPI_Isend(rows->send->data() + send_first_[q] * W, static_cast<int>(ns), plan_row_.type(), q,
                                  kPlanRowTag, group.comm(), &sends.back()));
       if (traffic) {
         traffic->rows += ns;
@@ -120,7 +120,7 @@ void RoutedHop::plan(const Communicator& group, bool inter, int64_t in_rows, con
                        group.name(), nr, q);
       sends.push_back(MPI_REQUEST_NULL);
       MOEMPI_MPI_CHECK(
-          MPI_Irecv(at, static_cast<int>(nr), plan_row.type(), q, kPlanRowTag, group.comm(), &sends.back()));
+          MPI_Irecv(at, static_cast<int>(nr), plan_row_.type(), q, kPlanRowTag, group.comm(), &sends.back()));
     }
   }
   watchdog::Pending pending("MPI_Mrecv (hop records)", group.name().c_str());  // the data may still be on its way

@@ -92,7 +92,7 @@ class RoutedHop {
   std::vector<int64_t> from_;      // (n_send) input row of each send row
   std::vector<int64_t> position_;  // (n_send) sorted position of the i-th given send
   std::vector<int64_t> send_first_, recv_first_;  // (peers + 1) first row per peer
-  RowType row_, side_row_;
+  RowType row_, side_row_, plan_row_;  // plan_row_: the rows that travel with plan()'s records
   RowBlockExchange blocks_, side_blocks_;
   std::vector<RowBlock> sends_, recvs_, side_sends_, side_recvs_;  // scratch
 };

@@ -210,16 +210,13 @@ class Fssdp final : public ShardingStrategy {
       const std::vector<int> owners = host_->owners(l).owner_list();
       for (int e = 0; e < static_cast<int>(owners.size()); ++e) {
         if (owners[e] != me) continue;
-        for (int part = 0; part < 2; ++part) {
-          const float* g = host_->expert_grad(l, e, part);
-          for (int64_t i = 0, n = host_->part_numel(part); i < n; ++i) expert_sq += static_cast<double>(g[i]) * g[i];
-        }
+        for (int part = 0; part < 2; ++part)
+          expert_sq = sum_squares({host_->expert_grad(l, e, part), static_cast<size_t>(host_->part_numel(part))},
+                                  expert_sq);
       }
     }
     if (g_.ep.size() > 1) allreduce_sum(&expert_sq, 1, g_.ep);
-    double dense_sq = 0;
-    for (float x : arena.dense_grads()) dense_sq += static_cast<double>(x) * x;
-    return std::sqrt(dense_sq + expert_sq);
+    return std::sqrt(sum_squares(arena.dense_grads()) + expert_sq);
   }
   StepStats step_stats() const override { return stats_; }
 

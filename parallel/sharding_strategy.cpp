@@ -9,13 +9,13 @@
 #include "runtime/core/error.h"
 
 namespace moempi {
-namespace {
 
-double sum_squares(std::span<const float> xs) {
-  double s = 0;
-  for (float x : xs) s += static_cast<double>(x) * x;
-  return s;
+double sum_squares(std::span<const float> xs, double acc) {
+  for (float x : xs) acc += static_cast<double>(x) * x;
+  return acc;
 }
+
+namespace {
 
 // Gradients are all-reduced in buckets of 2 MiB: on shared memory each bucket's reduction stays
 // in cache, which made the 38 MB gradient of the small model 2.3x faster to sum at 2 ranks

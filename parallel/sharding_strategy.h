@@ -9,6 +9,7 @@
 // order. Tests: tests/train_mpitest.cpp (each strategy trains the same losses as one rank).
 #pragma once
 #include <memory>
+#include <span>
 #include <string>
 
 #include "comm/process_groups.h"
@@ -100,6 +101,9 @@ class ShardingStrategy : public MoeLayerHooks {
 
 using ShardingFactory = std::unique_ptr<ShardingStrategy> (*)(const ParallelSpec& spec, const ProcessGroups& groups);
 using ShardingRegistry = Registry<ShardingFactory>;
+
+// acc + Σ x² in double, in span order (the gradient norms of every strategy).
+double sum_squares(std::span<const float> xs, double acc = 0);
 
 // The ep strategy alone (fssdp sums dense and owned-expert gradients the same way).
 std::unique_ptr<ShardingStrategy> make_expert_parallel(const ProcessGroups& groups);

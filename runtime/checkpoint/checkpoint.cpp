@@ -580,19 +580,13 @@ std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root) {
       while (!latest.empty() && (latest.back() == '\n' || latest.back() == '\r')) latest.pop_back();
     }
   }
-  bool latest_found = false;
-  for (const auto& [s, p] : found)
-    if (fs::path(p).filename() == latest) {
-      out.push_back(p);
-      latest_found = true;
-    }
-  // `latest` moves only after a manifest is written, so naming a checkpoint without one means
-  // damage: it goes first anyway, so that loading it fails with a message and resume falls back to
-  // an older one, saying so, or stops (never silently starting over at step 0).
-  if (!latest_found && step_of_name(latest) >= 0) out.push_back((fs::path(ckpt_root) / latest).string());
+  // `latest` first, with or without a manifest: it moves only after a manifest is written, so
+  // naming a checkpoint without one means damage, and loading it fails with a message; resume then
+  // falls back to an older one, saying so, or stops (never silently starting over at step 0).
+  const int64_t latest_step = step_of_name(latest);
+  if (latest_step >= 0) out.push_back((fs::path(ckpt_root) / latest).string());
   // Then the older ones, newest first, and last those newer than `latest`: left by an earlier run
   // whose checkpoint resume refused, they are not on the path of the run that wrote `latest`.
-  const int64_t latest_step = step_of_name(latest);
   for (const bool newer : {false, true})
     for (const auto& [s, p] : found)
       if (fs::path(p).filename() != latest && (latest_step >= 0 && s > latest_step) == newer) out.push_back(p);
