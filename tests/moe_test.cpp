@@ -16,6 +16,7 @@
 #include "models/moe/grouped_experts.h"
 #include "models/moe/moe_layer.h"
 #include "models/moe/router.h"
+#include "models/moe/router_kernels.h"
 #include "parallel/local_dispatcher.h"
 #include "runtime/core/error.h"
 #include "runtime/core/rng.h"
@@ -325,6 +326,104 @@ std::unique_ptr<BalancingPass> pass_of(const std::string& type, float coeff, int
   spec.type = type;
   spec.coeff = coeff;
   return make_balancing_pass(spec, E);
+}
+
+// The router's skinny products against double-precision sums, over E on both sides of the vector
+// width (1..8 in the kernels, 9 and more through OpenBLAS), D with and without a 16- or 64-column tail, N with
+// and without a partial token block; accumulate semantics of the backward; and each token's logits
+// and dx row bit-identical to the same token computed alone (the layout independence parallel
+// invariance relies on); the portable backward bit-identical to the AVX-512 one.
+TEST(RouterProducts, MatchDoubleReferenceAndAreRowIndependent) {
+  int cases = 0;
+  for (int E : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 24})
+    for (int D : {3, 64, 100, 256})
+      for (int N : {1, 7, 8, 13, 70}) {
+        SCOPED_TRACE(::testing::Message() << "E " << E << " D " << D << " N " << N);
+        const auto x = randn((size_t)N * D, 1), w = randn((size_t)D * E, 2, 0.3f), dz = randn((size_t)N * E, 3);
+        const auto dx0 = randn((size_t)N * D, 4), dw0 = randn((size_t)D * E, 5);
+        RouterProducts prod;
+        std::vector<float> z((size_t)N * E, -7.0f), dx = dx0, dw = dw0;
+        prod.forward(z.data(), x.data(), w.data(), N, D, E);
+        prod.backward(dx.data(), dw.data(), dz.data(), x.data(), w.data(), N, D, E);
+        double worst = 0;
+        auto check = [&](double got, double want, double scale) { worst = std::max(worst, std::fabs(got - want) / scale); };
+        for (int t = 0; t < N; ++t)
+          for (int e = 0; e < E; ++e) {
+            double want = 0;
+            for (int d = 0; d < D; ++d) want += (double)x[(size_t)t * D + d] * w[(size_t)d * E + e];
+            check(z[(size_t)t * E + e], want, 1 + std::sqrt((double)D));
+          }
+        for (int t = 0; t < N; ++t)
+          for (int d = 0; d < D; ++d) {
+            double want = dx0[(size_t)t * D + d];
+            for (int e = 0; e < E; ++e) want += (double)dz[(size_t)t * E + e] * w[(size_t)d * E + e];
+            check(dx[(size_t)t * D + d], want, 1 + std::sqrt((double)E));
+          }
+        for (int d = 0; d < D; ++d)
+          for (int e = 0; e < E; ++e) {
+            double want = dw0[(size_t)d * E + e];
+            for (int t = 0; t < N; ++t) want += (double)x[(size_t)t * D + d] * dz[(size_t)t * E + e];
+            check(dw[(size_t)d * E + e], want, 1 + std::sqrt((double)N));
+          }
+        EXPECT_LT(worst, 1e-5);
+        // dx not wanted: dW alone, the same sums.
+        std::vector<float> dw2 = dw0;
+        prod.backward(nullptr, dw2.data(), dz.data(), x.data(), w.data(), N, D, E);
+        EXPECT_EQ(dw2, dw);
+        if (E > RouterProducts::kMaxVectorExperts) continue;  // OpenBLAS makes no such promise
+        // The portable 8-lane backward (the only one without AVX-512): the same bits.
+        RouterProducts portable(true);
+        std::vector<float> dx3 = dx0, dw3 = dw0;
+        portable.backward(dx3.data(), dw3.data(), dz.data(), x.data(), w.data(), N, D, E);
+        ASSERT_EQ(0, std::memcmp(dx3.data(), dx.data(), sizeof(float) * dx.size()));
+        ASSERT_EQ(0, std::memcmp(dw3.data(), dw.data(), sizeof(float) * dw.size()));
+        for (int t = 0; t < N; ++t) {
+          std::vector<float> z1(E), dx1(dx0.begin() + (size_t)t * D, dx0.begin() + (size_t)(t + 1) * D), dw1 = dw0;
+          prod.forward(z1.data(), x.data() + (size_t)t * D, w.data(), 1, D, E);
+          prod.backward(dx1.data(), dw1.data(), dz.data() + (size_t)t * E, x.data() + (size_t)t * D, w.data(), 1, D, E);
+          ASSERT_EQ(0, std::memcmp(z1.data(), z.data() + (size_t)t * E, sizeof(float) * E)) << "token " << t;
+          ASSERT_EQ(0, std::memcmp(dx1.data(), dx.data() + (size_t)t * D, sizeof(float) * D)) << "token " << t;
+        }
+        ++cases;
+      }
+  EXPECT_EQ(cases, RouterProducts::kMaxVectorExperts * 4 * 5);  // every E of the kernels was compared
+}
+
+// topk_rows against insertion into a best-first list (the reference semantics) on rows with many
+// ties and, in some rows, NaNs, for E across the one- and two-vector widths and past them.
+TEST(RouterTopk, MatchesInsertionWithTiesAndNaNs) {
+  Rng r(7, 0, 0, 0);
+  int rows = 0, nan_rows = 0;
+  for (int E : {1, 2, 3, 7, 8, 9, 15, 16, 17, 32})
+    for (int K = 1; K <= std::min(E, 6); ++K) {
+      const int N = 50;
+      std::vector<float> v((size_t)N * E);
+      for (int t = 0; t < N; ++t)
+        for (int e = 0; e < E; ++e) {
+          const double u = r.uniform();
+          float x = (float)std::floor(u * 4) * 0.25f;  // 4 levels: many ties
+          if (t % 5 == 1) x = (float)u;                  // distinct scores
+          if (t % 7 == 3 && e % 3 == 1) x = NAN;
+          if (t % 11 == 4) x = -INFINITY;                // a whole row of equal -inf
+          v[(size_t)t * E + e] = x;
+        }
+      std::vector<int32_t> got((size_t)N * K, -5), want((size_t)N * K, -5);
+      topk_rows(got.data(), v.data(), N, E, K);
+      for (int t = 0; t < N; ++t) {
+        topk_insertion(want.data() + (size_t)t * K, v.data() + (size_t)t * E, E, K, nullptr);
+        nan_rows += std::any_of(v.begin() + (size_t)t * E, v.begin() + (size_t)(t + 1) * E,
+                                [](float x) { return std::isnan(x); });
+        ++rows;
+      }
+      ASSERT_EQ(got, want) << "E " << E << " K " << K;
+    }
+  EXPECT_GT(nan_rows, 0);
+  // Spot check of the reference itself: ties to the lower id, best first.
+  const float v[6] = {0.5f, 0.9f, 0.5f, 0.9f, 0.1f, 0.7f};
+  int32_t ids[4];
+  topk_rows(ids, v, 1, 6, 4);
+  EXPECT_EQ(std::vector<int32_t>(ids, ids + 4), (std::vector<int32_t>{1, 3, 5, 0}));
+  EXPECT_GT(rows, 0);
 }
 
 TEST(AuxLoss, EqualsAlphaAtPerfectBalance_softmax_and_sigmoid_k2) {

@@ -9,7 +9,6 @@
 #include <functional>
 #include <utility>
 
-#include "runtime/core/blas.h"
 #include "runtime/core/error.h"
 #include "runtime/core/rng.h"
 
@@ -153,21 +152,9 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
   p.dropped_slots = 0;
 
   // logits (N, E) = x (N, D) · W_r (D, E)
-  blas::matmul(logits_NE_.data(), x_ND, w_DE, N, E, D_, false, false, false);
-  for (int t = 0; t < N; ++t) {
-    const float* z = logits_NE_.data() + (size_t)t * E;
-    float* s = scores_NE_.data() + (size_t)t * E;
-    if (moe_.score == ScoreFn::kSoftmax) {
-      float m = z[0];
-      for (int i = 1; i < E; ++i) m = std::max(m, z[i]);
-      float sum = 0.0f;
-      for (int i = 0; i < E; ++i) sum += (s[i] = std::exp(z[i] - m));
-      const float inv = 1.0f / sum;
-      for (int i = 0; i < E; ++i) s[i] *= inv;
-    } else {
-      for (int i = 0; i < E; ++i) s[i] = 1.0f / (1.0f + std::exp(-z[i]));
-    }
-  }
+  products_.forward(logits_NE_.data(), x_ND, w_DE, N, D_, E);
+  if (moe_.score == ScoreFn::kSoftmax) softmax_rows(scores_NE_.data(), logits_NE_.data(), N, E);
+  else sigmoid_rows(scores_NE_.data(), logits_NE_.data(), N, E);
 
   // Selection scores: the passes may shift them (bias); they choose, they do not weigh.
   std::memcpy(select_NE_.data(), scores_NE_.data(), NE * sizeof(float));
@@ -175,32 +162,19 @@ void Router::forward(const float* x_ND, const float* w_DE, int N, int seq_len, b
 
   // Node-limited routing narrows each token's candidates to the experts of M groups first.
   const int M = moe_.max_nodes_per_token, G = moe_.routing_nodes;
-  allowed_E_.assign(E, uint8_t{1});
+  // Top-k per token (best first, ties to the lower id); node-limited: among the allowed experts.
   if (M > 0) {
+    allowed_E_.assign(E, uint8_t{1});
     group_score_G_.resize(G);
     group_top_.resize(E / G);
-  }
-
-  // Top-k per token by insertion into a best-first list. A later expert displaces an earlier one
-  // only with a strictly larger score, so ties go to the lower id (NaN scores still give k
-  // distinct ids, deterministically).
-  for (int t = 0; t < N; ++t) {
-    const float* v = select_NE_.data() + (size_t)t * E;
-    int32_t* ids = p.selected_NK.data() + (size_t)t * K;
-    if (M > 0)
+    for (int t = 0; t < N; ++t) {
+      const float* v = select_NE_.data() + (size_t)t * E;
       choose_groups(v, E, G, M, std::min(E / G, (K + M - 1) / M), allowed_E_.data(), group_score_G_.data(),
                     group_top_.data());
-    int filled = 0;
-    for (int e = 0; e < E; ++e) {
-      if (!allowed_E_[e]) continue;
-      if (filled == K && !(v[e] > v[ids[K - 1]])) continue;
-      int pos = filled < K ? filled++ : K - 1;
-      while (pos > 0 && v[e] > v[ids[pos - 1]]) {
-        ids[pos] = ids[pos - 1];
-        --pos;
-      }
-      ids[pos] = e;
+      topk_insertion(p.selected_NK.data() + (size_t)t * K, v, E, K, allowed_E_.data());
     }
+  } else {
+    topk_rows(p.selected_NK.data(), select_NE_.data(), N, E, K);
   }
 
   // Forced routing (benchmarks): K distinct experts per token drawn by weight, in draw order.
@@ -312,8 +286,7 @@ void Router::backward(float* dx_ND, float* dw_DE, const float* dprobs_NK, const 
     }
   }
   // logits -> W_r and x: dW_r (D, E) += xᵀ · dz, dx (N, D) += dz · W_rᵀ.
-  blas::matmul(dw_DE, x_ND, dlogits_NE_.data(), D_, E, N, true, false, true);
-  if (dx_ND) blas::matmul(dx_ND, dlogits_NE_.data(), w_DE, N, D_, E, false, true, true);
+  products_.backward(dx_ND, dw_DE, dlogits_NE_.data(), x_ND, w_DE, N, D_, E);
 }
 
 }  // namespace moempi

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "models/moe/balancing_pass.h"
+#include "models/moe/router_kernels.h"
 #include "runtime/core/arena.h"
 #include "runtime/core/config.h"
 
@@ -89,6 +90,7 @@ class Router {
   RoutingPlan plan_;
   FloatBuffer logits_NE_, scores_NE_, select_NE_;  // (N, E); select = scores + pass shifts
   FloatBuffer dscores_NE_, dlogits_NE_;            // (N, E) backward scratch
+  RouterProducts products_;                        // x · W_r and its backward
   ForcedRouting forced_;
   uint64_t draw_seed_ = 0;
   int draw_layer_ = 0;
