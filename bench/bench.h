@@ -10,5 +10,6 @@ void add_dispatch_command(CLI::App& bench, int& exit_code);  // bench/bench_disp
 void add_experts_command(CLI::App& bench, int& exit_code);   // bench/bench_experts.cpp
 void add_train_command(CLI::App& bench, int& exit_code);     // bench/bench_train.cpp
 void add_sparse_command(CLI::App& bench, int& exit_code);    // bench/bench_sparse.cpp
+void add_router_command(CLI::App& bench, int& exit_code);    // bench/bench_router.cpp
 
 }  // namespace moempi::bench

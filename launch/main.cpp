@@ -336,6 +336,7 @@ int main(int argc, char** argv) {
   moempi::bench::add_alltoall_command(*bench, exit_code);
   moempi::bench::add_dispatch_command(*bench, exit_code);
   moempi::bench::add_experts_command(*bench, exit_code);
+  moempi::bench::add_router_command(*bench, exit_code);
   moempi::bench::add_train_command(*bench, exit_code);
   moempi::bench::add_sparse_command(*bench, exit_code);
 
