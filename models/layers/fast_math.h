@@ -1,6 +1,7 @@
 // Vectorisable float math for the kernels: exp_approx (Cody-Waite range reduction + degree-7
-// polynomial, ~2 ulp on [-87.3, 88.7], 0 below, inf above) is branch-free so GCC vectorises the
-// loops that call it (std::exp does not without -ffast-math). Test: tests/layers_test.cpp.
+// polynomial, ~2 ulp on [-87.3, 88.0], 0 below, inf above 88.72, NaN for NaN) is branch-free so
+// GCC vectorises the loops that call it (std::exp does not without -ffast-math).
+// Test: tests/layers_test.cpp.
 #pragma once
 #include <bit>
 #include <cmath>
@@ -8,8 +9,9 @@
 
 namespace moempi {
 
-// exp(x) to ~2 ulp, 0 below -87.3, +inf above 88.7; branch-free (Cephes polynomial, 2^n through the
-// exponent bits) so the loops around it vectorise.
+// exp(x) to ~2 ulp on [-87.33, 88.0]; 0 below (std::exp would give subnormals down to -103.9),
+// exp(88) on (88.0, 88.72] (the exponent trick needs k <= 127), +inf above, NaN for NaN (whatever its
+// payload); branch-free (Cephes polynomial, 2^n through the exponent bits) so the loops vectorise.
 inline float exp_approx(float x) {
   const float xc = x < -87.33f ? -87.33f : (x > 88.0f ? 88.0f : x);
   const float t = xc * 1.44269504f + 12582912.0f;  // 1.5·2^23: round(x/ln2) lands in low bits
@@ -25,7 +27,7 @@ inline float exp_approx(float x) {
   p = p * r * r + r + 1.0f;
   const int32_t pow2 = (std::bit_cast<int32_t>(t) - 0x4B400000) << 23;
   const float e = std::bit_cast<float>(std::bit_cast<int32_t>(p) + pow2);
-  return x < -87.33f ? 0.0f : (x > 88.72f ? HUGE_VALF : e);
+  return x < -87.33f ? 0.0f : (x > 88.72f ? HUGE_VALF : (x == x ? e : x));
 }
 
 }  // namespace moempi

@@ -17,6 +17,7 @@
 
 #include "models/layers/fast_math.h"
 #include "runtime/core/blas.h"
+#include "runtime/core/error.h"
 
 namespace moempi {
 namespace {
@@ -134,7 +135,7 @@ void backward_blocks(float* dx_ND, float* dw_D8, const float* dz_NE, const float
   }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__FMA__)  // fma16 fuses, so fma8/fma1 must too
 // With 32 vector registers: the experts' dx and dW in one pass, 16 columns of D at a time, D in
 // the lanes of both. Per token and column block, x and dx are loaded once and each dz_te is broadcast
 // once for both products; dwT_ED (E, D) and w_ED's column block stay in registers over the 64 tokens
@@ -221,13 +222,13 @@ template <int V>
 bool topk_by_rank(int32_t* ids_K, const float* v_E, int E, int K) {
   v8 val[V] = {};
   std::memcpy(val, v_E, sizeof(float) * E);
-  i8 rank[V] = {}, lane[V], ordered = {};
+  i8 rank[V] = {}, lane[V], nan_lanes = {};
   for (int v = 0; v < V; ++v) {
     for (int l = 0; l < kLanes; ++l) lane[v][l] = v * kLanes + l;
-    ordered |= ~(val[v] == val[v]);  // NaN lanes (the padding is 0.0f)
+    nan_lanes |= ~(val[v] == val[v]);  // the padding is 0.0f
   }
   for (int l = 0; l < kLanes; ++l)
-    if (ordered[l]) return false;
+    if (nan_lanes[l]) return false;
   for (int j = 0; j < E; ++j) {
     const v8 b = splat(v_E[j]);
     const i8 jv = i8{} + j;
@@ -282,6 +283,7 @@ void topk_insertion(int32_t* ids, const float* v, int E, int K, const uint8_t* a
 }
 
 void topk_rows(int32_t* ids_NK, const float* v_NE, int N, int E, int K) {
+  MOEMPI_CHECK_ONE(K >= 1 && K <= E, "topk_rows: K = {} must be in [1, E = {}]", K, E);
   for (int t = 0; t < N; ++t) {
     int32_t* ids = ids_NK + static_cast<size_t>(t) * K;
     const float* v = v_NE + static_cast<size_t>(t) * E;
@@ -311,7 +313,7 @@ void RouterProducts::backward(float* dx_ND, float* dw_DE, const float* dlogits_N
   w_ED_.resize(static_cast<size_t>(E) * D);
   for (int d = 0; d < D; ++d)
     for (int e = 0; e < E; ++e) w_ED_[static_cast<size_t>(e) * D + d] = w_DE[static_cast<size_t>(d) * E + e];
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__FMA__)  // fma16 fuses, so fma8/fma1 must too
   if (!portable_) {
     dw_acc_.assign(static_cast<size_t>(E) * D, 0.0f);  // (E, D): dW transposed
     backward_fused16_for(E, std::make_integer_sequence<int, kMaxVectorExperts>{}, dx_ND, dw_acc_.data(), dlogits_NE,

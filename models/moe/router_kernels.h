@@ -4,12 +4,15 @@
 //   AVX-512, dx and dW in one pass; else 8, in two); the next rows prefetched. OpenBLAS runs these
 //   N × D × E shapes well below its GEMM speed (`moempi bench router`: the kernels take 0.55-0.7 of
 //   its time at E 8); from E 9 on OpenBLAS runs them (at 16 the 8-lane backward was 1.5 × slower).
-// - softmax_rows / sigmoid_rows: the scores, exp over the whole (N, E) block at once (vectorised).
+// - softmax_rows / sigmoid_rows: the scores, exp over the whole (N, E) block at once (vectorised,
+//   exp_approx: a score below e^-87.3 of the row's best is 0, where std::exp gave a subnormal, so
+//   experts that far behind tie and go to the lower id).
 // - topk_rows: best-first top-k of each row, ties to the lower id, by counting each lane's rank in
 //   vector compares (no data-dependent branches); rows with a NaN, and E > 16, by insertion.
-// Guarantees: a token's logits, scores, choice and dx row are the same arithmetic in the same order
-// whatever N and wherever the token sits in the batch (bit-identical across rank layouts); dW_DE
-// sums tokens in order. Test: tests/moe_test.cpp (RouterProducts.*, RouterTopk.*).
+// Guarantees: a token's scores and choice, and for E <= 8 its logits and dx row, are the same
+// arithmetic in the same order whatever N and wherever the token sits in the batch (bit-identical
+// across rank layouts); for E <= 8 dW_DE sums tokens in order. (Above 8, OpenBLAS makes no such
+// promise.) Test: tests/moe_test.cpp (RouterProducts.*, RouterTopk.*).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -22,7 +25,7 @@ void sigmoid_rows(float* s_NE, const float* z_NE, int N, int E);
 
 // ids_NK: the K largest of each row of v_NE, best first; equal scores go to the lower id. A NaN
 // never displaces an expert chosen before it (the insertion order decides), and the K ids are
-// always distinct: exactly what topk_insertion gives.
+// always distinct: exactly what topk_insertion gives. Needs 1 <= K <= E.
 void topk_rows(int32_t* ids_NK, const float* v_NE, int N, int E, int K);
 // One row by insertion into a best-first list; with allowed_E (nullptr = all), only the experts
 // with allowed_E[e] != 0 compete (node-limited routing).
