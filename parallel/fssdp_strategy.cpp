@@ -164,8 +164,11 @@ class Fssdp final : public ShardingStrategy {
     for (int l = 0; l < experts.num_moe_layers(); ++l) experts.set_placement(l, experts.owners(l));
     host_ = nullptr;  // evaluation forwards run on the owners, outside any step
     const int interval = spec_.reshard_interval;
-    if (interval <= 0 || observed_ == 0 || observed_ % interval != 0 || observed_ == resharded_at_) return;
-    resharded_at_ = observed_;
+    // Only on a step whose loads were observed (a skipped step observes none): so a re-sharding
+    // never repeats at the same count, and a resumed run decides as the uninterrupted one would.
+    const bool observed_now = observed_this_step_;
+    observed_this_step_ = false;
+    if (interval <= 0 || !observed_now || observed_ % interval != 0) return;
     for (int l = 0; l < experts.num_moe_layers(); ++l) {
       const std::vector<int> now = experts.owners(l).owner_list();
       const std::vector<int> next = fssdp_reshard_owners(predicted_load(l, E_), now, g_.ep.size());
@@ -186,6 +189,7 @@ class Fssdp final : public ShardingStrategy {
     const size_t slot = static_cast<size_t>(observed_ % spec_.load_window) * L * E;
     std::copy(counts_LE, counts_LE + static_cast<size_t>(L) * E, history_LE_.begin() + slot);
     ++observed_;
+    observed_this_step_ = true;
   }
 
   // The load history (its ring of load_window (L, E) counts and the steps observed) is state: the
@@ -334,7 +338,7 @@ class Fssdp final : public ShardingStrategy {
   bool last_micro_batch_ = true;
   std::vector<bool> grads_live_;  // [layer] re-materialisation: replica gradients allocated
   std::vector<int64_t> owners_LE_;  // (L, E) the experts' owners (checkpoint state)
-  int64_t resharded_at_ = -1;       // observed_ at the last re-sharding
+  bool observed_this_step_ = false;  // observe_loads ran since the last end_step
   ParamArena* arena_ = nullptr;     // the optimizer state moves with the experts
   std::vector<FloatBuffer*> moments_;
 };
