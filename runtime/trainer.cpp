@@ -83,8 +83,10 @@ class TrainLoop {
     data_ranks_ = groups.world.size();
     B_ = spec.train.micro_batch;
     T_ = spec.model.seq_len;
-    // Every piece of training state, for checkpoints. The RNG position and the data position are
-    // functions of the step (counter-based RNG, globally numbered sequences): the step is enough.
+    // Every piece of training state, for checkpoints. The RNG position is a function of the step
+    // and the data position (counter-based RNG); the data position is the count of training
+    // sequences consumed, saved, so that a resume at another world size or grad_accum continues
+    // where the data stopped rather than at step × the new step's sequences.
     register_state();
   }
 
@@ -97,6 +99,8 @@ class TrainLoop {
     optimizer_->register_state(state_, model_->arena(), writers);
     strategy_->register_state(state_, writers, static_cast<int>(model_->moe_layers().size()), spec_.moe.num_experts);
     state_.add_i64("train/step", {1}, {&steps_done_, 1}, writers.dense);
+    state_.add_i64("train/sequences", {1}, {&sequences_done_, 1}, writers.dense);
+    state_.allow_absent("train/sequences");  // checkpoints from before it: derived in resume()
     state_names_version_ = model_->arena().names_version();
   }
   const StateRegistry& state() {
@@ -111,7 +115,7 @@ class TrainLoop {
     summary.flops_per_token = model_->flops_per_token();
     summary.dispatcher = dispatch_choice_.name;
     summary.routed_flops_per_token = model_->routed_flops_per_token();
-    summary.tokens_per_step = static_cast<int64_t>(B_) * T_ * spec_.train.grad_accum * data_ranks_;
+    summary.tokens_per_step = sequences_per_step() * T_;
     // Rank 0 locks and prepares the run directory; a directory in use ends every rank alike.
     agree_on_errors(g_.world, [&] {
       if (opt_.write_files && g_.world.rank() == 0) prepare_run_dir();
@@ -144,8 +148,7 @@ class TrainLoop {
       RoutingStats routing;  // this step's counts, local until the one all-reduce below
       routing.reset(static_cast<int>(moe_layers.size()), spec_.moe.num_experts);
       for (int a = 0; a < spec_.train.grad_accum; ++a) {
-        const int64_t first = ((static_cast<int64_t>(step) * spec_.train.grad_accum + a) * data_ranks_ +
-                               g_.world.rank()) * B_;
+        const int64_t first = sequences_done_ + (static_cast<int64_t>(a) * data_ranks_ + g_.world.rank()) * B_;
         data_->get(batch_, Split::kTrain, first, B_);
         model_->set_position(spec_.job.seed, step, first);
         strategy_->begin_micro_batch(a + 1 == spec_.train.grad_accum);
@@ -206,6 +209,7 @@ class TrainLoop {
       if (opt_.after_step) opt_.after_step(step + 1, loss, model_->arena());
       if (opt_.after_step_state) opt_.after_step_state(step + 1, state());
       steps_done_ = step + 1;
+      sequences_done_ += sequences_per_step();  // applied or skipped: the data was consumed
       const bool last = step + 1 == steps;
       // Preemption: every rank posts this every step; a signal on any rank stops all of them here.
       const int signo = agreed_signal();
@@ -277,7 +281,7 @@ class TrainLoop {
               (summary.sgemm_gflops * 1e9 * g_.world.size() * blas::num_threads());
       m.eta_s = elapsed / (step + 1 - start) * (steps - step - 1);
       if (first_after_resume) m.resumed_from = start;
-      m.tokens = summary.tokens_per_step * (step + 1);
+      m.tokens = sequences_done_ * T_;  // the data position: right across resumes at other layouts
       for (int l = 0; l < routing.layers; ++l) m.expert_load.push_back(routing.layer(l));
       for (const auto& l : m.expert_load) {
         m.maxvio_layers.push_back(max_violation(l));
@@ -496,8 +500,10 @@ class TrainLoop {
     }
     // Rank 0 lists the candidates and every rank tries them in the same order.
     std::string list;
-    if (rank0)
-      for (const auto& c : checkpoint_candidates(ckpt_root())) list += c + "\n";
+    agree_on_errors(g_.world, [&] {  // an unreadable directory fails on rank 0: every rank stops
+      if (rank0)
+        for (const auto& c : checkpoint_candidates(ckpt_root())) list += c + "\n";
+    });
     int64_t n = static_cast<int64_t>(list.size());
     bcast(&n, 1, 0, g_.world);
     list.resize(static_cast<size_t>(n));
@@ -524,6 +530,13 @@ class TrainLoop {
         }
         MOEMPI_CHECK_ALL(steps_done_ == info.step, "{}: train/step is {} but the manifest says step {}", dir,
                          steps_done_, info.step);
+        if (sequences_done_ == 0 && steps_done_ > 0) {  // a checkpoint from before train/sequences
+          sequences_done_ = steps_done_ * sequences_per_step();
+          if (rank0 && opt_.log_steps)
+            spdlog::warn("{} has no train/sequences (an older checkpoint): the data continues at step × this run's "
+                         "{} sequences per step, right only if world size, micro_batch and grad_accum are unchanged",
+                         dir, sequences_per_step());
+        }
         if (steps_done_ >= spec_.train.steps && rank0 && opt_.log_steps)
           spdlog::info("the checkpoint is at step {} >= train.steps ({}): nothing left to train", steps_done_,
                        spec_.train.steps);
@@ -539,6 +552,9 @@ class TrainLoop {
                                   refused.front()));
     return 0;
   }
+
+  // Training sequences one optimizer step consumes, over all ranks.
+  int64_t sequences_per_step() const { return static_cast<int64_t>(spec_.train.grad_accum) * data_ranks_ * B_; }
 
   void prepare_run_dir() {
     std::string stale;
@@ -573,6 +589,7 @@ class TrainLoop {
   StateRegistry state_;
   uint64_t state_names_version_ = 0;  // the arena names state_ was registered with
   int64_t steps_done_ = 0;  // optimizer steps done: "train/step" in checkpoints
+  int64_t sequences_done_ = 0;  // training sequences consumed by those steps: "train/sequences"
   Batch batch_;
   int data_ranks_ = 1, B_ = 1, T_ = 1;
   double loss_ema_ = 0;  // recent mean loss (warn_on_loss_spike)

@@ -466,7 +466,8 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
       const auto it = m.tensor_index.find(t.name);
       // Strategy state (scheduling, not the model) saved under another strategy or another shape
       // (e.g. parallel.fssdp.load_window changed) starts afresh: zeros, never what is live in memory.
-      if (is_strategy_state(t.name)) {
+      // So does state newer than the checkpoint (zero_if_absent), whose owner reads zeros as unknown.
+      if (is_strategy_state(t.name) || t.zero_if_absent) {
         bool fits = it != m.tensor_index.end();
         if (fits) {
           const ckpt::Tensor& ct = m.body.tensors(it->second);
@@ -561,18 +562,36 @@ std::vector<std::string> spec_differences(const std::string& saved_yaml, const s
 }
 
 std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root) {
+  // No directory: a fresh run. A directory that cannot be read (EACCES, EIO, a stale NFS handle)
+  // is an error: taken as empty, the job would start over at step 0 and bury its checkpoints.
+  auto unreadable = [&](const std::string& what, const std::error_code& ec) {
+    fail_collective(fmt::format("cannot read the checkpoint directory: {}: {} (fix it, or set checkpoint.resume: "
+                                "never to start over)", what, ec.message()));
+  };
   std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
-  if (!fs::is_directory(ckpt_root, ec)) return {};
-  for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
-    const int64_t s = step_of_name(e.path().filename().string());
-    if (s >= 0 && fs::exists(e.path() / "manifest.pb", ec)) found.emplace_back(s, e.path().string());
+  const fs::file_status st = fs::status(ckpt_root, ec);
+  if (st.type() == fs::file_type::not_found) return {};
+  if (ec) unreadable(ckpt_root, ec);
+  if (st.type() != fs::file_type::directory)
+    fail_collective(fmt::format("{} is not a directory (checkpoints go there)", ckpt_root));
+  fs::directory_iterator it(ckpt_root, ec);
+  if (ec) unreadable(ckpt_root, ec);
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    if (ec) unreadable(ckpt_root, ec);
+    const int64_t s = step_of_name(it->path().filename().string());
+    std::error_code exists_ec;  // an unreadable manifest is listed: loading it says what is wrong
+    if (s >= 0 && (fs::exists(it->path() / "manifest.pb", exists_ec) || exists_ec))
+      found.emplace_back(s, it->path().string());
   }
+  if (ec) unreadable(ckpt_root, ec);
   std::sort(found.rbegin(), found.rend());
   std::vector<std::string> out;
   std::string latest;
   {
-    FILE* f = std::fopen((ckpt_root + "/latest").c_str(), "r");
+    const std::string path = ckpt_root + "/latest";
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f && errno != ENOENT) unreadable(path, std::error_code(errno, std::generic_category()));
     if (f) {
       char buf[64] = {};
       if (std::fgets(buf, sizeof buf, f)) latest = buf;

@@ -64,7 +64,9 @@ CheckpointInfo load_checkpoint(const std::string& step_dir, const StateRegistry&
 std::vector<std::string> spec_differences(const std::string& saved_yaml, const std::string& current_yaml);
 
 // Step directories under ckpt_root that hold a manifest.pb, the one `latest` names first, then
-// the others newest first (not collective; no file is validated here).
+// the others newest first (not collective; no file is validated here). No ckpt_root: none. A
+// ckpt_root that cannot be read, or is not a directory: CollectiveError naming it (a run must not
+// start over at step 0 because of a file-system error).
 std::vector<std::string> checkpoint_candidates(const std::string& ckpt_root);
 
 // `moempi ckpt inspect|verify DIR` (one process). DIR: a step directory, a ckpt directory, its

@@ -35,6 +35,12 @@ void StateRegistry::add_i64(std::string name, std::vector<int64_t> global_shape,
        .begin = begin, .count = static_cast<int64_t>(local.size()), .data = local.data(), .writer = writer});
 }
 
+void StateRegistry::allow_absent(const std::string& name) {
+  const auto it = index_.find(name);
+  MOEMPI_CHECK_ONE(it != index_.end(), "allow_absent: no state '{}' registered", name);
+  tensors_[it->second].zero_if_absent = true;
+}
+
 const StateTensor* StateRegistry::find(const std::string& name) const {
   const auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];

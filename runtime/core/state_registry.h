@@ -29,6 +29,9 @@ struct StateTensor {
   // This rank writes its slice to checkpoints. Replicated slices (dense params on every rank,
   // experts on every expert_dp replica) have exactly one writer; every rank reads what it holds.
   bool writer = true;
+  // State added after checkpoints without it existed: such a checkpoint loads zeros here, which
+  // its owner reads as "not saved" (StateRegistry::allow_absent).
+  bool zero_if_absent = false;
 
   int64_t global_numel() const;
   size_t bytes() const { return static_cast<size_t>(count) * size_of(dtype); }
@@ -56,6 +59,9 @@ class StateRegistry {
   void add_i64(std::string name, std::vector<int64_t> shape, std::span<int64_t> local, bool writer) {
     add_i64(std::move(name), std::move(shape), local, 0, writer);
   }
+
+  // A checkpoint without this (registered) state loads zeros into it instead of being refused.
+  void allow_absent(const std::string& name);
 
   const StateTensor* find(const std::string& name) const;  // nullptr when this rank has no such state
   const std::vector<StateTensor>& tensors() const { return tensors_; }

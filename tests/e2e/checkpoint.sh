@@ -9,7 +9,8 @@
 #    parameters and data; only the order of the loss sum differs); the final loss against one
 #    uninterrupted rank < 1e-4 (fp32 summation order of the gradient all-reduce);
 # 3. ckpt inspect / verify, and every damage case refused with exit 2 naming the file or tensor;
-#    resume falls back to the previous complete checkpoint and says so.
+#    resume falls back to the previous complete checkpoint and says so;
+# 4. the data position (train/sequences) continues across a change of sequences per step.
 source "$(dirname "$0")/lib.bash"
 
 common=(--set moe.num_experts=12 --set moe.d_ff_expert=32 --set model.seq_len=32
@@ -144,4 +145,21 @@ if grep -q "checkpoint refused: .*step_12/shard_1.bin: checksum mismatch" "$TMP/
 else
   fail "fallback: $(grep -E 'refused|fell back|error' "$TMP/fb.log")"
 fi
+# The data position is saved (train/sequences), not derived from the step: 4 steps at 2 ranks x 2
+# sequences, then resumed on 1 rank without train.global_batch (2 sequences per step): step 5 reads
+# from sequence 16 on, so tokens seen = (16 + 2) x 32 = 576 (step x the new layout would say 320).
+seq=(--set moe.num_experts=12 --set moe.d_ff_expert=32 --set model.seq_len=32 --set train.micro_batch=2
+     --set train.grad_accum=1 --set train.log_interval=1 --set eval.interval=0 --set checkpoint.interval=2
+     --set checkpoint.keep_last=0 $(dp) --set job.run_dir="$TMP/seq")
+"${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny.yaml "${seq[@]}" --set train.steps=4 > "$TMP/seq1.log" 2>&1
+"$MOEMPI" train configs/tiny.yaml "${seq[@]}" --set train.steps=6 --resume > "$TMP/seq2.log" 2>&1
+tokens=$(jsonl_values "$TMP/seq/metrics.jsonl" tokens | tr '\n' ' ')
+[ "$tokens" = "128 256 384 512 576 640 " ] && pass "data position across 2 -> 1 ranks: tokens $tokens" \
+  || fail "data position across 2 -> 1 ranks: tokens $tokens (want 128 256 384 512 576 640)"
+
+# A checkpoint directory that cannot be read is an error, not a fresh start (which would bury the
+# checkpoints): here run_dir/ckpt is a file; 2 ranks, exit 2, one message naming it.
+mkdir -p "$TMP/badck" && echo x > "$TMP/badck/ckpt"
+expect_error "unreadable checkpoint directory" "$TMP/badck/ckpt is not a directory" -- \
+  "${MPIRUN[@]}" -np 2 "$MOEMPI" train configs/tiny.yaml "${seq[@]}" --set train.steps=2 --set job.run_dir="$TMP/badck"
 finish
