@@ -538,7 +538,10 @@ TEST(JobSpecTypedKeys, WrongTypeKeyInTheFileNamesItsOwner) {
   EXPECT_EQ(s.optim.momentum, 0.5f);
   // Range of a type's own key.
   expect_contains(load_error("moe: {dispatch: {type: shm, headroom: 0.5}}\n"),
-                  {"x.yaml:1:39: moe.dispatch.headroom: expected a number >= 1, got 0.5"});
+                  {"x.yaml:1:39: moe.dispatch.headroom: expected a number in [1, 16], got 0.5"});
+  // A huge factor would overflow the window size (int64) instead of failing here.
+  expect_contains(load_error("moe: {dispatch: {type: shm, headroom: 1e30}}\n"),
+                  {"x.yaml:1:39: moe.dispatch.headroom: expected a number in [1, 16], got 1e+30"});
 }
 
 TEST(JobSpecTypedKeys, WrongTypeKeyBySetNamesTheSet) {
