@@ -75,40 +75,35 @@ struct RouterSetup {
   int64_t wrong_forward() const {
     int64_t bad = 0;
     for (int t = 0; t < N; ++t)
-      for (int e = 0; e < E; ++e) {
-        double want = 0, scale = 0;
-        for (int d = 0; d < D; ++d) {
-          const double term = (double)x_ND[(size_t)t * D + d] * w_DE[(size_t)d * E + e];
-          want += term;
-          scale = std::max(scale, std::fabs(term));
-        }
-        bad += !(std::fabs(logits_NE[(size_t)t * E + e] - want) <= 1e-4 * (1 + std::sqrt((double)D)) * scale + 1e-30);
-      }
+      for (int e = 0; e < E; ++e)
+        bad += off_sum(logits_NE[(size_t)t * E + e], D,
+                       [&](int d) { return (double)x_ND[(size_t)t * D + d] * w_DE[(size_t)d * E + e]; });
     return bad;
   }
   int64_t wrong_backward() const {
     int64_t bad = 0;
     for (int t = 0; t < N; t += 7)  // every 7th token's dx row: the dx pass is the same for all
-      for (int d = 0; d < D; ++d) {
-        double want = 0, scale = 0;
-        for (int e = 0; e < E; ++e) {
-          const double term = (double)dz_NE[(size_t)t * E + e] * w_DE[(size_t)d * E + e];
-          want += term;
-          scale = std::max(scale, std::fabs(term));
-        }
-        bad += !(std::fabs(dx_ND[(size_t)t * D + d] - want) <= 1e-4 * (1 + std::sqrt((double)E)) * scale + 1e-30);
-      }
+      for (int d = 0; d < D; ++d)
+        bad += off_sum(dx_ND[(size_t)t * D + d], E,
+                       [&](int e) { return (double)dz_NE[(size_t)t * E + e] * w_DE[(size_t)d * E + e]; });
     for (int d = 0; d < D; ++d)
-      for (int e = 0; e < E; ++e) {
-        double want = 0, scale = 0;
-        for (int t = 0; t < N; ++t) {
-          const double term = (double)x_ND[(size_t)t * D + d] * dz_NE[(size_t)t * E + e];
-          want += term;
-          scale = std::max(scale, std::fabs(term));
-        }
-        bad += !(std::fabs(dw_DE[(size_t)d * E + e] - want) <= 1e-4 * (1 + std::sqrt((double)N)) * scale + 1e-30);
-      }
+      for (int e = 0; e < E; ++e)
+        bad += off_sum(dw_DE[(size_t)d * E + e], N,
+                       [&](int t) { return (double)x_ND[(size_t)t * D + d] * dz_NE[(size_t)t * E + e]; });
     return bad;
+  }
+
+ private:
+  // 1 when got is off the double sum of term(0..n-1) by more than 1e-4 · (1 + sqrt(n)) · max |term|.
+  template <class Term>
+  static int64_t off_sum(float got, int n, Term term) {
+    double want = 0, scale = 0;
+    for (int i = 0; i < n; ++i) {
+      const double v = term(i);
+      want += v;
+      scale = std::max(scale, std::fabs(v));
+    }
+    return !(std::fabs(got - want) <= 1e-4 * (1 + std::sqrt((double)n)) * scale + 1e-30);
   }
 };
 
