@@ -212,6 +212,30 @@ TEST_F(CheckpointFiles, MissingOrUnknownStateIsRefused) {
   expect_contains(error_of([&] { load_checkpoint(dir, fewer, world_); }), {"holds 'param/b', which is not state of this job"});
 }
 
+// State newer than the checkpoint, registered with allow_absent, loads zeros (never what is live)
+// and the rest loads as usual.
+TEST_F(CheckpointFiles, AbsentStateAllowedLoadsZeros) {
+  Job a;
+  a.fill(2.0f);
+  const std::string dir = save(a, 4);
+  Job more;
+  std::vector<int64_t> seqs = {123};
+  more.reg.add_i64("train/sequences", {1}, {seqs.data(), 1}, true);
+  more.reg.allow_absent("train/sequences");
+  load_checkpoint(dir, more.reg, world_);
+  EXPECT_EQ(seqs[0], 0);
+  EXPECT_EQ(more.w, a.w);
+  EXPECT_EQ(more.step[0], 4);
+}
+
+// No ckpt directory: no candidates (a fresh run). One that is not a directory: an error naming it.
+TEST_F(CheckpointFiles, UnreadableCheckpointDirectoryIsAnError) {
+  EXPECT_TRUE(checkpoint_candidates((root_ / "none").string()).empty());
+  fs::create_directories(root_);
+  std::ofstream(root_ / "file") << "x";
+  expect_contains(error_of([&] { checkpoint_candidates((root_ / "file").string()); }), {"file is not a directory"});
+}
+
 TEST_F(CheckpointFiles, IncompleteCheckpointIsNoCandidate) {
   Job a;
   save(a, 3);
