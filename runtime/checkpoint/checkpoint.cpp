@@ -415,21 +415,40 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
     // Keep the newest keep_last complete checkpoints up to this step; remove older incomplete ones.
     // Newer ones (left by an earlier run whose checkpoint resume refused) are kept, and not
     // counted: they are not on this run's path.
+    // The checkpoint is complete by now: a file-system error here is a warning (never an
+    // exception on rank 0 alone while the others wait), and the next save tries again.
     if (keep_last > 0) {
       std::vector<std::pair<int64_t, fs::path>> complete;
-      std::error_code ec;
-      for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
-        const int64_t s = step_of_name(e.path().filename().string());
-        if (s < 0 || !e.is_directory()) continue;
-        if (fs::exists(e.path() / "manifest.pb")) {
-          if (s <= step) complete.emplace_back(s, e.path());
-        } else if (s < step) {
-          fs::remove_all(e.path(), ec);
+      std::error_code ec, first_ec;
+      std::string first_path;
+      auto note = [&](const fs::path& p) {
+        if (ec && !first_ec) first_ec = ec, first_path = p.string();
+        ec.clear();
+      };
+      fs::directory_iterator it(ckpt_root, ec);
+      note(ckpt_root);
+      for (; !first_ec && it != fs::directory_iterator(); it.increment(ec), note(ckpt_root)) {
+        const int64_t s = step_of_name(it->path().filename().string());
+        if (s < 0 || !it->is_directory(ec)) {
+          ec.clear();
+          continue;
         }
+        if (fs::exists(it->path() / "manifest.pb", ec)) {
+          if (s <= step) complete.emplace_back(s, it->path());
+        } else if (!ec && s < step) {
+          fs::remove_all(it->path(), ec);
+        }
+        note(it->path());
       }
       std::sort(complete.rbegin(), complete.rend());
       for (size_t i = static_cast<size_t>(keep_last); i < complete.size(); ++i)
-        if (complete[i].first != step) fs::remove_all(complete[i].second, ec);
+        if (complete[i].first != step) {
+          fs::remove_all(complete[i].second, ec);
+          note(complete[i].second);
+        }
+      if (first_ec)
+        spdlog::warn("checkpoint.keep_last: could not remove older checkpoints ({}: {}); {} is saved",
+                     first_path, first_ec.message(), dir);
     }
   });
   SaveStats stats;
