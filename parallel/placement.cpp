@@ -90,4 +90,18 @@ void Placement::finish() {
     }
 }
 
+uint64_t Placement::fingerprint() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the words below
+  auto mix = [&h](int64_t v) {
+    for (int i = 0; i < 8; ++i) h = (h ^ static_cast<uint8_t>(v >> (8 * i))) * 1099511628211ull;
+  };
+  mix(E_);
+  mix(P_);
+  for (const auto& hs : holders_) {
+    mix(static_cast<int64_t>(hs.size()));
+    for (int r : hs) mix(r);
+  }
+  return h;
+}
+
 }  // namespace moempi

@@ -46,6 +46,9 @@ class Placement {
   // Most experts on any rank (a stride for count exchanges).
   int max_local() const { return max_local_; }
   bool has_replicas() const { return replicated_; }
+  // A hash of E, P and every expert's holders: equal on every rank of a group that agrees on the
+  // placement (the rank itself is not in it). Transports that write into peers' memory check it.
+  uint64_t fingerprint() const;
 
  private:
   void finish();

@@ -50,8 +50,8 @@ class ShmPlan final : public DispatchPlan {
 
  public:  // file-local type: its state is the dispatcher's
   std::unique_ptr<ShmWindow> window;  // created by the first plan()
-  std::vector<int64_t> exchange_send;  // (E+1) counts per global expert, then D
-  std::vector<int64_t> counts;         // (P, E+1) every rank's exchange_send
+  std::vector<int64_t> exchange_send;  // (E+2) counts per global expert, then D, then the placement fingerprint
+  std::vector<int64_t> counts;         // (P, E+2) every rank's exchange_send
   std::vector<int64_t> base_row;       // (E) first row of this rank's block for e at its destination
   std::vector<int64_t> next_row;       // (E) scratch
   std::vector<int64_t> region_bytes;   // (P) bytes of one region of each rank's segment
@@ -116,15 +116,21 @@ void ShmDispatcher::plan(DispatchPlan& plan_base, const Routing& routing, const 
                    placement.rank(), me);
   const int64_t TK = static_cast<int64_t>(p.T_) * p.K_;
 
-  // The count exchange: every rank learns every rank's counts per global expert (and D).
+  // The count exchange: every rank learns every rank's counts per global expert, D and placement
+  // fingerprint (ranks that disagree on where rows go would write past each other's segments).
   count_slots(p.topk_ids_TK_.data(), TK, E, p.exchange_send);
   p.exchange_send.push_back(D);
-  p.counts.resize(static_cast<size_t>(P) * (E + 1));
-  allgather_i64(p.exchange_send.data(), p.counts.data(), E + 1, ep_);
-  auto count = [&](int src, int e) { return p.counts[static_cast<size_t>(src) * (E + 1) + e]; };
-  for (int q = 0; q < P; ++q)  // every rank sees the same table: all reach this the same way
+  p.exchange_send.push_back(static_cast<int64_t>(placement.fingerprint()));
+  p.counts.resize(static_cast<size_t>(P) * (E + 2));
+  allgather_i64(p.exchange_send.data(), p.counts.data(), E + 2, ep_);
+  auto count = [&](int src, int e) { return p.counts[static_cast<size_t>(src) * (E + 2) + e]; };
+  for (int q = 0; q < P; ++q) {  // every rank sees the same table: all reach this the same way
     MOEMPI_CHECK_ALL(count(q, E) == D, "shm dispatcher: ep rank {} dispatches rows of {} floats, rank {} of {}",
                      q, count(q, E), me, D);
+    MOEMPI_CHECK_ALL(count(q, E + 1) == count(0, E + 1),
+                     "shm dispatcher: ep ranks 0 and {} place this layer's experts differently (their placements "
+                     "differ)", q);
+  }
 
   // Every receiver's row layout, from the placement's destination rule.
   p.local_experts_ = placement.local_experts();

@@ -5,7 +5,8 @@
 //    dispatcher, shm included);
 //  - ShmStress: 200 steps of two interleaved layers with random per-rank delays in every phase and
 //    changing sizes (ranks with zero rows, growth of T and D), checked every step;
-//  - ShmErrors: an ep group spanning (virtual) nodes is a collective error on every rank.
+//  - ShmErrors: an ep group spanning (virtual) nodes, or ranks whose placements differ, is a
+//    collective error on every rank.
 // Every rank builds every rank's problem (tests/dispatch_problem.h: a pure function of world rank
 // and round), so the reference needs no communication.
 #include <gtest/gtest.h>
@@ -200,6 +201,30 @@ TEST(ShmErrors, OneSpanningGroupFailsEveryRank) {
   const ProcessGroups groups = ProcessGroups::build(spec);
   const std::string msg = test_util::error_of([&] { ShmDispatcher shm(groups, 1.25f); });
   test_util::expect_contains(msg, {"spans 2 nodes"});
+}
+
+// Ranks whose placements disagree would store rows past each other's segments: plan() refuses on
+// every rank, naming the placements, and the same dispatcher plans again once they agree.
+TEST(ShmErrors, DisagreeingPlacementsAreACollectiveErrorOnEveryRank) {
+  const int W = world_size();
+  if (W < 2) GTEST_SKIP() << "needs two ranks to disagree";
+  const ProcessGroups groups = ProcessGroups::build(test_util::expert_parallel_over_world());
+  const int m = groups.ep.rank();
+  ShmDispatcher shm(groups, 1.25f);
+  auto plan = shm.new_plan();
+  const DispatchProblem p = stress_problem(0, 0, m, W, 8);
+  const Placement wrong = m == W - 1 ? replicated_placement(W, m) : Placement::contiguous(kExperts, W, m);
+  const std::string msg = test_util::error_of(
+      [&] { shm.plan(*plan, Routing{p.topk.data(), p.probs.data(), p.T, p.K}, p.x.data(), p.D, wrong); });
+  test_util::expect_contains(msg, {fmt::format("ep ranks 0 and {} place this layer's experts differently", W - 1)});
+  const Placement right = Placement::contiguous(kExperts, W, m);
+  Result got;
+  test_util::run_forward(shm, *plan, p, right, got);
+  test_util::run_backward(shm, *plan, p, got);
+  std::vector<DispatchProblem> all;
+  for (int q = 0; q < W; ++q) all.push_back(stress_problem(0, 0, q, W, 8));
+  std::string what;
+  EXPECT_EQ(test_util::check_against_local(got, all, right, &what), 0) << what;
 }
 
 TEST(ShmErrors, EpWithinEachVirtualNodeIsFine) {
