@@ -81,9 +81,11 @@ MemoryEstimate estimate_memory(const JobSpec& s, int ep) {
   act += N * D + 2 * N * V + 3 * N;  // final norm, logits and probabilities
   act += 5 * N * D + std::max(FI, Fe1) * N + std::max(F, Fe) * N;  // backward scratch
   act += 2 * N;                       // tokens and targets (int32)
-  // Rows sent to and received from the experts and their results (both directions).
+  // Every MoE layer keeps its own plan (a micro-batch's rows live from forward to backward): three
+  // row regions (expert inputs x, outputs y = dx, and dy) of about N k rows each, grown by the
+  // headroom (shm's windows never shrink), and the slot tables.
   const double headroom = std::max(1.0f, moe.dispatch.shm.headroom);
-  const double dispatch = L_moe > 0 ? 4 * N * K * D * headroom + 4 * N * K : 0;
+  const double dispatch = L_moe * (3 * N * K * D * headroom + 4 * N * K);
 
   const double expert_params = L_moe * E_local * (D * Fe1 + Fe * D);
   const double moments = s.optim.type == "sgd" ? 1 : 2;  // adamw: m and v, laid out like the arena
