@@ -32,7 +32,8 @@ class ShmDispatcher final : public Dispatcher {
   // planned is collective over ep (MPI_Win_free): every rank destroys its plans in the same order.
   std::unique_ptr<DispatchPlan> new_plan() const override;
 
-  // Collective over ep: one MPI_Allgather of E+1 int64 per rank (counts per global expert and D);
+  // Collective over ep: one MPI_Allgather of E+2 int64 per rank (counts per global expert, D and the placement's
+  // fingerprint: ranks whose placements differ get a collective error);
   // on the first call, or when some rank's rows outgrow its segment, the plan's window is
   // (re)allocated collectively.
   void plan(DispatchPlan& plan, const Routing& routing, const float* x_TD, int D,

@@ -48,7 +48,7 @@ struct BalancingSpec {
 enum class ScoreFn { kSoftmax, kSigmoid };
 
 struct ShmDispatchSpec {
-  float headroom = 1.25f;  // moe.dispatch.headroom (>= 1): shared-window slack over the expected rows
+  float headroom = 1.25f;  // moe.dispatch.headroom (in [1, 16]): shared-window slack over the expected rows
 };
 
 struct HierarchicalDispatchSpec {
