@@ -27,13 +27,17 @@ using i8 = int32_t __attribute__((vector_size(32)));
 constexpr int kLanes = 8;
 constexpr int kMaxRankExperts = 2 * kLanes;  // topk_by_rank: one or two vectors
 
-inline v8 load8(const float* p) {
-  v8 v;
+// Unaligned loads and stores of a whole vector (v8 here, v16 with AVX-512), and a broadcast.
+template <class V>
+inline V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-inline v8 splat(float a) { return v8{} + a; }
+template <class V>
+inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+inline V splat(float a) { return V{} + a; }
 // c + a·b: one fused instruction where the CPU has it, else a multiply and an add (never mixed).
 inline v8 fma8(v8 a, v8 b, v8 c) {
 #if defined(__FMA__)
@@ -59,8 +63,8 @@ void logits_block(float* logits_NE, const float* x_ND, const float* w_D8, int D,
   for (int d = 0; d < D; ++d) {
     if (prefetch && d % 16 == 0)
       for (int i = 0; i < TB; ++i) __builtin_prefetch(x_ND + static_cast<size_t>(TB + i) * D + d);
-    const v8 w = load8(w_D8 + static_cast<size_t>(d) * kLanes);
-    for (int i = 0; i < TB; ++i) acc[i] = fma8(splat(x_ND[static_cast<size_t>(i) * D + d]), w, acc[i]);
+    const v8 w = load<v8>(w_D8 + static_cast<size_t>(d) * kLanes);
+    for (int i = 0; i < TB; ++i) acc[i] = fma8(splat<v8>(x_ND[static_cast<size_t>(i) * D + d]), w, acc[i]);
   }
   for (int i = 0; i < TB; ++i) std::memcpy(logits_NE + static_cast<size_t>(i) * E, &acc[i], sizeof(float) * E);
 }
@@ -80,13 +84,13 @@ void dx_row(float* dx_D, const float* dz_E, const float* w_ED, int D, int E) {
   int d = 0;
   for (; d + 8 * kLanes <= D; d += 8 * kLanes) {
     v8 acc[8];
-    for (int c = 0; c < 8; ++c) acc[c] = load8(dx_D + d + c * kLanes);
+    for (int c = 0; c < 8; ++c) acc[c] = load<v8>(dx_D + d + c * kLanes);
     for (int e = 0; e < E; ++e) {
-      const v8 b = splat(dz_E[e]);
+      const v8 b = splat<v8>(dz_E[e]);
       const float* w = w_ED + static_cast<size_t>(e) * D + d;
-      for (int c = 0; c < 8; ++c) acc[c] = fma8(b, load8(w + c * kLanes), acc[c]);
+      for (int c = 0; c < 8; ++c) acc[c] = fma8(b, load<v8>(w + c * kLanes), acc[c]);
     }
-    for (int c = 0; c < 8; ++c) store8(dx_D + d + c * kLanes, acc[c]);
+    for (int c = 0; c < 8; ++c) store(dx_D + d + c * kLanes, acc[c]);
   }
   for (; d < D; ++d) {
     float a = dx_D[d];
@@ -101,19 +105,19 @@ void dw_rows(float* dw_D8, const float* x_ND, const float* dz_N8, int t0, int t1
   int d0 = 0;
   for (; d0 + DB <= D; d0 += DB) {
     v8 acc[DB];
-    for (int j = 0; j < DB; ++j) acc[j] = load8(dw_D8 + static_cast<size_t>(d0 + j) * kLanes);
+    for (int j = 0; j < DB; ++j) acc[j] = load<v8>(dw_D8 + static_cast<size_t>(d0 + j) * kLanes);
     for (int t = t0; t < t1; ++t) {
-      const v8 g = load8(dz_N8 + static_cast<size_t>(t) * kLanes);
+      const v8 g = load<v8>(dz_N8 + static_cast<size_t>(t) * kLanes);
       const float* x = x_ND + static_cast<size_t>(t) * D + d0;
-      for (int j = 0; j < DB; ++j) acc[j] = fma8(splat(x[j]), g, acc[j]);
+      for (int j = 0; j < DB; ++j) acc[j] = fma8(splat<v8>(x[j]), g, acc[j]);
     }
-    for (int j = 0; j < DB; ++j) store8(dw_D8 + static_cast<size_t>(d0 + j) * kLanes, acc[j]);
+    for (int j = 0; j < DB; ++j) store(dw_D8 + static_cast<size_t>(d0 + j) * kLanes, acc[j]);
   }
   for (; d0 < D; ++d0)
     for (int t = t0; t < t1; ++t) {
       float* acc = dw_D8 + static_cast<size_t>(d0) * kLanes;
-      store8(acc, fma8(splat(x_ND[static_cast<size_t>(t) * D + d0]), load8(dz_N8 + static_cast<size_t>(t) * kLanes),
-                       load8(acc)));
+      const v8 g = load<v8>(dz_N8 + static_cast<size_t>(t) * kLanes);
+      store(acc, fma8(splat<v8>(x_ND[static_cast<size_t>(t) * D + d0]), g, load<v8>(acc)));
     }
 }
 
@@ -143,13 +147,6 @@ void backward_blocks(float* dx_ND, float* dw_D8, const float* dz_NE, const float
 // (dx_td: dx_td + Σ_e ascending; dW: Σ_t ascending from 0), so the result is bit-identical to the
 // 8-lane path: only the speed depends on the CPU.
 using v16 = float __attribute__((vector_size(64)));
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-inline v16 splat16(float a) { return v16{} + a; }
 inline v16 fma16(v16 a, v16 b, v16 c) { return _mm512_fmadd_ps(a, b, c); }
 
 template <int E>
@@ -162,8 +159,8 @@ void backward_fused16(float* dx_ND, float* dwT_ED, const float* dz_NE, const flo
     for (; c + kCols <= D; c += kCols) {
       v16 acc[E], w[E];
       for (int e = 0; e < E; ++e) {
-        acc[e] = load16(dwT_ED + static_cast<size_t>(e) * D + c);
-        w[e] = load16(w_ED + static_cast<size_t>(e) * D + c);
+        acc[e] = load<v16>(dwT_ED + static_cast<size_t>(e) * D + c);
+        w[e] = load<v16>(w_ED + static_cast<size_t>(e) * D + c);
       }
       for (int t = t0; t < t1; ++t) {
         const size_t row = static_cast<size_t>(t) * D + c;
@@ -171,21 +168,21 @@ void backward_fused16(float* dx_ND, float* dwT_ED, const float* dz_NE, const flo
           __builtin_prefetch(x_ND + row + static_cast<size_t>(kTokens) * D);
           if (dx_ND) __builtin_prefetch(dx_ND + row + static_cast<size_t>(kTokens) * D, 1);
         }
-        const v16 xv = load16(x_ND + row);
+        const v16 xv = load<v16>(x_ND + row);
         const float* g = dz_NE + static_cast<size_t>(t) * E;
         if (dx_ND) {
-          v16 dxv = load16(dx_ND + row);
+          v16 dxv = load<v16>(dx_ND + row);
           for (int e = 0; e < E; ++e) {
-            const v16 b = splat16(g[e]);
+            const v16 b = splat<v16>(g[e]);
             acc[e] = fma16(b, xv, acc[e]);
             dxv = fma16(b, w[e], dxv);
           }
-          store16(dx_ND + row, dxv);
+          store(dx_ND + row, dxv);
         } else {
-          for (int e = 0; e < E; ++e) acc[e] = fma16(splat16(g[e]), xv, acc[e]);
+          for (int e = 0; e < E; ++e) acc[e] = fma16(splat<v16>(g[e]), xv, acc[e]);
         }
       }
-      for (int e = 0; e < E; ++e) store16(dwT_ED + static_cast<size_t>(e) * D + c, acc[e]);
+      for (int e = 0; e < E; ++e) store(dwT_ED + static_cast<size_t>(e) * D + c, acc[e]);
     }
     for (; c < D; ++c)  // the last D % 16 columns, the same sums one at a time
       for (int t = t0; t < t1; ++t) {
@@ -230,7 +227,7 @@ bool topk_by_rank(int32_t* ids_K, const float* v_E, int E, int K) {
   for (int l = 0; l < kLanes; ++l)
     if (nan_lanes[l]) return false;
   for (int j = 0; j < E; ++j) {
-    const v8 b = splat(v_E[j]);
+    const v8 b = splat<v8>(v_E[j]);
     const i8 jv = i8{} + j;
     for (int v = 0; v < V; ++v) rank[v] -= (b > val[v]) | ((b == val[v]) & (jv < lane[v]));
   }
