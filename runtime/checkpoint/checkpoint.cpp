@@ -419,36 +419,29 @@ SaveStats save_checkpoint(const std::string& ckpt_root, int64_t step, const Stat
     // exception on rank 0 alone while the others wait), and the next save tries again.
     if (keep_last > 0) {
       std::vector<std::pair<int64_t, fs::path>> complete;
-      std::error_code ec, first_ec;
-      std::string first_path;
-      auto note = [&](const fs::path& p) {
-        if (ec && !first_ec) first_ec = ec, first_path = p.string();
-        ec.clear();
-      };
-      fs::directory_iterator it(ckpt_root, ec);
-      note(ckpt_root);
-      for (; !first_ec && it != fs::directory_iterator(); it.increment(ec), note(ckpt_root)) {
+      std::vector<fs::path> doomed;  // listed first, removed after the scan
+      std::error_code ec;
+      for (fs::directory_iterator it(ckpt_root, ec), end; !ec && it != end; it.increment(ec)) {
         const int64_t s = step_of_name(it->path().filename().string());
-        if (s < 0 || !it->is_directory(ec)) {
-          ec.clear();
-          continue;
-        }
-        if (fs::exists(it->path() / "manifest.pb", ec)) {
+        std::error_code entry_ec;  // an entry that cannot be examined is left alone
+        if (s < 0 || !it->is_directory(entry_ec)) continue;
+        if (fs::exists(it->path() / "manifest.pb", entry_ec)) {
           if (s <= step) complete.emplace_back(s, it->path());
-        } else if (!ec && s < step) {
-          fs::remove_all(it->path(), ec);
+        } else if (!entry_ec && s < step) {
+          doomed.push_back(it->path());
         }
-        note(it->path());
+      }
+      if (ec) {  // a partial listing could miss newer ones: remove nothing this time
+        spdlog::warn("checkpoint.keep_last: cannot list {}: {}; {} is saved", ckpt_root, ec.message(), dir);
+        doomed.clear();
+        complete.clear();
       }
       std::sort(complete.rbegin(), complete.rend());
       for (size_t i = static_cast<size_t>(keep_last); i < complete.size(); ++i)
-        if (complete[i].first != step) {
-          fs::remove_all(complete[i].second, ec);
-          note(complete[i].second);
-        }
-      if (first_ec)
-        spdlog::warn("checkpoint.keep_last: could not remove older checkpoints ({}: {}); {} is saved",
-                     first_path, first_ec.message(), dir);
+        if (complete[i].first != step) doomed.push_back(complete[i].second);
+      for (const fs::path& p : doomed)
+        if (fs::remove_all(p, ec); ec)
+          spdlog::warn("checkpoint.keep_last: cannot remove {}: {}; {} is saved", p.string(), ec.message(), dir);
     }
   });
   SaveStats stats;
