@@ -28,7 +28,8 @@ std::unique_ptr<Dispatcher> make_flat(const DispatchSpec& s, const ProcessGroups
 const DispatcherRegistry& dispatcher_registry() {
   // shm's own keys; auto accepts them too, since it may become shm.
   static const std::vector<schema::Field> shm_keys = {
-      schema::lift(&DispatchSpec::shm, schema::real_field("headroom", &ShmDispatchSpec::headroom, schema::Interval{1, 16, false, false}))};
+      schema::lift(&DispatchSpec::shm, schema::real_field("headroom", &ShmDispatchSpec::headroom,
+                                                          schema::Interval{1, 16, false, false}))};
   // hierarchical's own keys; auto accepts them too, since it may become hierarchical.
   static const std::vector<schema::Field> hierarchical_keys = {
       schema::lift(&DispatchSpec::hierarchical,
@@ -78,9 +79,9 @@ const DispatcherRegistry& dispatcher_registry() {
            hierarchical_keys,
            "two-level all-to-all over nodes (algorithm 2dh | leader), optionally one copy per token and node "
            "(dedup); the ep group N nodes x G ranks"},
-          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node (flat with wire_dtype bf16); across nodes hierarchical (2dh, dedup) with one ep rank per "
-           "node, top_k >= 2 and an inter-node link of at most 0.45 Gbit/s (measured at start-up, or "
-           "comm.link_model), else flat (bench/README.md)"},
+          {"auto", nullptr, auto_keys, "local for parallel.ep 1, shm within a node (flat with wire_dtype bf16); "
+           "across nodes hierarchical (2dh, dedup) with one ep rank per node, top_k >= 2 and an inter-node "
+           "link of at most 0.45 Gbit/s (measured at start-up, or comm.link_model), else flat (bench/README.md)"},
       });
   return registry;
 }

@@ -92,7 +92,8 @@ TEST_P(Resume, BitIdenticalToTheUninterruptedRun_grad_accum2_every_pass) {
 
   // The newest checkpoint (step 6) damaged in its last tensor: with ep, in the last rank's shard
   // (its own experts' moments, read by that rank only: the refusal must reach every rank); with
-  // dp, in rank 0's (train/sequences, after train/step). Resume falls back to step 5, whose step 6 is the uninterrupted one.
+  // dp, in rank 0's (train/sequences, after train/step). Resume falls back to step 5, whose step 6
+  // is the uninterrupted one.
   if (world_rank() == 0) {
     const int victim = s.parallel.strategy == "dp" ? 0 : world_size() - 1;
     const std::string shard = fmt::format("{}/stopped/ckpt/step_6/shard_{}.bin", dir, victim);
